@@ -1,0 +1,147 @@
+"""A model: a network plus everything needed to use it from its file alone.
+
+``Model`` wraps a from-scratch :class:`~deepfake_detector.nn.Sequential` with its
+architecture name and config, input size, normalisation and class names. A checkpoint
+written by :func:`save_model` rebuilds it through the registry (:func:`load_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import nn
+from ..nn.backend import to_numpy, xp_for
+from ..nn.io import CheckpointError, load_arrays, save_arrays
+from .registry import create_model
+
+CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake, as the original
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Preprocess:
+    """How pixels become network input: resize to input_size, /255, (x - mean) / std."""
+
+    input_size: int = 128
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class Model:
+    net: nn.Sequential
+    arch: str
+    config: dict
+    preprocess: Preprocess
+    class_names: tuple = CLASS_NAMES
+    meta: dict = field(default_factory=dict)  # training metadata, threshold, temperature...
+    device: str = "cpu"
+    engine: str = "numpy"
+
+    # --- the network ---------------------------------------------------------------
+    def forward(self, x, training=False):
+        """(N, 3, S, S) normalised float input -> (N, 2) logits."""
+        return self.net.forward(x, training)
+
+    def backward(self, grad, need_input_grad=False):
+        return self.net.backward(grad, need_input_grad)
+
+    def zero_grad(self):
+        self.net.zero_grad()
+
+    def parameters(self) -> dict:
+        return self.net.named_parameters()
+
+    def grads(self) -> dict:
+        return self.net.named_grads()
+
+    def buffers(self) -> dict:
+        return self.net.named_buffers()
+
+    def num_parameters(self) -> int:
+        return self.net.num_parameters()
+
+    def to(self, device: str):
+        xp_for(device)  # a clear error where the device is missing
+        self.net.to(device)
+        self.device = device
+        return self
+
+    # --- pixels in, probabilities out ----------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0))
+
+    def normalize(self, images, dtype=np.float32):
+        """uint8 (N, S, S, 3) RGB at the model's size -> normalised (N, 3, S, S) on the device."""
+        xp = xp_for(self.device)
+        x = xp.asarray(images).astype(dtype)
+        x = x.transpose(0, 3, 1, 2)  # (N, 3, S, S)
+        mean = xp.asarray(self.preprocess.mean, dtype=dtype).reshape(1, 3, 1, 1) * 255
+        inv = 1 / (xp.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
+        return xp.ascontiguousarray((x - mean) * inv)
+
+    def logits(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> logits (N, 2) as NumPy, in evaluation mode."""
+        out = []
+        with nn.no_grad():
+            for i in range(0, len(images), batch_size):
+                out.append(to_numpy(self.forward(self.normalize(images[i : i + batch_size]))))
+        return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
+        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
+        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))  # softmax over two classes
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "parameters": self.num_parameters(),
+                "input_size": self.input_size, "engine": self.engine,
+                "version": self.meta.get("version", "untrained")}
+
+
+def save_model(model: Model, path, extra_meta: dict | None = None, optimizer=None) -> None:
+    """Write ``model`` (and optionally an optimiser's state) to a safe .npz checkpoint."""
+    meta = dict(model.meta)
+    meta.update(extra_meta or {})
+    meta.update(arch=model.arch, config=model.config, engine=model.engine,
+                class_names=list(model.class_names),
+                preprocess={"input_size": model.preprocess.input_size,
+                            "mean": list(model.preprocess.mean), "std": list(model.preprocess.std)})
+    groups = {"param": model.parameters(), "buffer": model.buffers()}
+    if optimizer is not None:
+        groups["optim"] = optimizer.state_arrays()
+        meta["optim_t"] = optimizer.t
+    save_arrays(path, groups, meta)
+
+
+def model_from_arrays(groups: dict, meta: dict, device: str = "cpu") -> Model:
+    try:
+        model = create_model(meta["arch"], **meta.get("config", {}))
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint names an unknown architecture: {e}") from e
+    pp = meta["preprocess"]
+    model.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
+    model.class_names = tuple(meta.get("class_names", CLASS_NAMES))
+    model.net.load_arrays("params", groups.get("param", {}))
+    model.net.load_arrays("buffers", groups.get("buffer", {}))
+    model.meta = {k: v for k, v in meta.items()
+                  if k not in ("arch", "config", "preprocess", "class_names", "format", "format_version")}
+    return model.to(device)
+
+
+def load_model(path, device: str = "cpu") -> Model:
+    """Rebuild a model from its checkpoint alone (architecture, weights, preprocessing)."""
+    groups, meta = load_arrays(path)
+    return model_from_arrays(groups, meta, device)

@@ -1,0 +1,548 @@
+"""Layers of the from-scratch engine, NCHW throughout, PyTorch's weight layouts.
+
+Every layer has ``forward(x, training)`` and ``backward(grad) -> grad_x`` side by side.
+Parameters and their gradients live in parallel dicts (``params``/``grads``); running
+statistics live in ``buffers``. Each layer caches only what its backward needs, and only
+while gradients are enabled (see :func:`no_grad`). Gradients accumulate with ``+=``.
+The array module comes from the input (NumPy or CuPy), so no layer has a copy per backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from .backend import get_array_module, to_device
+
+_GRAD_ENABLED = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inference without caches: forward passes inside keep nothing for backward."""
+    global _GRAD_ENABLED
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+    try:
+        yield
+    finally:
+        _GRAD_ENABLED = previous
+
+
+def grad_enabled() -> bool:
+    return _GRAD_ENABLED
+
+
+class Layer:
+    """Base class: parameters, gradients and buffers in dicts keyed by short names."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.buffers: dict = {}
+
+    def forward(self, x, training: bool = False):
+        raise NotImplementedError
+
+    def backward(self, grad, need_input_grad: bool = True):
+        raise NotImplementedError
+
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training)
+
+    def zero_grad(self):
+        for k, p in self.params.items():
+            self.grads[k] = get_array_module(p).zeros_like(p)
+
+    def _accumulate(self, name, g):
+        assert g.shape == self.params[name].shape, (name, g.shape, self.params[name].shape)
+        if name in self.grads:
+            self.grads[name] += g
+        else:
+            self.grads[name] = g
+
+    def to(self, device: str):
+        for d in (self.params, self.grads, self.buffers):
+            for k in d:
+                d[k] = to_device(d[k], device)
+        return self
+
+    def astype(self, dtype):
+        for d in (self.params, self.grads, self.buffers):
+            for k in d:
+                if d[k].dtype.kind == "f":
+                    d[k] = d[k].astype(dtype)
+        return self
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+# --- convolution -------------------------------------------------------------------------
+
+
+def _pad(x, p):
+    if p == 0:
+        return x
+    xp = get_array_module(x)
+    return xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def _windows(x, kh, kw, stride, Ho, Wo):
+    """Yield (i, j, view) for every kernel offset; view is (N, C, Ho, Wo), strided."""
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, x[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
+
+
+def im2col(x, kh: int, kw: int, stride: int, padding: int):
+    """(N, C, H, W) -> columns (N, C*kh*kw, Ho*Wo) and (Ho, Wo).
+
+    Row index of a column is c*kh*kw + i*kw + j, the order of a PyTorch weight
+    (C_out, C_in, kh, kw) flattened, so ``W.reshape(C_out, -1) @ cols`` is the convolution.
+    """
+    N, C, H, W = x.shape
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (W + 2 * padding - kw) // stride + 1
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return x.reshape(N, C, H * W), Ho, Wo  # (N, C, H*W): a 1x1 conv needs no copy
+    x = _pad(x, padding)
+    xp = get_array_module(x)
+    cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for i, j, view in _windows(x, kh, kw, stride, Ho, Wo):
+        cols[:, :, i, j] = view
+    return cols.reshape(N, C * kh * kw, Ho * Wo), Ho, Wo  # (N, C*kh*kw, Ho*Wo)
+
+
+def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, Ho: int, Wo: int):
+    """Adjoint of :func:`im2col`: (N, C*kh*kw, Ho*Wo) -> (N, C, H, W), overlaps summed."""
+    N, C, H, W = x_shape
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return cols.reshape(N, C, H, W)
+    xp = get_array_module(cols)
+    cols = cols.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
+    dx = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    for i, j, view in _windows(dx, kh, kw, stride, Ho, Wo):
+        view += cols[:, :, i, j]
+    if padding:
+        dx = dx[:, :, padding:-padding, padding:-padding]
+    return dx
+
+
+class Conv2D(Layer):
+    """2-D convolution by im2col + one GEMM per image. Weight (C_out, C_in, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0,
+                 bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kh, self.kw, self.stride, self.padding = kh, kw, stride, padding
+        rng = rng if rng is not None else np.random.default_rng()
+        fan_in = in_channels * kh * kw
+        std = math.sqrt(2.0 / fan_in)  # He init, for ReLU networks (as the original)
+        self.params["weight"] = (rng.standard_normal((out_channels, in_channels, kh, kw)) * std).astype(dtype)
+        if bias:
+            self.params["bias"] = np.zeros(out_channels, dtype=dtype)
+        self._cache = None
+
+    def forward(self, x, training=False):
+        N = x.shape[0]
+        cols, Ho, Wo = im2col(x, self.kh, self.kw, self.stride, self.padding)
+        w = self.params["weight"].reshape(self.out_channels, -1)  # (C_out, C_in*kh*kw)
+        out = w @ cols  # (N, C_out, Ho*Wo)
+        if "bias" in self.params:
+            out += self.params["bias"][:, None]
+        self._cache = (cols, x.shape, Ho, Wo) if _GRAD_ENABLED else None
+        return out.reshape(N, self.out_channels, Ho, Wo)
+
+    def backward(self, grad, need_input_grad=True):
+        cols, x_shape, Ho, Wo = self._cache
+        N = grad.shape[0]
+        g = grad.reshape(N, self.out_channels, Ho * Wo)  # (N, C_out, Ho*Wo)
+        if "bias" in self.params:
+            self._accumulate("bias", g.sum(axis=(0, 2)))
+        dw = (g @ cols.transpose(0, 2, 1)).sum(axis=0)  # (C_out, C_in*kh*kw)
+        self._accumulate("weight", dw.reshape(self.params["weight"].shape))
+        if not need_input_grad:
+            self._cache = None
+            return None
+        w = self.params["weight"].reshape(self.out_channels, -1)
+        dcols = w.T @ g  # (N, C_in*kh*kw, Ho*Wo)
+        self._cache = None
+        return col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel=({self.kh}, {self.kw}), "
+                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params}")
+
+
+# --- normalisation -----------------------------------------------------------------------
+
+
+class _BatchNorm(Layer):
+    """Shared by BatchNorm1D (N, C) and BatchNorm2D (N, C, H, W); statistics per channel.
+
+    Running statistics follow PyTorch: running = (1 - momentum) * running + momentum * batch,
+    with the unbiased batch variance; normalisation uses the biased one.
+    """
+
+    axes: tuple = (0,)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.params["weight"] = np.ones(num_features, dtype=dtype)
+        self.params["bias"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
+        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self._cache = None
+
+    def _shape(self, v):
+        return v.reshape((1, -1) + (1,) * (len(self.axes) - 1))  # (1, C[, 1, 1])
+
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        if training:
+            mean = x.mean(axis=self.axes)
+            xc = x - self._shape(mean)
+            var = (xc * xc).mean(axis=self.axes)
+            m = x.size // self.num_features
+            b, mo = self.buffers, self.momentum
+            b["running_mean"] = ((1 - mo) * b["running_mean"] + mo * mean).astype(mean.dtype)
+            b["running_var"] = ((1 - mo) * b["running_var"] + mo * var * (m / max(m - 1, 1))).astype(var.dtype)
+            b["num_batches_tracked"] = b["num_batches_tracked"] + 1
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            xc = x - self._shape(mean)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        xhat = xc
+        xhat *= self._shape(inv_std)  # in place: xc is a fresh array
+        out = xhat * self._shape(self.params["weight"])
+        out += self._shape(self.params["bias"])
+        self._cache = (xhat, inv_std, training) if _GRAD_ENABLED else None
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        xhat, inv_std, training = self._cache
+        self._cache = None
+        dbeta = grad.sum(axis=self.axes)
+        dgamma = (grad * xhat).sum(axis=self.axes)
+        self._accumulate("bias", dbeta)
+        self._accumulate("weight", dgamma)
+        if not need_input_grad:
+            return None
+        scale = self._shape(self.params["weight"] * inv_std)
+        if not training:  # running statistics are constants
+            return grad * scale
+        m = grad.size // self.num_features
+        # dx = gamma * inv_std / m * (m * g - sum(g) - xhat * sum(g * xhat))
+        dx = grad - self._shape(dbeta / m)
+        dx -= xhat * self._shape(dgamma / m)
+        dx *= scale
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm2D(_BatchNorm):
+    axes = (0, 2, 3)
+
+
+class BatchNorm1D(_BatchNorm):
+    axes = (0,)
+
+
+# --- activations -------------------------------------------------------------------------
+
+
+class ReLU(Layer):
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        out = xp.maximum(x, 0)
+        self._out = out if _GRAD_ENABLED else None
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        out, self._out = self._out, None
+        return grad * (out > 0)
+
+
+class LeakyReLU(Layer):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        self._x = x if _GRAD_ENABLED else None
+        return xp.where(x > 0, x, x * self.negative_slope)
+
+    def backward(self, grad, need_input_grad=True):
+        xp = get_array_module(grad)
+        x, self._x = self._x, None
+        return xp.where(x > 0, grad, grad * self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+# --- pooling -----------------------------------------------------------------------------
+
+
+def _pool_out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+class MaxPool2D(Layer):
+    """Max over each window; the gradient goes to the first maximum, as in PyTorch."""
+
+    def __init__(self, kernel_size=2, stride=None, padding=0):
+        super().__init__()
+        self.k, self.s, self.p = kernel_size, stride or kernel_size, padding
+
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        k, s, p = self.k, self.s, self.p
+        Ho, Wo = _pool_out(H, k, s, p), _pool_out(W, k, s, p)
+        if p:
+            x = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-xp.inf)
+        out = arg = None
+        for i, j, view in _windows(x, k, k, s, Ho, Wo):
+            if out is None:
+                out = view.copy()
+                arg = xp.zeros(out.shape, dtype=np.uint8)
+                continue
+            better = view > out
+            xp.copyto(out, view, where=better)
+            arg[better] = i * k + j
+        self._cache = (arg, (N, C, H + 2 * p, W + 2 * p), Ho, Wo) if _GRAD_ENABLED else None
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        arg, padded_shape, Ho, Wo = self._cache
+        self._cache = None
+        xp = get_array_module(grad)
+        dx = xp.zeros(padded_shape, dtype=grad.dtype)
+        k, s, p = self.k, self.s, self.p
+        for i, j, view in _windows(dx, k, k, s, Ho, Wo):
+            view += grad * (arg == i * k + j)
+        if p:
+            dx = dx[:, :, p:-p, p:-p]
+        return dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.k}, stride={self.s}, padding={self.p}"
+
+
+class AvgPool2D(Layer):
+    """Mean over each window; zero padding counts in the mean (PyTorch's default)."""
+
+    def __init__(self, kernel_size=2, stride=None, padding=0):
+        super().__init__()
+        self.k, self.s, self.p = kernel_size, stride or kernel_size, padding
+
+    def forward(self, x, training=False):
+        N, C, H, W = x.shape
+        k, s, p = self.k, self.s, self.p
+        Ho, Wo = _pool_out(H, k, s, p), _pool_out(W, k, s, p)
+        x = _pad(x, p)
+        out = None
+        for _, _, view in _windows(x, k, k, s, Ho, Wo):
+            out = view.copy() if out is None else out.__iadd__(view)
+        out *= 1.0 / (k * k)
+        self._cache = ((N, C, H + 2 * p, W + 2 * p), Ho, Wo) if _GRAD_ENABLED else None
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        padded_shape, Ho, Wo = self._cache
+        self._cache = None
+        xp = get_array_module(grad)
+        dx = xp.zeros(padded_shape, dtype=grad.dtype)
+        g = grad * (1.0 / (self.k * self.k))
+        for _, _, view in _windows(dx, self.k, self.k, self.s, Ho, Wo):
+            view += g
+        p = self.p
+        return dx[:, :, p:-p, p:-p] if p else dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.k}, stride={self.s}, padding={self.p}"
+
+
+class GlobalAvgPool2D(Layer):
+    """(N, C, H, W) -> (N, C): the mean over all positions."""
+
+    def forward(self, x, training=False):
+        self._hw = x.shape[2:]
+        return x.mean(axis=(2, 3))
+
+    def backward(self, grad, need_input_grad=True):
+        xp = get_array_module(grad)
+        H, W = self._hw
+        return xp.broadcast_to((grad / (H * W))[:, :, None, None], grad.shape + (H, W)).copy()
+
+
+class Flatten(Layer):
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)  # (N, C*H*W)
+
+    def backward(self, grad, need_input_grad=True):
+        return grad.reshape(self._shape)
+
+
+# --- dense and dropout -------------------------------------------------------------------
+
+
+class Dense(Layer):
+    """y = x @ W.T + b, with W of shape (out_features, in_features) as in PyTorch."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rng = rng if rng is not None else np.random.default_rng()
+        std = math.sqrt(2.0 / in_features)  # He init
+        self.params["weight"] = (rng.standard_normal((out_features, in_features)) * std).astype(dtype)
+        if bias:
+            self.params["bias"] = np.zeros(out_features, dtype=dtype)
+
+    def forward(self, x, training=False):
+        self._x = x if _GRAD_ENABLED else None
+        out = x @ self.params["weight"].T  # (N, out)
+        if "bias" in self.params:
+            out += self.params["bias"]
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        x, self._x = self._x, None
+        self._accumulate("weight", grad.T @ x)
+        if "bias" in self.params:
+            self._accumulate("bias", grad.sum(axis=0))
+        return grad @ self.params["weight"] if need_input_grad else None
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
+
+
+class Dropout(Layer):
+    """Inverted dropout: zeroes a fraction p in training, scales the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        self.p = p
+        self._seed = seed
+        self._rng, self._rng_xp = None, None
+
+    def forward(self, x, training=False):
+        if not training or self.p == 0:
+            self._mask = None
+            return x
+        xp = get_array_module(x)
+        if self._rng_xp is not xp:
+            self._rng, self._rng_xp = xp.random.default_rng(self._seed), xp
+        mask = (self._rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype) / (1 - self.p)
+        self._mask = mask
+        return x * mask
+
+    def backward(self, grad, need_input_grad=True):
+        return grad if self._mask is None else grad * self._mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+# --- container ---------------------------------------------------------------------------
+
+
+class Sequential(Layer):
+    """Layers run in order; names are '<index or given name>.<param>' as in PyTorch."""
+
+    def __init__(self, *layers, names=None):
+        super().__init__()
+        self.layers = list(layers)
+        self.names = list(names) if names is not None else [str(i) for i in range(len(layers))]
+
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad, need_input_grad=True):
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            grad = self.layers[i].backward(grad, need_input_grad or i > 0)
+        return grad
+
+    def children(self):
+        return zip(self.names, self.layers)
+
+    def _named(self, attr):
+        for name, layer in self.children():
+            if isinstance(layer, Sequential):
+                for k, v in layer._named(attr):
+                    yield f"{name}.{k}", v
+            else:
+                for k, v in getattr(layer, attr).items():
+                    yield f"{name}.{k}", v
+
+    def named_parameters(self):
+        return dict(self._named("params"))
+
+    def named_grads(self):
+        return dict(self._named("grads"))
+
+    def named_buffers(self):
+        return dict(self._named("buffers"))
+
+    def _owners(self, attr):
+        """(layer, dict attr, key) for each named entry, to write values back."""
+        for name, layer in self.children():
+            if isinstance(layer, Sequential):
+                for k, (owner, key) in layer._owners(attr):
+                    yield f"{name}.{k}", (owner, key)
+            else:
+                for key in getattr(layer, attr):
+                    yield f"{name}.{key}", (layer, key)
+
+    def load_arrays(self, attr, arrays: dict, strict=True):
+        owners = dict(self._owners(attr))
+        missing = set(owners) - set(arrays)
+        if strict and missing:
+            raise KeyError(f"missing {attr}: {sorted(missing)}")
+        for k, (layer, key) in owners.items():
+            if k not in arrays:
+                continue
+            cur = getattr(layer, attr)[key]
+            new = arrays[k]
+            if tuple(new.shape) != tuple(cur.shape):
+                raise ValueError(f"{k}: shape {tuple(new.shape)} in file, {tuple(cur.shape)} in model")
+            xp = get_array_module(cur)
+            getattr(layer, attr)[key] = xp.asarray(new, dtype=cur.dtype)
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def to(self, device):
+        for layer in self.layers:
+            layer.to(device)
+        return self
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.named_parameters().values()))
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({n}): {l!r}".replace("\n", "\n  ") for n, l in self.children())
+        return f"Sequential(\n{inner}\n)"
