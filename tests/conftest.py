@@ -1,0 +1,38 @@
+"""Shared fixtures. Real data lives beside the project, never inside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path | None:
+    """``$DEEPFAKE_DETECTOR_DATA`` or ``../shared/data`` from the project root, if present."""
+    env = os.environ.get("DEEPFAKE_DETECTOR_DATA")
+    root = Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+    return root if (root / "dfdc-faces").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = shared_data_root()
+    if root is None:
+        pytest.skip("real data not found: set DEEPFAKE_DETECTOR_DATA or place it at ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dfdc_faces(data_root) -> Path:
+    return data_root / "dfdc-faces"
+
+
+@pytest.fixture(scope="session")
+def videos_dir(data_root) -> Path:
+    d = data_root / "videos"
+    if not d.is_dir():
+        pytest.skip(f"no videos folder at {d}")
+    return d
