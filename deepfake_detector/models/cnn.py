@@ -11,7 +11,7 @@ from .registry import register_model
 
 def _conv_bn_relu(cin, cout, rng, stride=1):
     return [nn.Conv2D(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng),
-            nn.BatchNorm2D(cout), nn.ReLU()]
+            nn.BatchNorm2D(cout), nn.ReLU(inplace=True)]
 
 
 @register_model("seed-cnn")
@@ -26,7 +26,7 @@ def seed_cnn(seed: int = 0, input_size: int = 128) -> Model:
     cin = 3
     for b, cout in enumerate((16, 32, 64), start=1):
         layers += [nn.Conv2D(cin, cout, 3, padding=1, rng=rng), nn.BatchNorm2D(cout),
-                   nn.ReLU(), nn.MaxPool2D(2)]
+                   nn.ReLU(inplace=True), nn.MaxPool2D(2)]
         names += [f"conv{b}", f"bn{b}", f"relu{b}", f"pool{b}"]
         cin = cout
     side = input_size // 8  # 128 -> 16 after three 2x2 pools
@@ -38,14 +38,16 @@ def seed_cnn(seed: int = 0, input_size: int = 128) -> Model:
 
 
 DF_CNN_WIDTHS = (16, 32, 64, 128, 256)  # channels per stage; spatial 128 -> 64 -> 32 -> 16 -> 8
+DF_CNN_DEPTHS = (1, 1, 2, 2, 1)  # convs per stage: depth where maps are small (cheap), ~0.24 GFLOP
 
 
 @register_model("df-cnn")
-def df_cnn(seed: int = 0, input_size: int = 128, widths=DF_CNN_WIDTHS, dropout: float = 0.3) -> Model:
+def df_cnn(seed: int = 0, input_size: int = 128, widths=DF_CNN_WIDTHS, depths=DF_CNN_DEPTHS,
+           dropout: float = 0.3) -> Model:
     """A deeper from-scratch detector: VGG-style stages, global average pooling, dropout.
 
     Stage 1 keeps full resolution for one conv (blending and resampling artefacts are
-    fine-grained); later stages use two convs each at falling resolution; the head is
+    fine-grained); the 32- and 16-px stages have two convs each; the head is
     GAP -> Dropout -> Dense, so the parameter count does not grow with the input size.
     Normalised with ImageNet statistics (zero-centred input trains faster than /255).
     """
@@ -58,8 +60,7 @@ def df_cnn(seed: int = 0, input_size: int = 128, widths=DF_CNN_WIDTHS, dropout: 
 
     cin = 3
     for s, cout in enumerate(widths, start=1):
-        n_convs = 1 if s == 1 else 2
-        for c in range(n_convs):
+        for c in range(depths[s - 1]):
             add(f"s{s}", _conv_bn_relu(cin, cout, rng), (f"conv{c + 1}", f"bn{c + 1}", f"relu{c + 1}"))
             cin = cout
         if s < len(widths):
@@ -67,5 +68,6 @@ def df_cnn(seed: int = 0, input_size: int = 128, widths=DF_CNN_WIDTHS, dropout: 
     add("head", [nn.GlobalAvgPool2D(), nn.Dropout(dropout, seed=seed), nn.Dense(cin, 2, rng=rng)],
         ("gap", "drop", "fc"))
     net = nn.Sequential(*layers, names=names)
-    config = {"seed": seed, "input_size": input_size, "widths": list(widths), "dropout": dropout}
+    config = {"seed": seed, "input_size": input_size, "widths": list(widths), "depths": list(depths),
+              "dropout": dropout}
     return Model(net, "df-cnn", config, Preprocess(input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))

@@ -100,41 +100,39 @@ def _windows(x, kh, kw, stride, Ho, Wo):
 
 
 def im2col(x, kh: int, kw: int, stride: int, padding: int):
-    """(N, C, H, W) -> columns (N, C*kh*kw, Ho*Wo) and (Ho, Wo).
+    """(N, C, H, W) -> columns (C*kh*kw, N*Ho*Wo) and (Ho, Wo).
 
     Row index of a column is c*kh*kw + i*kw + j, the order of a PyTorch weight
-    (C_out, C_in, kh, kw) flattened, so ``W.reshape(C_out, -1) @ cols`` is the convolution.
+    (C_out, C_in, kh, kw) flattened, so ``W.reshape(C_out, -1) @ cols`` is the whole
+    batch's convolution in one GEMM (one large GEMM beats N small ones several times over).
     """
     N, C, H, W = x.shape
     Ho = (H + 2 * padding - kh) // stride + 1
     Wo = (W + 2 * padding - kw) // stride + 1
-    if kh == kw == 1 and stride == 1 and padding == 0:
-        return x.reshape(N, C, H * W), Ho, Wo  # (N, C, H*W): a 1x1 conv needs no copy
-    x = _pad(x, padding)
     xp = get_array_module(x)
-    cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
-    for i, j, view in _windows(x, kh, kw, stride, Ho, Wo):
-        cols[:, :, i, j] = view
-    return cols.reshape(N, C * kh * kw, Ho * Wo), Ho, Wo  # (N, C*kh*kw, Ho*Wo)
+    xt = _pad(x, padding).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
+    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    for i, j, view in _windows(xt, kh, kw, stride, Ho, Wo):
+        cols[:, i, j] = view
+    return cols.reshape(C * kh * kw, N * Ho * Wo), Ho, Wo  # (C*kh*kw, N*Ho*Wo)
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, Ho: int, Wo: int):
-    """Adjoint of :func:`im2col`: (N, C*kh*kw, Ho*Wo) -> (N, C, H, W), overlaps summed."""
+    """Adjoint of :func:`im2col`: (C*kh*kw, N*Ho*Wo) -> (N, C, H, W), overlaps summed."""
     N, C, H, W = x_shape
-    if kh == kw == 1 and stride == 1 and padding == 0:
-        return cols.reshape(N, C, H, W)
     xp = get_array_module(cols)
-    cols = cols.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
+    cols = cols.reshape(C, kh, kw, N, Ho, Wo)  # (C, kh, kw, N, Ho, Wo)
     dx = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
-    for i, j, view in _windows(dx, kh, kw, stride, Ho, Wo):
-        view += cols[:, :, i, j]
+    dxt = dx.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view into dx
+    for i, j, view in _windows(dxt, kh, kw, stride, Ho, Wo):
+        view += cols[:, i, j]
     if padding:
         dx = dx[:, :, padding:-padding, padding:-padding]
     return dx
 
 
 class Conv2D(Layer):
-    """2-D convolution by im2col + one GEMM per image. Weight (C_out, C_in, kh, kw)."""
+    """2-D convolution by im2col + one GEMM for the batch. Weight (C_out, C_in, kh, kw)."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0,
                  bias=True, rng=None, dtype=np.float32):
@@ -154,26 +152,27 @@ class Conv2D(Layer):
         N = x.shape[0]
         cols, Ho, Wo = im2col(x, self.kh, self.kw, self.stride, self.padding)
         w = self.params["weight"].reshape(self.out_channels, -1)  # (C_out, C_in*kh*kw)
-        out = w @ cols  # (N, C_out, Ho*Wo)
+        out = w @ cols  # (C_out, N*Ho*Wo)
         if "bias" in self.params:
             out += self.params["bias"][:, None]
         self._cache = (cols, x.shape, Ho, Wo) if _GRAD_ENABLED else None
-        return out.reshape(N, self.out_channels, Ho, Wo)
+        out = out.reshape(self.out_channels, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, C_out, Ho, Wo)
+        return get_array_module(out).ascontiguousarray(out)
 
     def backward(self, grad, need_input_grad=True):
         cols, x_shape, Ho, Wo = self._cache
-        N = grad.shape[0]
-        g = grad.reshape(N, self.out_channels, Ho * Wo)  # (N, C_out, Ho*Wo)
+        self._cache = None
+        xp = get_array_module(grad)
+        g = xp.ascontiguousarray(grad.transpose(1, 0, 2, 3))  # (C_out, N, Ho, Wo)
+        g = g.reshape(self.out_channels, -1)  # (C_out, N*Ho*Wo)
         if "bias" in self.params:
-            self._accumulate("bias", g.sum(axis=(0, 2)))
-        dw = (g @ cols.transpose(0, 2, 1)).sum(axis=0)  # (C_out, C_in*kh*kw)
+            self._accumulate("bias", g.sum(axis=1))
+        dw = (cols @ g.T).T  # (C_out, C_in*kh*kw); this operand order is the faster GEMM
         self._accumulate("weight", dw.reshape(self.params["weight"].shape))
         if not need_input_grad:
-            self._cache = None
             return None
         w = self.params["weight"].reshape(self.out_channels, -1)
-        dcols = w.T @ g  # (N, C_in*kh*kw, Ho*Wo)
-        self._cache = None
+        dcols = w.T @ g  # (C_in*kh*kw, N*Ho*Wo)
         return col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
 
     def extra_repr(self):
@@ -263,9 +262,16 @@ class BatchNorm1D(_BatchNorm):
 
 
 class ReLU(Layer):
+    """max(x, 0). ``inplace=True`` overwrites its input (safe after a layer that keeps no
+    reference to its output, such as BatchNorm or Conv2D), saving one activation copy."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x, training=False):
         xp = get_array_module(x)
-        out = xp.maximum(x, 0)
+        out = xp.maximum(x, 0, out=x if self.inplace else None)
         self._out = out if _GRAD_ENABLED else None
         return out
 
@@ -314,26 +320,28 @@ class MaxPool2D(Layer):
         Ho, Wo = _pool_out(H, k, s, p), _pool_out(W, k, s, p)
         if p:
             x = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-xp.inf)
-        out = arg = None
-        for i, j, view in _windows(x, k, k, s, Ho, Wo):
-            if out is None:
-                out = view.copy()
-                arg = xp.zeros(out.shape, dtype=np.uint8)
-                continue
-            better = view > out
-            xp.copyto(out, view, where=better)
-            arg[better] = i * k + j
-        self._cache = (arg, (N, C, H + 2 * p, W + 2 * p), Ho, Wo) if _GRAD_ENABLED else None
+        out = None
+        for _, _, view in _windows(x, k, k, s, Ho, Wo):
+            out = view.copy() if out is None else xp.maximum(out, view, out=out)
+        self._cache = (x, out) if _GRAD_ENABLED else None  # x is the ReLU's cached output anyway
         return out
 
     def backward(self, grad, need_input_grad=True):
-        arg, padded_shape, Ho, Wo = self._cache
+        x, out = self._cache
         self._cache = None
         xp = get_array_module(grad)
-        dx = xp.zeros(padded_shape, dtype=grad.dtype)
+        dx = xp.zeros(x.shape, dtype=grad.dtype)
         k, s, p = self.k, self.s, self.p
-        for i, j, view in _windows(dx, k, k, s, Ho, Wo):
-            view += grad * (arg == i * k + j)
+        taken = None  # windows whose maximum was already routed (ties: first one wins)
+        for (_, _, view), (_, _, dview) in zip(_windows(x, k, k, s, *out.shape[2:]),
+                                               _windows(dx, k, k, s, *out.shape[2:])):
+            hit = view == out
+            if taken is None:
+                taken = hit
+            else:
+                hit &= ~taken
+                taken |= hit
+            dview += grad * hit
         if p:
             dx = dx[:, :, p:-p, p:-p]
         return dx
@@ -439,6 +447,11 @@ class Dropout(Layer):
         self.p = p
         self._seed = seed
         self._rng, self._rng_xp = None, None
+
+    def reseed(self, seed):
+        """Restart the mask stream from ``seed`` (an int or a list of ints); the trainer
+        reseeds every step from (run seed, step), so a resumed run draws the same masks."""
+        self._seed, self._rng, self._rng_xp = seed, None, None
 
     def forward(self, x, training=False):
         if not training or self.p == 0:

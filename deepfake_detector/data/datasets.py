@@ -1,0 +1,237 @@
+"""Image folders -> labelled samples, and train / validation / test splits.
+
+Layout::
+
+    root/
+      Train/{Real,Fake}/...        (any depth below the class folder)
+      Validation/{Real,Fake}/...   (optional: carved from Train when missing)
+      Test/{Real,Fake}/...         (optional)
+      metadata.csv                 (optional: columns ``file`` (relative to root), ``group``)
+
+Folder names are matched case-insensitively, with aliases (``val``, ``valid``...).
+A *group* ties together files that must never sit on both sides of a split: frames of
+one video, or a real video and the fakes made from it. Files without a group in
+metadata.csv are their own group.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["CLASS_NAMES", "IMAGE_EXTENSIONS", "Sample", "Splits", "check_disjoint", "class_counts",
+           "discover", "find_class_dir", "find_split", "list_images", "load_split", "read_groups",
+           "samples_from_dirs", "split_by_group"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # matched case-insensitively
+CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "validation": ("validation", "val", "valid"),
+    "test": ("test",),
+}
+CLASS_ALIASES = {0: ("real",), 1: ("fake",)}
+METADATA_FILE = "metadata.csv"
+
+
+class Sample(NamedTuple):
+    """One labelled image. ``label``: 0 = Real, 1 = Fake."""
+
+    path: str
+    label: int
+    group: str
+
+
+class Splits(NamedTuple):
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+
+
+# --- files ----------------------------------------------------------------------------------
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, extensions in IMAGE_EXTENSIONS), sorted."""
+    folder = Path(folder)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(Path(dirpath, f) for f in filenames
+                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(out)
+
+
+def _find_child(root: Path, aliases: Sequence[str]) -> Path | None:
+    if not root.is_dir():
+        return None
+    hits = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in aliases)
+    if len(hits) > 1:
+        raise ValueError(f"ambiguous folders in {root}: {', '.join(p.name for p in hits)}")
+    return hits[0] if hits else None
+
+
+def find_split(root: str | os.PathLike, name: str) -> Path | None:
+    """The folder of split ``name`` ("train", "validation"/"val", "test") under ``root``.
+
+    Any case and the aliases Validation/Val/Valid are accepted; None when absent.
+    Raises ValueError for an unknown split name or two matching folders.
+    """
+    key = name.lower()
+    key = next((k for k, al in SPLIT_ALIASES.items() if key == k or key in al), None)
+    if key is None:
+        raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLIT_ALIASES)}")
+    return _find_child(Path(root), SPLIT_ALIASES[key])
+
+
+def find_class_dir(split_dir: str | os.PathLike, label: int) -> Path | None:
+    """The ``Real`` (label 0) or ``Fake`` (label 1) folder of a split, any case; None when absent."""
+    return _find_child(Path(split_dir), CLASS_ALIASES[label])
+
+
+# --- groups ---------------------------------------------------------------------------------
+def _key(path: str | os.PathLike) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def read_groups(metadata_csv: str | os.PathLike) -> dict[str, str]:
+    """Map each file listed in a metadata.csv to its group.
+
+    The ``file`` column is relative to the csv's folder. Keys are absolute normalised
+    paths (as :func:`_key` makes them), values the ``group`` column. Rows without a
+    group are left out (those files become their own group).
+    """
+    metadata_csv = Path(metadata_csv)
+    base = metadata_csv.parent
+    with open(metadata_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "group"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{metadata_csv}: missing column(s) {', '.join(sorted(missing))}")
+        return {_key(base / row["file"]): row["group"] for row in reader if row["file"] and row["group"]}
+
+
+def _samples(pairs: Iterable[tuple[Path, int]], groups: Mapping[str, str] | None) -> list[Sample]:
+    out = []
+    for path, label in pairs:
+        key = _key(path)
+        out.append(Sample(str(path), label, (groups or {}).get(key, key)))
+    return out
+
+
+def samples_from_dirs(real_dirs: Iterable[str | os.PathLike] = (),
+                      fake_dirs: Iterable[str | os.PathLike] = (),
+                      groups: Mapping[str, str] | None = None) -> list[Sample]:
+    """Samples from explicit folders of real and of fake images (recursive), reals first.
+
+    ``groups`` is an optional :func:`read_groups` mapping; unlisted files are their own group.
+    """
+    pairs = [(p, 0) for d in real_dirs for p in _listed(d)] + [(p, 1) for d in fake_dirs for p in _listed(d)]
+    return _samples(pairs, groups)
+
+
+def _listed(d) -> list[Path]:
+    if not Path(d).is_dir():
+        raise FileNotFoundError(f"not a folder: {d}")
+    return list_images(d)
+
+
+def load_split(root: str | os.PathLike, split: str, groups: Mapping[str, str] | None = None) -> list[Sample]:
+    """Samples of one split: ``root/<split>/{Real,Fake}/**``; [] when the split folder is absent.
+
+    ``groups`` defaults to ``root/metadata.csv`` when present.
+    """
+    root = Path(root)
+    if groups is None:
+        groups = read_groups(root / METADATA_FILE) if (root / METADATA_FILE).is_file() else {}
+    sdir = find_split(root, split)
+    if sdir is None:
+        return []
+    real, fake = find_class_dir(sdir, 0), find_class_dir(sdir, 1)
+    if real is None and fake is None:
+        raise FileNotFoundError(f"{sdir} has neither a Real nor a Fake folder")
+    return samples_from_dirs([real] if real else [], [fake] if fake else [], groups)
+
+
+# --- splits ---------------------------------------------------------------------------------
+def split_by_group(samples: Sequence[Sample], fraction: float,
+                   seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Hold out about ``fraction`` of ``samples``, whole groups at a time.
+
+    Groups are shuffled with ``seed`` and taken until the held-out part reaches
+    ``fraction`` of the samples (at least one group, and never all of them).
+
+    Returns
+    -------
+    (kept, held_out), each in the input order.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    names = sorted({s.group for s in samples})
+    if fraction == 0 or len(names) < 2:
+        return list(samples), []
+    sizes: dict[str, int] = {}
+    for s in samples:
+        sizes[s.group] = sizes.get(s.group, 0) + 1
+    target = fraction * len(samples)
+    held: set[str] = set()
+    n_held = 0
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        if n_held >= target or len(held) == len(names) - 1:
+            break
+        held.add(names[i])
+        n_held += sizes[names[i]]
+    return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
+
+
+def discover(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> Splits:
+    """Find the train / validation / test samples under ``root``.
+
+    Without a validation folder, ``val_fraction`` of Train is held out by group
+    (:func:`split_by_group`, seeded). A missing Test folder gives an empty list.
+    Groups come from ``root/metadata.csv`` when present. Call :func:`check_disjoint`
+    on the result before trusting any score.
+    """
+    root = Path(root)
+    if find_split(root, "train") is None:
+        raise FileNotFoundError(f"no Train folder in {root} (expected Train/{{Real,Fake}}, any case)")
+    meta = root / METADATA_FILE
+    groups = read_groups(meta) if meta.is_file() else {}
+    train = load_split(root, "train", groups)
+    if find_split(root, "validation") is not None:
+        val = load_split(root, "validation", groups)
+    else:
+        train, val = split_by_group(train, val_fraction, seed)
+        log.info("no validation folder in %s: held out %d of %d training images by group",
+                 root, len(val), len(train) + len(val))
+    return Splits(train, val, load_split(root, "test", groups))
+
+
+def check_disjoint(splits: Splits | Mapping[str, Sequence[Sample]]) -> None:
+    """Raise ValueError when two splits share a file (by resolved path) or a group."""
+    parts = splits._asdict() if isinstance(splits, Splits) else dict(splits)
+    keys = {n: ({_key(s.path) for s in v}, {s.group for s in v}) for n, v in parts.items()}
+    names = list(keys)
+    problems = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for what, j in (("file", 0), ("group", 1)):
+                common = keys[a][j] & keys[b][j]
+                if common:
+                    ex = ", ".join(sorted(common)[:3])
+                    problems.append(f"{len(common)} {what}(s) in both {a} and {b} (e.g. {ex})")
+    if problems:
+        raise ValueError("splits overlap: " + "; ".join(problems))
+
+
+def class_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """{"Real": n_real, "Fake": n_fake}."""
+    labels = np.fromiter((s.label for s in samples), dtype=np.int64)
+    counts = np.bincount(labels, minlength=2)
+    return {CLASS_NAMES[0]: int(counts[0]), CLASS_NAMES[1]: int(counts[1])}
