@@ -72,6 +72,7 @@ def bench_clips(args):
                 continue
             totals.append(t["total_s"])
             print(f"{path.name}: total={t['total_s']:.2f}s decode={t['decode_s']:.2f}s "
+                  f"(waited {t['decode_wait_s']:.2f}s) "
                   f"detect={t['detect_s']:.2f}s classify={t['classify_s']:.2f}s "
                   f"frames={r['n_frames']} with_face={r['n_frames_with_faces']} "
                   f"{r['width']}x{r['height']} {r['duration']:.1f}s  -> {r['label']} "
@@ -123,13 +124,13 @@ def bench_watch(args):
 def bench_decode(args):
     from deepfake_detector.video import sample_frames
 
-    for path in clips(data_root(args.data)):
+    for k, path in enumerate(clips(data_root(args.data))):
         for method in ("grab", "seek"):
+            if method == "seek" and args.quick and k > 0:
+                continue
             t = time.perf_counter()
             n = sum(1 for _ in sample_frames(path, args.n_frames, method=method))
             print(f"{path.name}: {method:<4} {n} frames in {time.perf_counter() - t:.2f}s", flush=True)
-            if method == "seek" and args.quick:
-                break
 
 
 # --- detector comparison ----------------------------------------------------------------
@@ -179,7 +180,7 @@ def _pasted_set(faces_dir: Path, n: int, seed: int = 0):
         side = int(rng.integers(80, 300))
         x, y = int(rng.integers(0, 1280 - side)), int(rng.integers(0, 720 - side))
         bg[y: y + side, x: x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
-        out.append((bg, (x, y, x + side, y + side)))
+        out.append((bg, (x, y, x + side, y + side), face))
     return out
 
 
@@ -219,20 +220,23 @@ def compare_detectors(args):
     pasted = _pasted_set(root / "dfdc-faces", args.n_pasted)
     for n, det in dets.items():
         found = missed = false = 0
-        for img, box in pasted:
+        for img, box, _crop in pasted:
             faces, _ = run(det, img)
             hit = [f for f in faces if iou(f.box, box) > 0.5]
             found += bool(hit)
             missed += not hit
             false += len(faces) - min(len(hit), 1)
         rows[n]["pasted"] = (found, missed, false)
-        found = 0
-        for img, box in pasted:
-            x1, y1, x2, y2 = box
-            crop = cv2.resize(img[y1:y2, x1:x2], (224, 224))
+        found, framing = 0, []
+        for _img, _box, crop in pasted:
             faces, _ = run(det, crop)
             found += bool(faces)
+            if faces:
+                f = max(faces, key=lambda f: f.area)
+                framing.append((f.width / crop.shape[1], f.height / crop.shape[0],
+                                f.center[0] / crop.shape[1], f.center[1] / crop.shape[0]))
         rows[n]["crops"] = (found, len(pasted) - found, None)
+        rows[n]["framing"] = np.array(framing) if framing else None
 
     # 3. frames of the DFDC clips (one person each; hand-checked face regions)
     frames = []
@@ -268,6 +272,13 @@ def compare_detectors(args):
         f3 = lambda t: f"{t[0]} / {t[1]} / {t[2]}"
         print(f"| {n} | {f3(r['skimage'])} | {f3(r['pasted'])} | {r['crops'][0]} / {len(pasted)} "
               f"| {f3(r['frames'])} | {r['ms_640']:.0f} | {r['ms_full']:.0f} |")
+    fr = rows["retinaface"]["framing"]
+    if fr is not None:
+        med, p10, p90 = np.median(fr, 0), np.percentile(fr, 10, 0), np.percentile(fr, 90, 0)
+        print(f"\nDFDC training crops framing (RetinaFace box / crop side, n={len(fr)}): "
+              f"width {med[0]:.2f} (p10-p90 {p10[0]:.2f}-{p90[0]:.2f}), height {med[1]:.2f} "
+              f"({p10[1]:.2f}-{p90[1]:.2f}), centre ({med[2]:.2f}, {med[3]:.2f}); "
+              f"square_crop margin that reproduces it: ~{max(0.0, (1 / max(med[0], med[1]) - 1) / 2):.2f}")
 
 
 def main(argv=None):

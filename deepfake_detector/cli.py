@@ -1,0 +1,209 @@
+"""``deepfake-detector``: parses arguments and calls the library functions, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import sys
+
+from . import __version__
+
+
+def _add_model_args(p, with_faces=True):
+    p.add_argument("--model", help="checkpoint (.npz); default: the model shipped with the package")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs CuPy")
+    if with_faces:
+        p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.resume:
+        from pathlib import Path
+
+        saved = Path(args.resume) / "config.json"
+        if not saved.exists():
+            print(f"error: {saved} not found; nothing to resume", file=sys.stderr)
+            return 2
+        cfg = TrainConfig(**json.loads(saved.read_text()))
+        cfg.out = args.resume
+    overrides = {"data": args.data, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
+                 "lr": args.lr, "schedule": args.schedule, "optimizer": args.optimizer, "out": args.out,
+                 "batches_per_epoch": args.batches_per_epoch, "seed": args.seed, "device": args.device,
+                 "early_stopping": args.early_stopping, "balance": args.balance, "workers": args.workers}
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if args.real_dir or args.fake_dir:
+        cfg.real_dirs, cfg.fake_dirs, cfg.data = args.real_dir or [], args.fake_dir or [], None
+    if args.no_augment:
+        cfg.augment = None
+    if args.no_cache:
+        cfg.cache = False
+    if args.faces:
+        print("error: --faces for train is not available yet; train on face crops", file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(cfg)), file=sys.stderr)
+    summary = train(cfg, resume=bool(args.resume), progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .metrics import metrics_table
+    from .predict import get_model
+
+    model = get_model(args.model, args.device)
+    results = []
+    for i, d in enumerate(args.data):
+        report = None
+        if args.report_dir:
+            report = args.report_dir if len(args.data) == 1 else f"{args.report_dir}/{i}"
+        results.append(evaluate(model, d, faces=args.faces, report_dir=report, workers=args.workers,
+                                limit=args.limit))
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+        return 0
+    for r in results:
+        print(f"{r['split']}: n={r['n']} (skipped {r['skipped']})  threshold {r['threshold']:.4f} (validation)")
+        print(f"  accuracy {r['accuracy']:.4f}  balanced {r['balanced_accuracy']:.4f}  precision "
+              f"{r['precision']:.4f}  recall {r['recall']:.4f}  F1 {r['f1']:.4f}")
+        print(f"  ROC-AUC {r['roc_auc']:.4f}  AP {r['average_precision']:.4f}  EER {r['eer']:.4f}  "
+              f"log loss {r['log_loss']:.4f}  ECE {r['ece']:.4f}")
+        print(f"  accuracy real {r['accuracy_real']:.4f}  fake {r['accuracy_fake']:.4f}  "
+              f"confusion [[TN, FP], [FN, TP]] = {r['confusion_matrix']}")
+        a = r["at_0.5"]
+        print(f"  at 0.5: accuracy {a['accuracy']:.4f}  F1 {a['f1']:.4f}  confusion {a['confusion_matrix']}")
+        if r.get("report"):
+            print(f"  report: {r['report']}")
+    if len(results) > 1:
+        print(metrics_table(results, [r["split"] for r in results]))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import get_model, predict_paths
+
+    model = get_model(args.model, args.device)
+    rows = []
+    failed = 0
+    out = sys.stdout
+    writer = None
+    for row in predict_paths(args.paths, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
+                             n_frames=args.frames, every=args.every):
+        failed += row.get("error") is not None and row.get("label") != "NoFace"
+        if row.get("kind") == "video":
+            _video_outputs(row, model, args)
+        if args.format == "json":
+            rows.append(row)
+        elif args.format == "csv":
+            flat = {k: row.get(k) for k in ("path", "kind", "p_fake", "label", "confidence", "error")}
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(flat))
+                writer.writeheader()
+            writer.writerow(flat)
+        else:
+            p = "-" if row.get("p_fake") is None else f"{row['p_fake']:.4f}"
+            extra = f"  ({row['error']})" if row.get("error") else ""
+            print(f"{row.get('label') or 'ERROR':7} {p:>7} {row.get('confidence') or '-':7} {row['path']}{extra}")
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    return 1 if failed else 0
+
+
+def _video_outputs(row, model, args):
+    if args.annotate:
+        from .video.render import annotate_video
+
+        annotate_video(row["path"], row, args.annotate)
+    if args.timeline:
+        from .video.render import plot_timeline
+
+        plot_timeline(row, args.timeline)
+
+
+def cmd_models(args) -> int:
+    from .models import list_models
+
+    for name in list_models():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="deepfake-detector", description="Tell real faces from deepfakes.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on ROOT/{Train,Validation,Test}/{Fake,Real}")
+    t.add_argument("--config", help="JSON config (see configs/); flags below override it")
+    t.add_argument("--data")
+    t.add_argument("--real-dir", action="append", help="a folder of real images (repeatable)")
+    t.add_argument("--fake-dir", action="append", help="a folder of fake images (repeatable)")
+    t.add_argument("--arch")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batches-per-epoch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--schedule", choices=["constant", "exponential", "step", "cosine"])
+    t.add_argument("--balance", choices=["undersample", "weighted"])
+    t.add_argument("--early-stopping", type=int, help="patience in epochs")
+    t.add_argument("--workers", type=int)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-cache", action="store_true")
+    t.add_argument("--faces", action="store_true")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["cpu", "gpu"])
+    t.add_argument("--out", help="run folder")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics and a report on a labelled folder")
+    e.add_argument("--data", action="append", required=True,
+                   help="a folder with Fake/ and Real/, or a dataset root (its Test split); repeat to compare")
+    _add_model_args(e)
+    e.add_argument("--report-dir", help="write plots and index.html here")
+    e.add_argument("--json", action="store_true", help="print one JSON object (a list for several --data)")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--limit", type=int, help="evaluate a seeded random subset of this size")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images, folders and videos")
+    p.add_argument("paths", nargs="+")
+    _add_model_args(p)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--whole-if-no-face", action="store_true", help="with --faces: classify the whole image")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
+    p.add_argument("--every", type=int, help="sample every k-th frame instead")
+    p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")
+    p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
+    p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list the architectures")
+    m.set_defaults(func=cmd_models)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

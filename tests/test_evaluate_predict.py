@@ -1,0 +1,109 @@
+"""evaluate and predict as library functions and through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, roc_auc_score
+
+from deepfake_detector.cli import main
+from deepfake_detector.evaluate import evaluate, resolve_eval_dir
+from deepfake_detector.models import create_model, save_model
+from deepfake_detector.predict import confidence_level, predict_paths
+
+from .synthetic import make_dataset
+
+
+class MeanModel:
+    """A stand-in whose score is a known function of the pixels: P(fake) = mean / 255."""
+
+    input_size, threshold, arch = 32, 0.45, "mean"
+
+    def predict_proba(self, images):
+        return images.reshape(len(images), -1).mean(1) / 255
+
+    def describe(self):
+        return {"arch": self.arch}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("eval"), n_per_class=(4, 4, 20))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    m = create_model("seed-cnn", input_size=32, seed=1)
+    m.meta.update(threshold=0.5, version="test")
+    path = tmp_path_factory.mktemp("ckpt") / "m.npz"
+    save_model(m, path)
+    return path
+
+
+def test_evaluate_metrics_equal_sklearn_on_known_scores(synthetic, tmp_path):
+    r = evaluate(MeanModel(), synthetic, report_dir=tmp_path / "report")  # a root: its Test split
+    assert r["split"].endswith("Test") and r["n"] == 40
+    paths = sorted((synthetic / "Test" / "Real").iterdir()) + sorted((synthetic / "Test" / "Fake").iterdir())
+    y = np.array([0] * 20 + [1] * 20)
+    p = np.array([np.asarray(Image.open(f).convert("RGB")).mean() / 255 for f in paths])  # 32 px: no resize
+    assert r["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert r["average_precision"] == pytest.approx(average_precision_score(y, p))
+    assert r["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.45))
+    assert r["confusion_matrix"] == confusion_matrix(y, p >= 0.45).tolist()
+    assert r["at_0.5"]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
+    assert (tmp_path / "report" / "index.html").exists() and (tmp_path / "report" / "roc.png").exists()
+
+
+def test_evaluate_skips_and_counts_a_corrupt_file(synthetic, tmp_path):
+    split = tmp_path / "split"
+    for label in ("Real", "Fake"):
+        (split / label).mkdir(parents=True)
+        for f in sorted((synthetic / "Validation" / label).iterdir()):
+            (split / label / f.name).write_bytes(f.read_bytes())
+    (split / "Fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    r = evaluate(MeanModel(), split)
+    assert r["n"] == 8 and r["skipped"] == 1
+    assert resolve_eval_dir(split)[0] == split
+
+
+def test_predict_rows_errors_and_folders(synthetic, tmp_path, checkpoint):
+    from deepfake_detector.models import load_model
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is text")
+    inputs = [synthetic / "Test" / "Real", str(bad), str(tmp_path / "missing.jpg")]
+    rows = list(predict_paths(inputs, load_model(checkpoint)))
+    assert len(rows) == 20 + 2
+    good = [r for r in rows if r["error"] is None]
+    assert len(good) == 20 and all(0 <= r["p_fake"] <= 1 and r["label"] in ("Real", "Fake") for r in good)
+    assert {r["path"] for r in rows if r["error"]} == {str(bad), str(tmp_path / "missing.jpg")}
+
+
+def test_confidence_levels():
+    assert [confidence_level(p) for p in (0.95, 0.1, 0.7, 0.35, 0.5)] == ["HIGH", "HIGH", "MEDIUM", "MEDIUM", "LOW"]
+
+
+def test_cli_predict_json_and_exit_status(synthetic, checkpoint, capsys, tmp_path):
+    files = sorted((synthetic / "Test" / "Fake").iterdir())[:3]
+    assert main(["predict", *map(str, files), "--model", str(checkpoint), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == list(map(str, files))
+    assert set(rows[0]) >= {"path", "p_fake", "label", "confidence"}
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"")
+    assert main(["predict", str(files[0]), str(bad), "--model", str(checkpoint), "--format", "csv"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("path,") and len(out) == 3
+
+
+def test_cli_evaluate_json(synthetic, checkpoint, capsys):
+    assert main(["evaluate", "--data", str(synthetic), "--model", str(checkpoint), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"n", "accuracy", "roc_auc", "average_precision", "eer", "confusion_matrix"} <= set(r)
+    assert r["n"] == 40
+    assert main(["evaluate", "--data", str(synthetic / "Test"), "--data", str(synthetic / "Validation"),
+                 "--model", str(checkpoint), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2

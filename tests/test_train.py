@@ -1,0 +1,96 @@
+"""The trainer on an easy synthetic task and on real images: learning, resume, file sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deepfake_detector.data import DataLoader, Splits
+from deepfake_detector.models import load_model
+from deepfake_detector.nn.io import load_arrays
+from deepfake_detector.train import TrainConfig, build_splits, train
+
+from .synthetic import make_dataset
+
+TINY_DF = {"input_size": 32, "widths": [8, 8, 16, 16, 16], "depths": [1, 1, 1, 1, 1], "dropout": 0.2}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def cfg_for(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), arch="df-cnn", model_config=TINY_DF, epochs=2,
+                batch_size=16, lr=3e-3, augment={"jpeg_p": 0.0}, cache=True, workers=1,
+                checkpoint_every=2, early_stopping=None)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_training_learns_the_synthetic_task(synthetic, tmp_path):
+    cfg = cfg_for(synthetic, tmp_path / "run", epochs=4, model_config=dict(TINY_DF, dropout=0.0),
+                  augment=None)
+    summary = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and summary["epochs_run"] == 4
+    assert summary["best_val_roc_auc"] > 0.85  # chance is 0.5
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    best = load_model(tmp_path / "run" / "best.npz")
+    assert 0 < best.threshold < 1 and best.temperature > 0
+    assert best.meta["validation"]["n"] == 32
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 5000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["arch"] == "df-cnn"
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_weights(synthetic, tmp_path):
+    full = cfg_for(synthetic, tmp_path / "full")
+    train(full, progress=False)
+    part = cfg_for(synthetic, tmp_path / "part")
+    stop = train(part, progress=False, stop_after_steps=7)  # 5 batches per epoch: stops in epoch 2
+    assert stop["stopped"] == "stop_after_steps"
+    _, meta = load_arrays(tmp_path / "part" / "last.npz")
+    assert (meta["progress"]["epoch"], meta["progress"]["batch"]) == (1, 2)
+    train(part, resume=True, progress=False)
+    a, _ = load_arrays(tmp_path / "full" / "last.npz")
+    b, _ = load_arrays(tmp_path / "part" / "last.npz")
+    for group in ("param", "buffer", "optim"):
+        assert a[group].keys() == b[group].keys()
+        for k in a[group]:
+            np.testing.assert_array_equal(a[group][k], b[group][k], err_msg=f"{group}/{k}")
+    rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [0, 1]  # no duplicate epoch lines
+
+
+def test_no_validation_or_test_file_reaches_a_training_batch(dfdc_faces, tmp_path, monkeypatch):
+    cfg = cfg_for(dfdc_faces, tmp_path / "real", epochs=1, batches_per_epoch=3, model_config=TINY_DF)
+    splits = build_splits(cfg)
+    held_out = {s.path for s in splits.validation + splits.test}
+    held_groups = {s.group for s in splits.validation + splits.test}
+    assert held_out and not held_out & {s.path for s in splits.train}
+    # a few hundred real images keep this fast; the subset keeps whole splits apart
+    small = Splits(splits.train[::60], splits.validation[::20], splits.test[::20])
+    seen = []
+    original = DataLoader.epoch
+
+    def spy(self, epoch, start_batch=0):
+        for batch in original(self, epoch, start_batch):
+            if self.shuffle:  # the training loader (validation is decoded in order)
+                seen.extend(self.samples[i] for i in batch.indices)
+            yield batch
+
+    monkeypatch.setattr(DataLoader, "epoch", spy)
+    summary = train(cfg, progress=False, splits=small)
+    assert len(seen) == 3 * 16
+    assert not {s.path for s in seen} & held_out
+    assert not {s.group for s in seen} & held_groups
+    assert summary["epochs_run"] == 1
+
+
+def test_carved_validation_from_explicit_dirs(synthetic, tmp_path):
+    cfg = TrainConfig(real_dirs=[str(synthetic / "Train" / "Real")], fake_dirs=[str(synthetic / "Train" / "Fake")],
+                      val_fraction=0.25)
+    splits = build_splits(cfg)
+    assert len(splits.validation) == 20 and len(splits.train) == 60
