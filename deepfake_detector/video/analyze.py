@@ -115,6 +115,9 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                   method: str = "grab", batch_size: int = 64, prefetch_frames: int = 3) -> dict:
     """Analyse one video file; never raises for a bad file (see ``error`` in the result).
 
+    Set-up errors still raise: an unknown ``aggregation`` (ValueError) or, with
+    ``detector=None``, a missing RetinaFace package (``DetectorUnavailable``).
+
     ``detector``: a :class:`~deepfake_detector.faces.FaceDetector` (default: the cached
     RetinaFace). ``n_frames`` / ``every``: see :func:`~deepfake_detector.video.read.sample_frames`.
     ``margin``: crop margin per side (see :func:`~deepfake_detector.faces.square_crop`).
@@ -136,6 +139,8 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+    if detector is None:  # a missing detector package is a set-up error: raise it, once
+        detector = get_detector()
     t_start = time.perf_counter()
     res = empty_result(path)
     res["aggregation"] = aggregation
@@ -145,8 +150,6 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
         res["threshold"] = threshold
         describe = getattr(model, "describe", None)
         res["model"] = describe() if callable(describe) else None
-        if detector is None:
-            detector = get_detector()
         res["detector"] = getattr(detector, "name", type(detector).__name__)
         size = int(model.input_size)
 

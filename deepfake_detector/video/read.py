@@ -263,8 +263,8 @@ def sample_frames(path, n_frames: int | None = DEFAULT_N_FRAMES, every: int | No
     ``n_frames`` evenly spaced frames (default 32, first and last included), or, when
     ``every`` is given, every ``every``-th frame (``n_frames`` is then ignored). Frames are
     RGB ``uint8 (H, W, 3)`` (BGR with ``rgb=False``). Raises :class:`VideoError` when the
-    file cannot be opened or decoded. If the container over-reports its frame count, the
-    frames past the real end are silently missing.
+    file cannot be opened or decoded (a generator: on the first ``next()``). If the
+    container over-reports its frame count, the frames past the real end are missing.
     """
     with open_video(path) as video:
         yield from iter_sampled(video, n_frames, every, method, rgb)
