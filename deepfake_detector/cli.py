@@ -92,14 +92,15 @@ def cmd_predict(args) -> int:
 
     model = get_model(args.model, args.device)
     rows = []
-    failed = 0
+    failed = videos_done = 0
     out = sys.stdout
     writer = None
     for row in predict_paths(args.paths, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
                              n_frames=args.frames, every=args.every):
         failed += row.get("error") is not None and row.get("label") != "NoFace"
-        if row.get("kind") == "video":
-            _video_outputs(row, model, args)
+        if row.get("kind") == "video" and row.get("p_fake") is not None:
+            _video_outputs(row, args, videos_done)
+            videos_done += 1
         if args.format == "json":
             rows.append(row)
         elif args.format == "csv":
@@ -117,15 +118,61 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _video_outputs(row, model, args):
+def _numbered(path: str, video: str, n: int) -> str:
+    """The first video writes to ``path``; later ones to ``path`` with the video's name added."""
+    if n == 0:
+        return path
+    from pathlib import Path
+
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{Path(video).stem}{p.suffix}"))
+
+
+def _video_outputs(row, args, n: int):
     if args.annotate:
         from .video.render import annotate_video
 
-        annotate_video(row["path"], row, args.annotate)
+        annotate_video(row["path"], row, _numbered(args.annotate, row["path"], n))
     if args.timeline:
         from .video.render import plot_timeline
 
-        plot_timeline(row, args.timeline)
+        plot_timeline(row, _numbered(args.timeline, row["path"], n))
+
+
+def cmd_watch(args) -> int:
+    from .predict import get_model
+    from .video.live import format_summary, format_update, watch
+
+    model = get_model(args.model, args.device)
+    last = [0.0]
+
+    def show(update):
+        import time
+
+        if time.time() - last[0] >= args.print_every:
+            last[0] = time.time()
+            print(format_update(update), flush=True)
+
+    summary = watch(args.source, model, max_seconds=args.seconds, window=args.window, on_update=show,
+                    margin=model.face_margin)
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Predict on the public-domain astronaut photo that ships inside scikit-image."""
+    try:
+        import skimage
+    except ImportError:
+        print("error: the demo photo comes with scikit-image: pip install 'deepfake-detector[demo]'",
+              file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    return main(["predict", str(photo), "--faces", *(["--model", args.model] if args.model else [])])
 
 
 def cmd_models(args) -> int:
@@ -187,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")
     p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
     p.set_defaults(func=cmd_predict)
+
+    w = sub.add_parser("watch", help="analyse a camera, stream or file live")
+    w.add_argument("--source", default="0", help="camera index, video file or stream URL")
+    _add_model_args(w, with_faces=False)
+    w.add_argument("--seconds", type=float, help="stop after this many seconds")
+    w.add_argument("--window", type=int, default=30, help="frames in the rolling verdict")
+    w.add_argument("--print-every", type=float, default=1.0, help="seconds between status lines")
+    w.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    w.set_defaults(func=cmd_watch)
+
+    d = sub.add_parser("demo", help="predict on a public-domain face photo (needs scikit-image)")
+    d.add_argument("--model")
+    d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("models", help="list the architectures")
     m.set_defaults(func=cmd_models)

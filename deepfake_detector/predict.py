@@ -6,7 +6,6 @@ A file that cannot be read gets a row with ``error`` set; the others go on.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator
 from importlib import resources
@@ -16,6 +15,7 @@ import numpy as np
 
 from .data import IMAGE_EXTENSIONS, ImageDecodeError, eval_transform, load_image
 from .models import Model, load_model
+from .video.analyze import confidence_level
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DEFAULT_MODEL = "default.npz"  # inside deepfake_detector/assets
@@ -33,14 +33,6 @@ def get_model(path=None, device: str = "cpu") -> Model:
                                 + ("" if path != default_model_path() else
                                    " (the package ships without its default model; pass --model)"))
     return load_model(path, device)
-
-
-def confidence_level(p: float | None) -> str | None:
-    """The original tool's scale: HIGH if max(p, 1-p) > 0.8, MEDIUM if > 0.6, else LOW."""
-    if p is None or not math.isfinite(p):
-        return None
-    c = max(p, 1.0 - p)
-    return "HIGH" if c > 0.8 else "MEDIUM" if c > 0.6 else "LOW"
 
 
 def kind_of(path) -> str | None:
@@ -72,10 +64,11 @@ def image_row(path, p_fake: float | None, model: Model, error: str | None = None
 
 
 def predict_arrays(model: Model, images: list[np.ndarray], faces: bool = False, detector=None,
-                   whole_if_no_face: bool = False, margin: float = 0.3) -> list[dict]:
+                   whole_if_no_face: bool = False, margin: float | None = None) -> list[dict]:
     """Classify decoded RGB images (any size): one dict per image with ``p_fake`` and,
     with ``faces``, the face ``box`` used (or ``error`` 'no face found')."""
     S = model.input_size
+    margin = model.face_margin if margin is None else margin  # frame faces as the training crops were
     crops, rows = [], []
     for img in images:
         box = None
@@ -123,7 +116,8 @@ def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_
             yield from flush()
             from .video.analyze import analyze_video
 
-            yield analyze_video(path, model, detector=detector, n_frames=n_frames, every=every)
+            yield analyze_video(path, model, detector=detector, n_frames=n_frames, every=every,
+                                margin=model.face_margin)
             continue
         try:
             if not os.path.isfile(path):

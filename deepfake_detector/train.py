@@ -72,6 +72,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # carved from Train (grouped) when there is no Validation split
     early_stopping: int | None = 5  # epochs without a better validation AUC before stopping
     threshold_method: str = "youden"
+    face_margin: float = 0.0  # framing of the training crops (dfdc-faces: tight); --faces crops alike
     checkpoint_every: int = 50  # batches between mid-epoch checkpoints
     seed: int = 0
     device: str = "cpu"
@@ -226,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         progress_state = {"epoch": epoch, "batch": batch, "step": step, "best_auc": best_auc,
                           "bad_epochs": bad_epochs}
         save_model(model, path, optimizer=opt,
-                   extra_meta=dict(extra or {}, progress=progress_state, data=data_info,
+                   extra_meta=dict(extra or {}, progress=progress_state, data=data_info, face_margin=cfg.face_margin,
                                    recipe=dataclasses.asdict(cfg)))
 
     steps_this_call = 0

@@ -80,6 +80,11 @@ class Model:
         return float(self.meta.get("threshold", 0.5))
 
     @property
+    def face_margin(self) -> float:
+        """Margin per side of the face crops the model was trained on (0: tight, as dfdc-faces)."""
+        return float(self.meta.get("face_margin", 0.0))
+
+    @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0))
 
