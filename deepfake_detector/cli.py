@@ -46,8 +46,9 @@ def cmd_train(args) -> int:
     if args.no_cache:
         cfg.cache = False
     if args.faces:
-        print("error: --faces for train is not available yet; train on face crops", file=sys.stderr)
-        return 2
+        cfg.faces = True
+    if args.whole_if_no_face:
+        cfg.whole_if_no_face = True
     print(json.dumps(dataclasses.asdict(cfg)), file=sys.stderr)
     summary = train(cfg, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
@@ -175,6 +176,15 @@ def cmd_demo(args) -> int:
     return main(["predict", str(photo), "--faces", *(["--model", args.model] if args.model else [])])
 
 
+def cmd_release(args) -> int:
+    from .train import release
+
+    meta = release(args.run, args.out, args.test)
+    print(json.dumps({k: meta.get(k) for k in ("version", "threshold", "temperature", "validation", "test")},
+                     indent=2))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models
 
@@ -206,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int)
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-cache", action="store_true")
-    t.add_argument("--faces", action="store_true")
+    t.add_argument("--faces", action="store_true", help="crop the largest face of each image first")
+    t.add_argument("--whole-if-no-face", action="store_true", help="with --faces: keep faceless images whole")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["cpu", "gpu"])
     t.add_argument("--out", help="run folder")
@@ -247,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="predict on a public-domain face photo (needs scikit-image)")
     d.add_argument("--model")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("release", help="ship a run's best checkpoint (weights only), tested once on Test")
+    r.add_argument("--run", required=True, help="run folder holding best.npz")
+    r.add_argument("--out", required=True, help="where to write the shipped model (.npz)")
+    r.add_argument("--test", help="labelled folder or dataset root to evaluate once (its Test split)")
+    r.set_defaults(func=cmd_release)
 
     m = sub.add_parser("models", help="list the architectures")
     m.set_defaults(func=cmd_models)

@@ -73,6 +73,8 @@ class TrainConfig:
     early_stopping: int | None = 5  # epochs without a better validation AUC before stopping
     threshold_method: str = "youden"
     face_margin: float = 0.0  # framing of the training crops (dfdc-faces: tight); --faces crops alike
+    faces: bool = False  # crop the largest face of each (whole-photo) image first, once, into the run
+    whole_if_no_face: bool = False  # with faces: keep images without a face whole instead of skipping
     checkpoint_every: int = 50  # batches between mid-epoch checkpoints
     seed: int = 0
     device: str = "cpu"
@@ -104,6 +106,21 @@ def build_splits(cfg: TrainConfig) -> Splits:
         raise ValueError("no validation images: add a Validation split or raise --val-fraction")
     check_disjoint(splits)
     return splits
+
+
+def face_splits(splits: Splits, folder: Path, cfg: TrainConfig) -> Splits:
+    """Train and validation samples replaced by face crops (made once, reused on resume)."""
+    from .faces.crop import crop_samples
+
+    out = []
+    for name, samples in zip(("train", "validation"), (splits.train, splits.validation)):
+        crops, problems = crop_samples(samples, folder / name, margin=cfg.face_margin,
+                                       whole_if_no_face=cfg.whole_if_no_face)
+        if problems:
+            log.warning("%s: %d images left out (%d without a face)", name, len(problems),
+                        sum(r == "no face found" for r in problems.values()))
+        out.append(crops)
+    return Splits(out[0], out[1], splits.test)
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -188,6 +205,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     splits = splits or build_splits(cfg)
+    if cfg.faces:
+        splits = face_splits(splits, run / "faces", cfg)
     rng_seed = cfg.seed
 
     model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config).to(cfg.device)
@@ -307,3 +326,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
 
 __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
+
+
+def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
+    """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
+    its Test metrics measured once here (at the validation-chosen threshold) and stored."""
+    from .evaluate import evaluate
+    from .models import load_model
+
+    model = load_model(Path(run_dir) / "best.npz")
+    for key in ("progress", "optim_t"):
+        model.meta.pop(key, None)
+    if test_data:
+        r = evaluate(model, test_data, workers=workers)
+        model.meta["test"] = {k: r[k] for k in ("n", "accuracy", "roc_auc", "average_precision", "eer",
+                                                "f1", "log_loss", "ece", "confusion_matrix", "split")}
+        model.meta["test"]["accuracy_at_0.5"] = r["at_0.5"]["accuracy"]
+    save_model(model, out_path)
+    return model.meta

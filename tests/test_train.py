@@ -94,3 +94,27 @@ def test_carved_validation_from_explicit_dirs(synthetic, tmp_path):
                       val_fraction=0.25)
     splits = build_splits(cfg)
     assert len(splits.validation) == 20 and len(splits.train) == 60
+
+
+def test_train_with_faces_crops_whole_photos_first(tmp_path):
+    """Whole 'photos' (a face pasted on a background) are cropped to the face before training;
+    a photo without a face is left out and counted."""
+    from PIL import Image
+
+    from .test_video import face_frames
+
+    frames, boxes = face_frames(6)
+    for split in ("Train", "Validation"):
+        for label in ("Real", "Fake"):
+            d = tmp_path / "photos" / split / label
+            d.mkdir(parents=True)
+            for i, f in enumerate(frames[:3]):
+                Image.fromarray(f).save(d / f"{label}{i}.png")
+    Image.fromarray(frames[0] * 0 + 90).save(tmp_path / "photos" / "Train" / "Real" / "noface.png")
+    cfg = cfg_for(tmp_path / "photos", tmp_path / "run", epochs=1, faces=True, batch_size=2)
+    summary = train(cfg, progress=False)
+    crops = sorted((tmp_path / "run" / "faces" / "train").rglob("*.jpg"))
+    assert len(crops) == 6 and summary["epochs_run"] == 1  # the faceless photo was left out
+    w, h = Image.open(crops[0]).size
+    x1, y1, x2, y2 = boxes[0]
+    assert w == h and abs(w - max(x2 - x1, y2 - y1)) < 0.35 * w  # about the face box, not the photo
