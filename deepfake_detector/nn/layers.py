@@ -210,8 +210,8 @@ class _BatchNorm(Layer):
         if training:
             mean = x.mean(axis=self.axes)
             xc = x - self._shape(mean)
-            var = (xc * xc).mean(axis=self.axes)
             m = x.size // self.num_features
+            var = self._sumsq(xc) / m
             b, mo = self.buffers, self.momentum
             b["running_mean"] = ((1 - mo) * b["running_mean"] + mo * mean).astype(mean.dtype)
             b["running_var"] = ((1 - mo) * b["running_var"] + mo * var * (m / max(m - 1, 1))).astype(var.dtype)
@@ -219,7 +219,7 @@ class _BatchNorm(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             xc = x - self._shape(mean)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
         xhat = xc
         xhat *= self._shape(inv_std)  # in place: xc is a fresh array
         out = xhat * self._shape(self.params["weight"])
@@ -227,11 +227,17 @@ class _BatchNorm(Layer):
         self._cache = (xhat, inv_std, training) if _GRAD_ENABLED else None
         return out
 
+    def _sumsq(self, a, b=None):
+        """Per-channel sum of a*b (a*a by default) without a temporary array."""
+        xp = get_array_module(a)
+        spec = "nc,nc->c" if a.ndim == 2 else "nchw,nchw->c"
+        return xp.einsum(spec, a, a if b is None else b)
+
     def backward(self, grad, need_input_grad=True):
         xhat, inv_std, training = self._cache
         self._cache = None
         dbeta = grad.sum(axis=self.axes)
-        dgamma = (grad * xhat).sum(axis=self.axes)
+        dgamma = self._sumsq(grad, xhat)
         self._accumulate("bias", dbeta)
         self._accumulate("weight", dgamma)
         if not need_input_grad:
@@ -241,8 +247,9 @@ class _BatchNorm(Layer):
             return grad * scale
         m = grad.size // self.num_features
         # dx = gamma * inv_std / m * (m * g - sum(g) - xhat * sum(g * xhat))
-        dx = grad - self._shape(dbeta / m)
-        dx -= xhat * self._shape(dgamma / m)
+        dx = xhat * self._shape(-dgamma / m)
+        dx += grad
+        dx -= self._shape(dbeta / m)
         dx *= scale
         return dx
 
@@ -330,18 +337,23 @@ class MaxPool2D(Layer):
         x, out = self._cache
         self._cache = None
         xp = get_array_module(grad)
-        dx = xp.zeros(x.shape, dtype=grad.dtype)
         k, s, p = self.k, self.s, self.p
-        taken = None  # windows whose maximum was already routed (ties: first one wins)
-        for (_, _, view), (_, _, dview) in zip(_windows(x, k, k, s, *out.shape[2:]),
-                                               _windows(dx, k, k, s, *out.shape[2:])):
+        Ho, Wo = out.shape[2:]
+        # disjoint windows that tile the input: each gradient is written once, no zero-fill
+        tiled = k == s and p == 0 and x.shape[2] == k * Ho and x.shape[3] == k * Wo
+        dx = xp.empty(x.shape, grad.dtype) if tiled else xp.zeros(x.shape, grad.dtype)
+        taken = None  # windows whose maximum was already routed (ties: the first one wins)
+        for (_, _, view), (_, _, dview) in zip(_windows(x, k, k, s, Ho, Wo), _windows(dx, k, k, s, Ho, Wo)):
             hit = view == out
             if taken is None:
-                taken = hit
+                taken = hit.copy()
             else:
-                hit &= ~taken
+                xp.greater(hit, taken, out=hit)  # hit and not yet taken
                 taken |= hit
-            dview += grad * hit
+            if tiled:
+                xp.multiply(grad, hit, out=dview)
+            else:
+                dview += grad * hit
         if p:
             dx = dx[:, :, p:-p, p:-p]
         return dx

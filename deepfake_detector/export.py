@@ -1,0 +1,402 @@
+"""Export a model to ONNX, so that onnxruntime (or any ONNX runtime) can run it alone.
+
+The graph takes ``image``: float32 (N, 3, S, S), already normalised (what ``Model.forward``
+takes; ``Model.normalize`` / ``OnnxModel.normalize`` make it from uint8 pixels) and gives
+``logits``: float32 (N, 2). Everything else the program needs to use the file -- the
+architecture and its config, the input size and normalisation, the class names and the
+model's ``meta`` (threshold, temperature, face margin, version...) -- is written into the
+ONNX ``metadata_props``, so the .onnx file alone is enough to predict
+(:class:`deepfake_detector.runtime.OnnxModel` reads it back).
+
+From-scratch (NumPy/CuPy engine) models are converted layer by layer with the ``onnx``
+helper API; no torch is involved. Layer -> ONNX:
+
+=================  ===============================================================
+Conv2D             Conv (pads from ``padding``, strides from ``stride``)
+BatchNorm2D/1D     folded into the preceding Conv2D / Dense (``fold_bn=True``, the
+                   default: the same maths in one op, faster); otherwise, or where no
+                   Conv2D / Dense precedes it, BatchNormalization in inference mode with
+                   the running statistics
+ReLU / LeakyReLU   Relu / LeakyRelu(alpha=negative_slope)
+MaxPool2D          MaxPool (pads = padding; padded cells never win, as in the engine)
+AvgPool2D          AveragePool(count_include_pad=1): zero padding counts in the mean
+GlobalAvgPool2D    GlobalAveragePool + Flatten
+Flatten            Flatten(axis=1) (C-order, as the engine's reshape)
+Dense              Gemm(transB=1), weight (out, in) as stored
+Dropout            nothing (identity at inference)
+Sequential         its layers, in order
+=================  ===============================================================
+
+Folding uses float64 for the arithmetic: ``w' = w * gamma / sqrt(var + eps)`` per output
+channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``, then float32.
+
+A layer with no rule raises :class:`UnsupportedLayerError`, naming the layer and listing
+those that are supported. Exporters are chosen by ``model.engine`` (:data:`EXPORTERS`):
+a future torch engine (a ``TorchModel`` holding a ``torch.nn.Module``) registers one that
+calls ``torch.onnx.export`` and then :func:`write_metadata`, with no other change here.
+
+``onnx`` is an optional dependency, imported only when exporting; the constants below are
+shared with :mod:`deepfake_detector.runtime`, which needs onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+FORMAT = "deepfake-detector/onnx"
+FORMAT_VERSION = 1
+MIN_OPSET = 13  # Gemm without C, Flatten and the pooling attributes used here are all older
+
+# metadata_props keys; values are strings (JSON where structured)
+META_FORMAT = "format"
+META_FORMAT_VERSION = "format_version"
+META_ARCH = "arch"
+META_CONFIG = "config"  # JSON object
+META_PREPROCESS = "preprocess"  # JSON {"input_size", "mean", "std"}
+META_CLASS_NAMES = "class_names"  # JSON list
+META_META = "meta"  # JSON: the whole model.meta (threshold, temperature, face_margin, version...)
+META_PARAMETERS = "parameters"  # the source model's parameter count, as a decimal string
+META_SOURCE_ENGINE = "source_engine"
+META_BN_FOLDED = "bn_folded"  # "1" / "0"
+
+
+class ExportError(ValueError):
+    """The model cannot be exported (an unsupported layer, an unknown engine...)."""
+
+
+class UnsupportedLayerError(ExportError, TypeError):
+    """A layer with no ONNX rule."""
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: PLC0415 - optional, only for exporting
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError("exporting to ONNX needs the onnx package: pip install 'deepfake-detector[onnx]' "
+                          "(or pip install onnx)") from e
+    return onnx
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _dumps(o) -> str:
+    return json.dumps(o, default=_json_default)
+
+
+def metadata_of(model, bn_folded: bool | None = None) -> dict[str, str]:
+    """The ``metadata_props`` written into the .onnx file for ``model`` (all strings)."""
+    pp = model.preprocess
+    num_params = model.num_parameters() if hasattr(model, "num_parameters") else None
+    props = {
+        META_FORMAT: FORMAT,
+        META_FORMAT_VERSION: str(FORMAT_VERSION),
+        META_ARCH: str(model.arch),
+        META_CONFIG: _dumps(model.config),
+        META_PREPROCESS: _dumps({"input_size": int(pp.input_size), "mean": [float(v) for v in pp.mean],
+                                 "std": [float(v) for v in pp.std]}),
+        META_CLASS_NAMES: _dumps([str(c) for c in model.class_names]),
+        META_META: _dumps(dict(model.meta)),
+        META_SOURCE_ENGINE: str(getattr(model, "engine", "numpy")),
+    }
+    if num_params is not None:
+        props[META_PARAMETERS] = str(int(num_params))
+    if bn_folded is not None:
+        props[META_BN_FOLDED] = "1" if bn_folded else "0"
+    return props
+
+
+def write_metadata(onnx_model, model, bn_folded: bool | None = None):
+    """Set ``onnx_model.metadata_props`` (replacing ours, keeping others) and the producer fields.
+
+    Shared by every exporter: a torch exporter loads what ``torch.onnx.export`` wrote,
+    calls this and saves again.
+    """
+    props = metadata_of(model, bn_folded)
+    kept = [(p.key, p.value) for p in onnx_model.metadata_props if p.key not in props]
+    del onnx_model.metadata_props[:]
+    for k, v in [*kept, *props.items()]:
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx_model.producer_name = "deepfake_detector"
+    onnx_model.producer_version = __version__
+    onnx_model.doc_string = (f"deepfake_detector {model.arch}: input '{INPUT_NAME}' float32 (N, 3, S, S) "
+                             f"normalised, output '{OUTPUT_NAME}' (N, {len(model.class_names)}) logits; "
+                             "see metadata_props")
+    return onnx_model
+
+
+# --- the from-scratch engine ---------------------------------------------------------------
+
+
+class _Graph:
+    """Nodes and initialisers being built, with unique names and the running shape (no batch)."""
+
+    def __init__(self, onnx, fold_bn: bool):
+        self.onnx, self.helper, self.fold_bn = onnx, onnx.helper, fold_bn
+        self.nodes: list = []
+        self.inits: list = []
+        self._used: set = set()
+
+    def unique(self, name: str) -> str:
+        base = name.replace("/", ".") or "t"
+        out, i = base, 1
+        while out in self._used:
+            i += 1
+            out = f"{base}_{i}"
+        self._used.add(out)
+        return out
+
+    def const(self, name: str, array) -> str:
+        name = self.unique(name)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list, name: str, **attrs) -> str:
+        out = self.unique(f"{name}.out" if name else op)
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=self.unique(f"{name}.{op}"), **attrs))
+        return out
+
+
+def _host(a) -> np.ndarray:
+    from .nn.backend import to_numpy
+
+    return np.asarray(to_numpy(a))
+
+
+def _bn_scale_shift(bn):
+    """Per-channel (scale, shift) of an inference-mode batch norm, in float64."""
+    gamma = _host(bn.params["weight"]).astype(np.float64)
+    beta = _host(bn.params["bias"]).astype(np.float64)
+    mean = _host(bn.buffers["running_mean"]).astype(np.float64)
+    var = _host(bn.buffers["running_var"]).astype(np.float64)
+    scale = gamma / np.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _conv(g: _Graph, layer, name, x, shape, bn=None):
+    C, H, W = shape
+    if C != layer.in_channels:
+        raise ExportError(f"{name}: Conv2D expects {layer.in_channels} channels, gets {C}")
+    w = _host(layer.params["weight"])
+    b = _host(layer.params["bias"]) if "bias" in layer.params else None
+    if bn is not None:
+        scale, shift = _bn_scale_shift(bn)
+        w = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+        b = ((0.0 if b is None else b.astype(np.float64)) * scale + shift).astype(np.float32)
+    inputs = [x, g.const(f"{name}.weight", w.astype(np.float32))]
+    if b is not None:
+        inputs.append(g.const(f"{name}.bias", b.astype(np.float32)))
+    s, p = int(layer.stride), int(layer.padding)
+    y = g.node("Conv", inputs, name, kernel_shape=[layer.kh, layer.kw], strides=[s, s], pads=[p, p, p, p],
+               dilations=[1, 1], group=1)
+    Ho, Wo = (H + 2 * p - layer.kh) // s + 1, (W + 2 * p - layer.kw) // s + 1
+    return y, (layer.out_channels, Ho, Wo)
+
+
+def _dense(g: _Graph, layer, name, x, shape, bn=None):
+    if len(shape) != 1:
+        raise ExportError(f"{name}: Dense needs (N, features) input, gets (N, {', '.join(map(str, shape))}); "
+                          "add a Flatten or GlobalAvgPool2D before it")
+    if shape[0] != layer.in_features:
+        raise ExportError(f"{name}: Dense expects {layer.in_features} features, gets {shape[0]}")
+    w = _host(layer.params["weight"])
+    b = _host(layer.params["bias"]) if "bias" in layer.params else None
+    if bn is not None:
+        scale, shift = _bn_scale_shift(bn)
+        w = (w.astype(np.float64) * scale[:, None]).astype(np.float32)
+        b = ((0.0 if b is None else b.astype(np.float64)) * scale + shift).astype(np.float32)
+    inputs = [x, g.const(f"{name}.weight", w.astype(np.float32))]
+    if b is not None:
+        inputs.append(g.const(f"{name}.bias", b.astype(np.float32)))
+    return g.node("Gemm", inputs, name, alpha=1.0, beta=1.0, transA=0, transB=1), (layer.out_features,)
+
+
+def _batchnorm(g: _Graph, layer, name, x, shape):
+    if shape[0] != layer.num_features:
+        raise ExportError(f"{name}: batch norm over {layer.num_features} channels, input has {shape[0]}")
+    inputs = [x] + [g.const(f"{name}.{k}", _host(d[k]).astype(np.float32))
+                    for d, k in ((layer.params, "weight"), (layer.params, "bias"),
+                                 (layer.buffers, "running_mean"), (layer.buffers, "running_var"))]
+    return g.node("BatchNormalization", inputs, name, epsilon=float(layer.eps)), shape
+
+
+def _pool(op, **extra):
+    def convert(g: _Graph, layer, name, x, shape):
+        if len(shape) != 3:
+            raise ExportError(f"{name}: {type(layer).__name__} needs (N, C, H, W) input")
+        C, H, W = shape
+        k, s, p = int(layer.k), int(layer.s), int(layer.p)
+        y = g.node(op, [x], name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], ceil_mode=0, **extra)
+        return y, (C, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
+
+    return convert
+
+
+def _global_avg(g: _Graph, layer, name, x, shape):
+    if len(shape) != 3:
+        raise ExportError(f"{name}: GlobalAvgPool2D needs (N, C, H, W) input")
+    y = g.node("GlobalAveragePool", [x], name)
+    return g.node("Flatten", [y], name, axis=1), (shape[0],)
+
+
+def _flatten(g: _Graph, layer, name, x, shape):
+    return g.node("Flatten", [x], name, axis=1), (int(np.prod(shape)),)
+
+
+def _relu(g, layer, name, x, shape):
+    return g.node("Relu", [x], name), shape
+
+
+def _leaky(g, layer, name, x, shape):
+    return g.node("LeakyRelu", [x], name, alpha=float(layer.negative_slope)), shape
+
+
+def _identity(g, layer, name, x, shape):
+    return x, shape
+
+
+def _layer_rules() -> dict[type, Callable]:
+    from . import nn
+
+    return {nn.Conv2D: _conv, nn.Dense: _dense, nn.BatchNorm2D: _batchnorm, nn.BatchNorm1D: _batchnorm,
+            nn.ReLU: _relu, nn.LeakyReLU: _leaky, nn.MaxPool2D: _pool("MaxPool"),
+            nn.AvgPool2D: _pool("AveragePool", count_include_pad=1), nn.GlobalAvgPool2D: _global_avg,
+            nn.Flatten: _flatten, nn.Dropout: _identity}
+
+
+def _flat_layers(seq, prefix=""):
+    """(dotted name, layer) for every leaf layer of a (nested) Sequential, in order."""
+    from . import nn
+
+    for name, layer in seq.children():
+        full = f"{prefix}{name}"
+        if isinstance(layer, nn.Sequential):
+            yield from _flat_layers(layer, f"{full}.")
+        else:
+            yield full, layer
+
+
+def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool = True,
+                     dynamic_batch: bool = True, graph_name: str = "deepfake_detector"):
+    """An ``onnx.GraphProto`` computing ``seq`` in inference mode on (N, C, S, S) input."""
+    onnx = _require_onnx()
+    from . import nn
+
+    rules = _layer_rules()
+    g = _Graph(onnx, fold_bn)
+    layers = list(_flat_layers(seq))
+    unsupported = [(n, l) for n, l in layers if type(l) not in rules]
+    if unsupported:
+        n, l = unsupported[0]
+        raise UnsupportedLayerError(
+            f"cannot export layer {n!r} ({type(l).__name__}) to ONNX; supported layers: "
+            f"{', '.join(sorted(t.__name__ for t in rules))}")
+    x, shape = INPUT_NAME, (in_channels, input_size, input_size)
+    i = 0
+    while i < len(layers):
+        name, layer = layers[i]
+        nxt = layers[i + 1][1] if i + 1 < len(layers) else None
+        foldable = (isinstance(layer, nn.Conv2D) and isinstance(nxt, nn.BatchNorm2D)) or \
+                   (isinstance(layer, nn.Dense) and isinstance(nxt, nn.BatchNorm1D))
+        if fold_bn and foldable:
+            if nxt.num_features != (layer.out_channels if isinstance(layer, nn.Conv2D) else layer.out_features):
+                raise ExportError(f"{layers[i + 1][0]}: batch norm over {nxt.num_features} channels after "
+                                  f"{name!r} with a different width")
+            x, shape = rules[type(layer)](g, layer, name, x, shape, bn=nxt)
+            i += 2
+            continue
+        x, shape = rules[type(layer)](g, layer, name, x, shape)
+        i += 1
+    if len(shape) != 1:
+        raise ExportError(f"the network ends with shape (N, {', '.join(map(str, shape))}), not (N, classes)")
+    if x == INPUT_NAME:  # an all-identity network still needs a node between input and output
+        x = g.node("Identity", [x], "identity")
+    g.nodes[-1].output[0] = OUTPUT_NAME  # the last node writes the graph's output
+    batch = "N" if dynamic_batch else 1
+    h = onnx.helper
+    inp = h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, [batch, in_channels, input_size, input_size])
+    out = h.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, [batch, shape[0]])
+    return h.make_graph(g.nodes, graph_name, [inp], [out], initializer=g.inits)
+
+
+def _export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, fold_bn: bool = True) -> None:
+    onnx = _require_onnx()
+    from . import nn
+
+    if not isinstance(getattr(model, "net", None), nn.Sequential):
+        raise ExportError(f"{type(model).__name__}: engine {model.engine!r} but no nn.Sequential in .net")
+    graph = sequential_graph(model.net, model.input_size, fold_bn=fold_bn, dynamic_batch=dynamic_batch,
+                             graph_name=str(model.arch))
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    proto = onnx.helper.make_model(graph, opset_imports=opsets)
+    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)  # the oldest IR: widest runtime support
+    write_metadata(proto, model, bn_folded=fold_bn)
+    onnx.checker.check_model(proto, full_check=True)  # also runs shape inference
+    _save_atomic(onnx, proto, out_path)
+
+
+def _save_atomic(onnx, proto, out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".tmp-{os.getpid()}-{out_path.name}")
+    try:
+        onnx.save_model(proto, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **options) -> None:
+    """Hook for a torch-engine model (``model.module``: a ``torch.nn.Module``). Not implemented yet.
+
+    The intended body::
+
+        module = model.module.eval()
+        S = model.input_size
+        torch.onnx.export(module, torch.zeros(1, 3, S, S), out_path, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None)
+        proto = onnx.load(out_path); write_metadata(proto, model); _save_atomic(onnx, proto, out_path)
+    """
+    raise ExportError("exporting a torch-engine model is not implemented yet (see export._export_torch)")
+
+
+# model.engine -> exporter(model, out_path, opset, dynamic_batch, **options); options: fold_bn
+# (meaningful to the from-scratch engine only; others ignore it)
+EXPORTERS: dict[str, Callable] = {"numpy": _export_sequential, "torch": _export_torch}
+
+
+def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fold_bn: bool = True) -> Path:
+    """Write ``model`` to ``out_path`` as ONNX (graph + metadata); returns the path.
+
+    ``dynamic_batch=False`` fixes the batch dimension at 1. ``fold_bn=False`` keeps each
+    batch norm as its own BatchNormalization node (useful to inspect the graph).
+    """
+    onnx = _require_onnx()
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset {opset} not supported: choose {MIN_OPSET}..{newest}")
+    engine = getattr(model, "engine", "numpy")
+    exporter = EXPORTERS.get(engine)
+    if exporter is None:
+        raise ExportError(f"no ONNX exporter for engine {engine!r}; known: {sorted(EXPORTERS)}")
+    out_path = Path(out_path)
+    exporter(model, out_path, opset, dynamic_batch, fold_bn=fold_bn)
+    return out_path
