@@ -243,7 +243,8 @@ def _pool(op, **extra):
             raise ExportError(f"{name}: {type(layer).__name__} needs (N, C, H, W) input")
         C, H, W = shape
         k, s, p = int(layer.k), int(layer.s), int(layer.p)
-        y = g.node(op, [x], name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], ceil_mode=0, **extra)
+        y = g.node(op, [x], name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], ceil_mode=0,
+                   **extra)
         return y, (C, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
 
     return convert
@@ -316,7 +317,8 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
         foldable = (isinstance(layer, nn.Conv2D) and isinstance(nxt, nn.BatchNorm2D)) or \
                    (isinstance(layer, nn.Dense) and isinstance(nxt, nn.BatchNorm1D))
         if fold_bn and foldable:
-            if nxt.num_features != (layer.out_channels if isinstance(layer, nn.Conv2D) else layer.out_features):
+            width = layer.out_channels if isinstance(layer, nn.Conv2D) else layer.out_features
+            if nxt.num_features != width:
                 raise ExportError(f"{layers[i + 1][0]}: batch norm over {nxt.num_features} channels after "
                                   f"{name!r} with a different width")
             x, shape = rules[type(layer)](g, layer, name, x, shape, bn=nxt)
@@ -331,7 +333,8 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
     g.nodes[-1].output[0] = OUTPUT_NAME  # the last node writes the graph's output
     batch = "N" if dynamic_batch else 1
     h = onnx.helper
-    inp = h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, [batch, in_channels, input_size, input_size])
+    inp = h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT,
+                                   [batch, in_channels, input_size, input_size])
     out = h.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, [batch, shape[0]])
     return h.make_graph(g.nodes, graph_name, [inp], [out], initializer=g.inits)
 
@@ -372,7 +375,8 @@ def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **opti
         S = model.input_size
         torch.onnx.export(module, torch.zeros(1, 3, S, S), out_path, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None)
+                          dynamic_axes=({INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}
+                                        if dynamic_batch else None))
         proto = onnx.load(out_path); write_metadata(proto, model); _save_atomic(onnx, proto, out_path)
     """
     raise ExportError("exporting a torch-engine model is not implemented yet (see export._export_torch)")

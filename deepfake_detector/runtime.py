@@ -1,4 +1,4 @@
-"""Run an exported model with onnxruntime, behind the same interface as :class:`~deepfake_detector.models.Model`.
+"""Run an exported model with onnxruntime, behind the interface of :class:`~deepfake_detector.models.Model`.
 
 :class:`OnnxModel` loads a .onnx file written by :func:`deepfake_detector.export.export_onnx`
 and reads its metadata back (architecture, config, preprocessing, class names, ``meta``),
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import (FORMAT, INPUT_NAME, META_ARCH, META_CLASS_NAMES, META_CONFIG, META_FORMAT, META_META,
-                     META_PARAMETERS, META_PREPROCESS, OUTPUT_NAME)
+from . import export as _fmt
 from .models.base import CLASS_NAMES, Preprocess
 from .nn.backend import DeviceError
 from .nn.io import CheckpointError
+
+INPUT_NAME, OUTPUT_NAME = _fmt.INPUT_NAME, _fmt.OUTPUT_NAME
 
 
 class OnnxModelError(CheckpointError):
@@ -36,8 +37,8 @@ def _session(path: Path, threads: int | None, device: str):
         providers = ["CPUExecutionProvider"]
     elif device == "gpu":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DeviceError("device='gpu' with an .onnx model needs onnxruntime-gpu (CUDAExecutionProvider); "
-                              "use device='cpu'")
+            raise DeviceError("device='gpu' with an .onnx model needs onnxruntime-gpu "
+                              "(CUDAExecutionProvider); use device='cpu'")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
         raise DeviceError(f"unknown device {device!r}; choose 'cpu' or 'gpu'")
@@ -67,22 +68,24 @@ class OnnxModel:
         self.device = device
         self.session = _session(self.path, threads, device)
         props = dict(self.session.get_modelmeta().custom_metadata_map)
-        if props.get(META_FORMAT) != FORMAT:
+        if props.get(_fmt.META_FORMAT) != _fmt.FORMAT:
             raise OnnxModelError(f"{self.path}: an ONNX file without deepfake_detector metadata "
                                  "(export it with `deepfake-detector export` / export_onnx)")
         try:
-            self.arch: str = props[META_ARCH]
-            self.config: dict = json.loads(props.get(META_CONFIG, "{}"))
-            pp = json.loads(props[META_PREPROCESS])
+            self.arch: str = props[_fmt.META_ARCH]
+            self.config: dict = json.loads(props.get(_fmt.META_CONFIG, "{}"))
+            pp = json.loads(props[_fmt.META_PREPROCESS])
             self.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
-            self.class_names: tuple = tuple(json.loads(props.get(META_CLASS_NAMES, "null")) or CLASS_NAMES)
-            self.meta: dict = json.loads(props.get(META_META, "{}"))
-            self._num_parameters = int(props[META_PARAMETERS]) if META_PARAMETERS in props else None
+            names = json.loads(props.get(_fmt.META_CLASS_NAMES, "null"))
+            self.class_names: tuple = tuple(names) if names else CLASS_NAMES
+            self.meta: dict = json.loads(props.get(_fmt.META_META, "{}"))
+            self._num_parameters = int(props[_fmt.META_PARAMETERS]) if _fmt.META_PARAMETERS in props else None
         except (KeyError, ValueError, TypeError) as e:
             raise OnnxModelError(f"{self.path}: unreadable deepfake_detector metadata ({e})") from e
         self.metadata = props
         inputs = {i.name: i for i in self.session.get_inputs()}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in {o.name for o in self.session.get_outputs()}:
+        outputs = {o.name for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
             raise OnnxModelError(f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
         dim0 = inputs[INPUT_NAME].shape[0]
         self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None

@@ -343,4 +343,53 @@ def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
                                                 "f1", "log_loss", "ece", "confusion_matrix", "split")}
         model.meta["test"]["accuracy_at_0.5"] = r["at_0.5"]["accuracy"]
     save_model(model, out_path)
+    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model))
     return model.meta
+
+
+def model_card(model) -> str:
+    """A model card from the checkpoint's own metadata: data, recipe, metrics, limits, terms."""
+    m, r = model.meta, model.meta.get("recipe", {})
+    val, test = m.get("validation", {}), m.get("test", {})
+
+    def row(name, d):
+        if not d:
+            return f"| {name} | - | - | - | - | - |"
+        return (f"| {name} | {d.get('n')} | {d.get('roc_auc', 0):.4f} | {d.get('accuracy', 0):.4f} | "
+                f"{d.get('average_precision', 0):.4f} | {d.get('eer', 0):.4f} |")
+
+    counts = m.get("data", {})
+    return f"""# Model card: `{m.get('version', model.arch)}`
+
+**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), from scratch on the
+NumPy engine, input {model.input_size}x{model.input_size} RGB, normalised with mean
+{list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
+Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), temperature
+{model.temperature:.4f} (fitted on Validation).
+
+**Data.** DFDC face crops (`dfdc-faces`, one 224-px crop per video, split by source video):
+train {counts.get('train')}, validation {counts.get('validation')}. Test was evaluated once,
+at release. Crops are tight around the face; `--faces` crops new images the same way
+(margin {model.face_margin}).
+
+**Recipe.** {r.get('epochs')} epochs, batch {r.get('batch_size')}, {r.get('optimizer')} lr
+{r.get('lr')} (weight decay {r.get('weight_decay')}), schedule {r.get('schedule')}, gradient
+clipping at {r.get('clip_norm')}, balance {r.get('balance')}, augmentation {r.get('augment')}
+(default probabilities: flip, random resized crop, colour jitter, Gaussian blur, JPEG), seed
+{r.get('seed')}. Best epoch by validation ROC-AUC: {m.get('epoch')}. Reproduce with
+`scripts/train_default_model.sh`.
+
+| split | n | ROC-AUC | accuracy at threshold | AP | EER |
+| --- | --- | --- | --- | --- | --- |
+{row('Validation', val)}
+{row('Test', test)}
+
+**Known limits.** Trained on one dataset (DFDC face swaps) at low resolution; expect lower
+scores on other manipulations (other face-swap methods, GAN-generated faces, hand-made
+composites), on heavily compressed or very small faces, and on faces framed differently
+from the training crops. One crop per video was seen in training. Use the score as
+evidence to weigh, not as proof.
+
+**Terms.** The training data is DFDC's, released for research use under its own terms;
+the weights inherit that restriction.
+"""

@@ -118,3 +118,15 @@ def test_train_with_faces_crops_whole_photos_first(tmp_path):
     w, h = Image.open(crops[0]).size
     x1, y1, x2, y2 = boxes[0]
     assert w == h and abs(w - max(x2 - x1, y2 - y1)) < 0.35 * w  # about the face box, not the photo
+
+
+def test_release_ships_weights_only_with_test_metrics(synthetic, tmp_path):
+    train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
+    from deepfake_detector.train import release
+
+    meta = release(tmp_path / "run", tmp_path / "ship" / "model.npz", test_data=synthetic)
+    groups, saved = load_arrays(tmp_path / "ship" / "model.npz")
+    assert "optim" not in groups and "progress" not in saved
+    assert saved["test"]["n"] == 32 and saved["test"]["split"].endswith("Test") and meta["test"] == saved["test"]
+    card = (tmp_path / "ship" / "MODEL_CARD.md").read_text()
+    assert "| Test | 32 |" in card and "df-cnn" in card

@@ -1,0 +1,270 @@
+"""Where the model looks: heatmaps over a face crop, and a coloured overlay to show them.
+
+Three methods, one signature (:func:`explain`):
+
+* ``"gradcam"`` -- Grad-CAM (Selvaraju et al., 2017) on the activations of the last
+  convolution block: the network's layers are run one by one, the block's output ``A``
+  (C, h, w) is kept, the rest of the network is run with gradients on and back-propagated
+  from the *log-odds of Fake* (Fake logit minus Real logit: what P(fake) depends on) to
+  ``A``. The channel weights are the spatially averaged gradients; the map is
+  ``ReLU(sum_c w_c A_c)`` upsampled to the crop. Coarse (the block's resolution) but
+  class-specific and cheap: one partial backward pass.
+* ``"saliency"`` -- the input gradient ``|d log-odds / d pixel|`` (max over colour
+  channels), lightly blurred: full resolution, noisier.
+* ``"occlusion"`` -- occlusion sensitivity (Zeiler & Fergus, 2014): a grey patch slides
+  over the crop and the drop of P(fake) it causes is spread over the pixels it covered.
+  Needs only ``predict_proba``, so it works for models without gradients (an ONNX model
+  run by onnxruntime); costs one batched forward pass per patch position.
+
+``method="auto"`` picks Grad-CAM when the model has a from-scratch network (``model.net``)
+with a convolution, saliency when it has a network without one, occlusion otherwise.
+
+All maps are float32 (S, S) in [0, 1] (1 = the strongest evidence *for Fake*; a map with
+no positive evidence is all zeros), at the crop's own size ``S``. Computing a Grad-CAM or
+saliency map runs the network with caches on and leaves the model's parameter gradients
+untouched. Not thread-safe for one model: serialise calls (the web app holds a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import cv2
+import numpy as np
+
+__all__ = ["METHODS", "explain", "gradcam", "occlusion", "overlay", "saliency"]
+
+METHODS = ("auto", "gradcam", "saliency", "occlusion")
+GREY = 128  # the occluding patch, in uint8 pixel values
+
+
+def explain(model, face_crop: np.ndarray, method: str = "auto", **options) -> np.ndarray:
+    """Heatmap of the evidence for Fake over ``face_crop`` (uint8 (S, S, 3) RGB).
+
+    ``method``: ``"auto"`` | ``"gradcam"`` | ``"saliency"`` | ``"occlusion"`` (see the module
+    docstring); ``options`` go to the method (occlusion: ``patch``, ``stride``, ``batch_size``).
+    A crop of another size than ``model.input_size`` is resized for the model and the map is
+    resized back. Returns float32 (S, S) in [0, 1].
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    crop = _check_crop(face_crop)
+    if method == "auto":
+        method = _auto_method(model)
+    if method in ("gradcam", "saliency") and not _has_net(model):
+        raise ValueError(f"{method} needs a model with gradients (a from-scratch network); "
+                         f"{type(model).__name__} has none: use method='occlusion'")
+    fn = {"gradcam": gradcam, "saliency": saliency, "occlusion": occlusion}[method]
+    return fn(model, crop, **options)
+
+
+def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
+    """Grad-CAM on the last convolution block's output; float32 (S, S) in [0, 1]."""
+    crop = _check_crop(face_crop)
+    layers = _flat_layers(model.net)
+    k = _last_conv_block_end(layers)
+    if k is None:
+        raise ValueError("gradcam needs a network with a Conv2D layer; use method='saliency'")
+    x = model.normalize(_at_model_size(model, crop)[None])
+    from . import nn
+
+    with nn.no_grad():  # the head of the network: no caches needed
+        for layer in layers[: k + 1]:
+            x = layer.forward(x, False)
+    acts = _np(x).copy()  # (1, C, h, w); copied because an in-place layer may overwrite x
+    tail = layers[k + 1 :]
+    with _grads_on(), _isolated_grads(tail):
+        out = x
+        for layer in tail:
+            out = layer.forward(out, False)
+        grad = _log_odds_grad(out)
+        for layer in reversed(tail):
+            grad = layer.backward(grad, True)
+    g = _np(grad)[0]  # (C, h, w)
+    weights = g.mean(axis=(1, 2))  # (C,)
+    cam = np.maximum(np.tensordot(weights, acts[0], axes=1), 0.0)  # (h, w)
+    return _finish(cam, crop.shape[0])
+
+
+def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
+    """Input-gradient saliency ``max_c |d log-odds / d x_c|``; float32 (S, S) in [0, 1]."""
+    crop = _check_crop(face_crop)
+    layers = _flat_layers(model.net)
+    x = model.normalize(_at_model_size(model, crop)[None])
+    with _grads_on(), _isolated_grads(layers):
+        out = x
+        for layer in layers:
+            out = layer.forward(out, False)
+        grad = _log_odds_grad(out)
+        for layer in reversed(layers):
+            grad = layer.backward(grad, True)
+    sal = np.abs(_np(grad)[0]).max(axis=0)  # (S, S)
+    if blur > 0:
+        sal = cv2.GaussianBlur(sal.astype(np.float32), (0, 0), blur)
+    return _finish(sal, crop.shape[0], robust=True)
+
+
+def occlusion(model, face_crop: np.ndarray, patch: int | None = None, stride: int | None = None,
+              batch_size: int = 32) -> np.ndarray:
+    """Occlusion sensitivity: the drop of P(fake) when a grey ``patch`` x ``patch`` square
+    hides each region (positions every ``stride`` pixels, evaluated ``batch_size`` at a time).
+
+    Defaults: ``patch`` = S/6 rounded up, ``stride`` = half the patch (about 11 x 11 = 121
+    forward passes). Only increases of the evidence for Real count (drops of P(fake)).
+    """
+    crop = _at_model_size(model, _check_crop(face_crop))
+    S = crop.shape[0]
+    patch = int(patch or max(2, -(-S // 6)))
+    stride = int(stride or max(1, patch // 2))
+    if not 1 <= patch <= S or stride < 1:
+        raise ValueError(f"need 1 <= patch <= {S} and stride >= 1, got patch={patch} stride={stride}")
+    starts = list(range(0, S - patch + 1, stride))
+    if starts[-1] != S - patch:
+        starts.append(S - patch)  # cover the last rows and columns too
+    positions = [(y, x) for y in starts for x in starts]
+    base = float(np.asarray(model.predict_proba(crop[None])).reshape(-1)[0])
+    drops = np.empty(len(positions), np.float64)
+    for i in range(0, len(positions), batch_size):
+        chunk = positions[i : i + batch_size]
+        batch = np.repeat(crop[None], len(chunk), axis=0)
+        for j, (y, x) in enumerate(chunk):
+            batch[j, y : y + patch, x : x + patch] = GREY
+        drops[i : i + len(chunk)] = base - np.asarray(model.predict_proba(batch), np.float64).reshape(-1)
+    heat = np.zeros((S, S), np.float64)
+    count = np.zeros((S, S), np.float64)
+    for (y, x), d in zip(positions, drops):
+        heat[y : y + patch, x : x + patch] += d
+        count[y : y + patch, x : x + patch] += 1
+    heat = np.maximum(heat / np.maximum(count, 1), 0.0)
+    return _finish(heat, face_crop.shape[0])
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
+            colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """``image`` (uint8 (H, W, 3) RGB) blended with ``heatmap`` ([0, 1], any size: resized to
+    the image) through an OpenCV colormap (JET: blue = none, red = strong). uint8 RGB out."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    h, w = image.shape[:2]
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, np.float32)), 0.0, 1.0)
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.cvtColor(cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), colormap),
+                           cv2.COLOR_BGR2RGB)
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colored.astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# --- internals ---------------------------------------------------------------------------
+def _has_net(model) -> bool:
+    return hasattr(model, "net") and hasattr(model, "normalize")
+
+
+def _auto_method(model) -> str:
+    if not _has_net(model):
+        return "occlusion"
+    return "gradcam" if _last_conv_block_end(_flat_layers(model.net)) is not None else "saliency"
+
+
+def _check_crop(face_crop) -> np.ndarray:
+    crop = np.asarray(face_crop)
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1] or crop.shape[0] < 2:
+        raise ValueError(f"face_crop must be a square (S, S, 3) RGB image, got shape {crop.shape}")
+    if crop.dtype != np.uint8:
+        raise ValueError(f"face_crop must be uint8, got {crop.dtype}")
+    return np.ascontiguousarray(crop)
+
+
+def _at_model_size(model, crop: np.ndarray) -> np.ndarray:
+    S = int(model.input_size)
+    if crop.shape[0] == S:
+        return crop
+    from .data import resize
+
+    return np.ascontiguousarray(resize(crop, S))
+
+
+def _flat_layers(net) -> list:
+    """The leaf layers of a (possibly nested) Sequential, in execution order."""
+    out = []
+    for layer in getattr(net, "layers", [net]):
+        out.extend(_flat_layers(layer) if hasattr(layer, "layers") else [layer])
+    return out
+
+
+def _last_conv_block_end(layers) -> int | None:
+    """Index of the last layer of the last convolution block: the last Conv2D followed by
+    the BatchNorm and activation layers right after it (the block's output is what the
+    next stage sees)."""
+    from .nn import BatchNorm2D, Conv2D, LeakyReLU, ReLU
+
+    k = None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Conv2D):
+            k = i
+    if k is None:
+        return None
+    while k + 1 < len(layers) and isinstance(layers[k + 1], (BatchNorm2D, ReLU, LeakyReLU)):
+        k += 1
+    return k
+
+
+def _log_odds_grad(logits):
+    """d(z_fake - z_real)/d logits for a (1, 2) output, on the output's device."""
+    from .nn import get_array_module
+
+    xp = get_array_module(logits)
+    if logits.ndim != 2 or logits.shape[1] != 2:
+        raise ValueError(f"expected (N, 2) logits, got shape {tuple(logits.shape)}")
+    g = xp.zeros_like(logits)
+    g[:, 1] = 1.0
+    g[:, 0] = -1.0
+    return g
+
+
+@contextlib.contextmanager
+def _grads_on():
+    """Caches on for the forward passes inside, even within an ``nn.no_grad()`` block."""
+    from .nn import layers as L
+
+    previous, L._GRAD_ENABLED = L._GRAD_ENABLED, True
+    try:
+        yield
+    finally:
+        L._GRAD_ENABLED = previous
+
+
+@contextlib.contextmanager
+def _isolated_grads(layers):
+    """Parameter gradients computed inside go to throw-away dicts, not the model's."""
+    saved = [(layer, layer.grads) for layer in layers if hasattr(layer, "grads")]
+    for layer, _ in saved:
+        layer.grads = {}
+    try:
+        yield
+    finally:
+        for layer, grads in saved:
+            layer.grads = grads
+
+
+def _np(a) -> np.ndarray:
+    from .nn import to_numpy
+
+    return np.asarray(to_numpy(a), dtype=np.float32)
+
+
+def _finish(heat: np.ndarray, size: int, robust: bool = False) -> np.ndarray:
+    """Resize to (size, size) and scale to [0, 1] by the maximum (the 99.5th percentile with
+    ``robust``, so a few extreme gradients do not wash the rest out)."""
+    heat = np.nan_to_num(np.asarray(heat, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if heat.shape != (size, size):
+        interp = cv2.INTER_LINEAR if heat.shape[0] < size else cv2.INTER_AREA
+        heat = cv2.resize(heat, (size, size), interpolation=interp)
+    heat = np.maximum(heat, 0.0)
+    top = float(np.percentile(heat, 99.5)) if robust else float(heat.max(initial=0.0))
+    if top <= 1e-12:
+        return np.zeros((size, size), np.float32)
+    return np.clip(heat / top, 0.0, 1.0).astype(np.float32)
