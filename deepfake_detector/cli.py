@@ -97,7 +97,7 @@ def cmd_predict(args) -> int:
     out = sys.stdout
     writer = None
     for row in predict_paths(args.paths, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
-                             n_frames=args.frames, every=args.every):
+                             n_frames=args.frames, every=args.every, all_faces=args.all_faces):
         failed += row.get("error") is not None and row.get("label") != "NoFace"
         if row.get("kind") == "video" and row.get("p_fake") is not None:
             _video_outputs(row, args, videos_done)
@@ -112,7 +112,8 @@ def cmd_predict(args) -> int:
             writer.writerow(flat)
         else:
             p = "-" if row.get("p_fake") is None else f"{row['p_fake']:.4f}"
-            extra = f"  ({row['error']})" if row.get("error") else ""
+            note = row.get("error") or row.get("message")
+            extra = f"  ({note})" if note else ""
             print(f"{row.get('label') or 'ERROR':7} {p:>7} {row.get('confidence') or '-':7} {row['path']}{extra}")
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--whole-if-no-face", action="store_true", help="with --faces: classify the whole image")
+    p.add_argument("--all-faces", action="store_true", help="score every face, not only the largest (max wins)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
     p.add_argument("--every", type=int, help="sample every k-th frame instead")
     p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")

@@ -42,14 +42,15 @@ def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, worker
         from .data import load_image
         from .predict import predict_arrays
 
-        keep, p, errors = [], [], []
+        keep, p, errors, no_face = [], [], {}, 0
         for s in samples:
             try:
                 r = predict_arrays(model, [load_image(s.path)], faces=True, whole_if_no_face=True)[0]
+                no_face += r["face"] is None
                 keep.append(s)
                 p.append(r["p_fake"])
-            except Exception as e:  # unreadable file: skipped and counted
-                errors.append((s.path, str(e)))
+            except ValueError as e:  # unreadable file: skipped and counted
+                errors[s.path] = str(e)
         samples, p = keep, np.asarray(p)
         labels = np.array([s.label for s in samples])
         images = None
@@ -59,6 +60,8 @@ def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, worker
         p = model.predict_proba(images)
     t = model.threshold
     result = compute_metrics(labels, p, threshold=t)
+    if faces:
+        result["no_face"] = no_face  # classified whole
     result.update({"data": str(data), "split": name, "skipped": len(errors), "model": model.describe(),
                    "at_0.5": compute_metrics(labels, p, threshold=0.5)})
     if report_dir:

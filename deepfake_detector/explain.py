@@ -6,9 +6,12 @@ Three methods, one signature (:func:`explain`):
   convolution block: the network's layers are run one by one, the block's output ``A``
   (C, h, w) is kept, the rest of the network is run with gradients on and back-propagated
   from the *log-odds of Fake* (Fake logit minus Real logit: what P(fake) depends on) to
-  ``A``. The channel weights are the spatially averaged gradients; the map is
-  ``ReLU(sum_c w_c A_c)`` upsampled to the crop. Coarse (the block's resolution) but
-  class-specific and cheap: one partial backward pass.
+  ``A``, and the map is ``ReLU(sum_c dA_c * A_c)`` upsampled to the crop. The gradient
+  multiplies the activations element-wise (the HiResCAM form) rather than being averaged
+  into one weight per channel first: behind global average pooling (``df-cnn``) the two are
+  the same map, but behind a Flatten + Dense head (``seed-cnn``) the averaged form lights up
+  regions the classifier ignores. Coarse (the block's resolution) but class-specific and
+  cheap: one partial backward pass.
 * ``"saliency"`` -- the input gradient ``|d log-odds / d pixel|`` (max over colour
   channels), lightly blurred: full resolution, noisier.
 * ``"occlusion"`` -- occlusion sensitivity (Zeiler & Fergus, 2014): a grey patch slides
@@ -81,8 +84,7 @@ def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
         for layer in reversed(tail):
             grad = layer.backward(grad, True)
     g = _np(grad)[0]  # (C, h, w)
-    weights = g.mean(axis=(1, 2))  # (C,)
-    cam = np.maximum(np.tensordot(weights, acts[0], axes=1), 0.0)  # (h, w)
+    cam = np.maximum((g * acts[0]).sum(axis=0), 0.0)  # (h, w): element-wise (HiResCAM)
     return _finish(cam, crop.shape[0])
 
 
@@ -264,7 +266,9 @@ def _finish(heat: np.ndarray, size: int, robust: bool = False) -> np.ndarray:
         interp = cv2.INTER_LINEAR if heat.shape[0] < size else cv2.INTER_AREA
         heat = cv2.resize(heat, (size, size), interpolation=interp)
     heat = np.maximum(heat, 0.0)
-    top = float(np.percentile(heat, 99.5)) if robust else float(heat.max(initial=0.0))
+    top = float(heat.max(initial=0.0))
+    if robust:
+        top = float(np.percentile(heat, 99.5)) or top
     if top <= 1e-12:
         return np.zeros((size, size), np.float32)
     return np.clip(heat / top, 0.0, 1.0).astype(np.float32)

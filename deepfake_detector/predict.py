@@ -55,7 +55,11 @@ def expand_inputs(inputs: Iterable) -> Iterator[str]:
 
 
 def image_row(path, p_fake: float | None, model: Model, error: str | None = None, **extra) -> dict:
-    label = None if p_fake is None else ("Fake" if p_fake >= model.threshold else "Real")
+    """The result row of one image; ``label`` is Real/Fake, ``NoFace`` or None on error."""
+    if p_fake is not None:
+        label = "Fake" if p_fake >= model.threshold else "Real"
+    else:
+        label = "NoFace" if error is None else None
     row = {"path": str(path), "kind": "image", "p_fake": None if p_fake is None else round(float(p_fake), 6),
            "label": label, "confidence": confidence_level(p_fake), "threshold": round(model.threshold, 6),
            "error": error}
@@ -64,50 +68,61 @@ def image_row(path, p_fake: float | None, model: Model, error: str | None = None
 
 
 def predict_arrays(model: Model, images: list[np.ndarray], faces: bool = False, detector=None,
-                   whole_if_no_face: bool = False, margin: float | None = None) -> list[dict]:
-    """Classify decoded RGB images (any size): one dict per image with ``p_fake`` and,
-    with ``faces``, the face ``box`` used (or ``error`` 'no face found')."""
+                   whole_if_no_face: bool = False, margin: float | None = None,
+                   all_faces: bool = False) -> list[dict]:
+    """Classify decoded RGB images (any size) in one batch.
+
+    Returns one dict per image: ``p_fake`` (None when no face was found), ``message`` and,
+    with ``faces``, ``face`` (the largest face's box) and ``faces`` (each face's box,
+    detector score and P(fake)); with ``all_faces`` the image's score is the maximum over
+    its faces (a photo is fake if any face in it is).
+    """
     S = model.input_size
     margin = model.face_margin if margin is None else margin  # frame faces as the training crops were
-    crops, rows = [], []
-    for img in images:
-        box = None
-        if faces:
-            from .faces import crop_faces, get_detector
+    crops, owners, rows = [], [], []
+    for i, img in enumerate(images):
+        row = {"p_fake": None, "message": None}
+        rows.append(row)
+        if not faces:
+            crops.append(eval_transform(img, S))
+            owners.append((i, None))
+            continue
+        from .faces import crop_faces, get_detector
 
-            found = crop_faces(img, detector or get_detector(), S, margin=margin)
-            if found:
-                face, crop = found[0]
-                box = [round(float(v), 1) for v in face.box]
-            elif whole_if_no_face:
-                crop = eval_transform(img, S)
-            else:
-                rows.append({"p_fake": None, "error": "no face found", "face": None})
-                continue
+        found = crop_faces(img, detector or get_detector(), S, margin=margin, all_faces=all_faces)
+        row.update(face=None, faces=[])
+        for face, crop in found:
+            row["faces"].append({"box": [round(float(v), 1) for v in face.box], "det_score": round(face.score, 4)})
+            crops.append(crop)
+            owners.append((i, len(row["faces"]) - 1))
+        if found:
+            row["face"] = row["faces"][0]["box"]
+        elif whole_if_no_face:
+            crops.append(eval_transform(img, S))
+            owners.append((i, None))
+            row["message"] = "no face found; the whole image was classified"
         else:
-            crop = eval_transform(img, S)
-        crops.append(crop)
-        rows.append({"p_fake": None, "error": None, "face": box})
+            row["message"] = "no face found"
     if crops:
-        p = model.predict_proba(np.stack(crops))
-        it = iter(p)
-        for r in rows:
-            if r["error"] is None:
-                r["p_fake"] = float(next(it))
+        for (i, f), p in zip(owners, model.predict_proba(np.stack(crops))):
+            rows[i]["p_fake"] = max(rows[i]["p_fake"] or 0.0, float(p))
+            if f is not None:
+                rows[i]["faces"][f]["score"] = round(float(p), 6)
     return rows
 
 
 def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_no_face: bool = False,
                   batch_size: int = 32, n_frames: int = 32, every: int | None = None,
-                  detector=None) -> Iterator[dict]:
+                  detector=None, all_faces: bool = False) -> Iterator[dict]:
     """One result dict per file, in input order; videos get a per-video verdict."""
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush():
-        rows = predict_arrays(model, [img for _, img in pending], faces, detector, whole_if_no_face)
+        rows = predict_arrays(model, [img for _, img in pending], faces, detector, whole_if_no_face,
+                              all_faces=all_faces)
         for (path, _), r in zip(pending, rows):
-            extra = {"face": r["face"]} if faces else {}
-            yield image_row(path, r["p_fake"], model, r["error"], **extra)
+            extra = {k: r[k] for k in ("face", "faces") if k in r}
+            yield image_row(path, r["p_fake"], model, None, message=r["message"], **extra)
         pending.clear()
 
     for path in expand_inputs(inputs):
@@ -117,7 +132,7 @@ def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_
             from .video.analyze import analyze_video
 
             yield analyze_video(path, model, detector=detector, n_frames=n_frames, every=every,
-                                margin=model.face_margin)
+                                margin=model.face_margin, all_faces=all_faces)
             continue
         try:
             if not os.path.isfile(path):

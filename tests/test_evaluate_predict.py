@@ -107,3 +107,21 @@ def test_cli_evaluate_json(synthetic, checkpoint, capsys):
     assert main(["evaluate", "--data", str(synthetic / "Test"), "--data", str(synthetic / "Validation"),
                  "--model", str(checkpoint), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_predict_faces_no_face_and_every_face(checkpoint, tmp_path):
+    from deepfake_detector.models import load_model
+
+    from .test_video import face_frames
+
+    frames, boxes = face_frames(1, two=True)
+    Image.fromarray(frames[0]).save(tmp_path / "two.png")
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(tmp_path / "plain.png")
+    model = load_model(checkpoint)
+    two, plain = predict_paths([tmp_path / "two.png", tmp_path / "plain.png"], model, faces=True, all_faces=True)
+    assert len(two["faces"]) == 2 and two["p_fake"] == max(f["score"] for f in two["faces"])
+    x1, y1, x2, y2 = two["face"]  # the largest face comes first
+    assert abs(x1 - boxes[0][0]) < 20 and abs(y2 - boxes[0][3]) < 30
+    assert plain["label"] == "NoFace" and plain["p_fake"] is None and plain["error"] is None
+    whole = next(predict_paths([tmp_path / "plain.png"], model, faces=True, whole_if_no_face=True))
+    assert whole["label"] in ("Real", "Fake") and "whole image" in whole["message"]

@@ -1,0 +1,245 @@
+"""Uploads: size limits, file types judged by content, streaming a request body to disk.
+
+Nothing here trusts the client: the declared ``Content-Length`` is checked first (a
+request announcing too much is refused before any byte is read), then the bytes are
+counted as they arrive (a client that lies or sends chunked data is cut off at the limit),
+and the type comes from the first bytes of the file (magic numbers), never from its name
+or the declared content type.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_UPLOAD_MB = 50.0
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the file
+SNIFF_BYTES = 64
+
+
+class UploadError(Exception):
+    """An upload refused; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class UploadTooLarge(UploadError):
+    status = 413
+
+
+class UnsupportedType(UploadError):
+    status = 415
+
+
+@dataclass(frozen=True)
+class FileType:
+    kind: str  # "image" | "video"
+    ext: str  # the extension the library reads it by, with the dot
+    name: str  # human-readable format name
+
+
+JPEG = FileType("image", ".jpg", "JPEG")
+PNG = FileType("image", ".png", "PNG")
+WEBP = FileType("image", ".webp", "WebP")
+BMP = FileType("image", ".bmp", "BMP")
+MP4 = FileType("video", ".mp4", "MP4")
+MOV = FileType("video", ".mov", "QuickTime")
+MKV = FileType("video", ".mkv", "Matroska")
+WEBM = FileType("video", ".webm", "WebM")
+AVI = FileType("video", ".avi", "AVI")
+
+# ISO base media brands that are still images, not videos (HEIF/HEIC, AVIF)
+_IMAGE_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def max_bytes(max_upload_mb: float) -> int:
+    if max_upload_mb <= 0:
+        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    return int(max_upload_mb * 1024 * 1024)
+
+
+def sniff(head: bytes) -> FileType:
+    """The type of a file from its first bytes (:data:`SNIFF_BYTES` are enough).
+
+    Accepted: JPEG, PNG, WebP, BMP images; MP4 / MOV (``ftyp`` box), Matroska / WebM (EBML)
+    and AVI videos. Raises :class:`UnsupportedType` for an empty file, GIF, HEIC/AVIF and
+    anything unknown.
+    """
+    if not head:
+        raise UnsupportedType("empty file")
+    if head[:3] == b"\xff\xd8\xff":
+        return JPEG
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return PNG
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return WEBP
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return AVI
+    if head[:2] == b"BM" and len(head) >= 26 and _plausible_bmp(head):
+        return BMP
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        raise UnsupportedType("GIF images are not supported; send a JPEG, PNG, WebP or BMP")
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _IMAGE_BRANDS:
+            raise UnsupportedType(f"{brand.decode('ascii', 'replace').strip()} images (HEIF/AVIF) are "
+                                  "not supported; send a JPEG, PNG, WebP or BMP")
+        return MOV if brand == b"qt  " else MP4
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return WEBM if b"webm" in head[:SNIFF_BYTES] else MKV
+    raise UnsupportedType("unknown file type: send an image (JPEG, PNG, WebP, BMP) or a video "
+                          "(MP4, MOV, MKV, WebM, AVI)")
+
+
+def _plausible_bmp(head: bytes) -> bool:
+    """'BM' starts many text files; check the header's reserved fields and DIB size too."""
+    reserved = head[6:10]
+    dib = int.from_bytes(head[14:18], "little")
+    return reserved == b"\x00\x00\x00\x00" and dib in (12, 40, 52, 56, 64, 108, 124)
+
+
+def sniff_file(path) -> FileType:
+    with open(path, "rb") as f:
+        return sniff(f.read(SNIFF_BYTES))
+
+
+def check_file(path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FileType:
+    """Size and type checks for a file already on disk (the Gradio app's uploads)."""
+    size = os.path.getsize(path)
+    limit = max_bytes(max_upload_mb)
+    if size > limit:
+        raise UploadTooLarge(f"file too large: {size / 2**20:.1f} MB; the limit is {max_upload_mb:g} MB")
+    return sniff_file(path)
+
+
+def safe_name(filename: str | None, default: str = "upload") -> str:
+    """The client's file name reduced to a harmless base name (for display only)."""
+    name = Path(str(filename or "").replace("\\", "/")).name
+    name = re.sub(r"[^\w.\- ()\[\]+]", "_", name).strip(" .")
+    return name[:200] or default
+
+
+class CountingWriter:
+    """Writes chunks to a file and refuses to go past ``limit`` bytes."""
+
+    def __init__(self, path, limit: int, limit_mb: float):
+        self.path = Path(path)
+        self.limit, self.limit_mb = limit, limit_mb
+        self.size = 0
+        self.head = b""
+        self._f = open(self.path, "wb")  # noqa: SIM115  closed by close()
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UploadTooLarge(f"file too large: more than {self.limit_mb:g} MB")
+        if len(self.head) < SNIFF_BYTES:
+            self.head += bytes(data[: SNIFF_BYTES - len(self.head)])
+        self._f.write(data)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                       field: str = "file") -> tuple[Path, str, dict]:
+    """Stream the multipart/form-data body of a Starlette ``request`` into ``dest_dir``.
+
+    Returns ``(path of the file part named field, client file name, other text fields)``.
+    Raises :class:`UploadTooLarge` (declared or counted size over the limit) or
+    :class:`UploadError` (400: not multipart, no such field).
+    """
+    try:
+        import python_multipart as pm
+    except ImportError:  # python-multipart < 0.0.13
+        import multipart as pm
+
+    limit = max_bytes(max_upload_mb)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_n = int(declared)
+        except ValueError as e:
+            raise UploadError("invalid Content-Length") from e
+        if declared_n > limit + MULTIPART_OVERHEAD:
+            raise UploadTooLarge(f"request too large: {declared_n / 2**20:.1f} MB; the limit is "
+                                 f"{max_upload_mb:g} MB")
+    ctype, params = pm.parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UploadError("send the file as multipart/form-data in a field named 'file'")
+
+    state = {"name": None, "filename": None, "writer": None, "field": bytearray(), "headers": {},
+             "header_field": bytearray(), "header_value": bytearray(), "error": None}
+    fields: dict[str, str] = {}
+    found: dict = {}
+
+    def on_part_begin():
+        state.update(name=None, filename=None, writer=None, headers={})
+        state["field"] = bytearray()
+
+    def on_header_field(data, start, end):
+        state["header_field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["header_value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][bytes(state["header_field"]).lower()] = bytes(state["header_value"])
+        state["header_field"], state["header_value"] = bytearray(), bytearray()
+
+    def on_headers_finished():
+        _, disp = pm.parse_options_header(state["headers"].get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if b"filename" in disp and name == field and "path" not in found:
+            state["filename"] = disp[b"filename"].decode("utf-8", "replace")
+            path = Path(dest_dir) / "upload.bin"
+            state["writer"] = CountingWriter(path, limit, max_upload_mb)
+            found.update(path=path, filename=state["filename"], writer=state["writer"])
+
+    def on_part_data(data, start, end):
+        w = state["writer"]
+        if w is not None:
+            w.write(data[start:end])
+        elif len(state["field"]) < 4096:  # small text fields only
+            state["field"] += data[start:end]
+
+    def on_part_end():
+        if state["writer"] is not None:
+            state["writer"].close()
+        elif state["name"]:
+            fields[state["name"]] = bytes(state["field"]).decode("utf-8", "replace")
+
+    parser = pm.MultipartParser(params[b"boundary"], callbacks={
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished})
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit + MULTIPART_OVERHEAD:
+                raise UploadTooLarge(f"request too large: more than {max_upload_mb:g} MB")
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except UploadError:
+        raise
+    except Exception as e:  # noqa: BLE001  the parser raises its own errors on malformed bodies
+        raise UploadError(f"malformed multipart body: {e}") from e
+    finally:
+        if found.get("writer") is not None:
+            found["writer"].close()
+    if "path" not in found:
+        raise UploadError(f"no file in the form field {field!r}")
+    found["head"] = found["writer"].head
+    return found["path"], found["filename"], fields | {"_head": found["head"]}
