@@ -49,7 +49,8 @@ def gradient_check(net, x, y, n_probe=6, h=1e-6, seed=0):
             lm = nn.softmax_cross_entropy(net.forward(x, training=True), y)[0]
             arr[i] = old
             num = (lp - lm) / (2 * h)
-            err = abs(num - analytic[name][i]) / max(abs(num) + abs(analytic[name][i]), 1e-4)  # zero-gradient entries (a bias before BN) compare absolutely
+            # the floor makes zero-gradient entries (a bias before BN) compare absolutely
+            err = abs(num - analytic[name][i]) / max(abs(num) + abs(analytic[name][i]), 1e-4)
             worst = max(worst, err)
     return worst
 

@@ -5,9 +5,24 @@ imports neither torch nor CuPy.
 """
 
 from .backend import DeviceError, device_of, get_array_module, to_device, to_numpy, xp_for
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                     GlobalAvgPool2D, Layer, LeakyReLU, MaxPool2D, ReLU, Sequential, col2im,
-                     im2col, no_grad)
+from .layers import (
+                     AvgPool2D,
+                     BatchNorm1D,
+                     BatchNorm2D,
+                     Conv2D,
+                     Dense,
+                     Dropout,
+                     Flatten,
+                     GlobalAvgPool2D,
+                     Layer,
+                     LeakyReLU,
+                     MaxPool2D,
+                     ReLU,
+                     Sequential,
+                     col2im,
+                     im2col,
+                     no_grad,
+)
 from .losses import log_softmax, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, SGD, Adam, AdamW, clip_grad_norm, global_norm
 from .schedules import SCHEDULES, Constant, ExponentialDecay, StepDecay, WarmupCosine

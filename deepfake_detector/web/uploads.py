@@ -150,18 +150,27 @@ class CountingWriter:
             self._f.close()
 
 
+@dataclass
+class Received:
+    path: Path  # where the file part was written
+    filename: str | None  # the client's file name, as sent
+    size: int  # bytes
+    head: bytes  # its first bytes, for :func:`sniff`
+    fields: dict  # the form's other (text) fields
+
+
 async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                       field: str = "file") -> tuple[Path, str, dict]:
+                       field: str = "file") -> Received:
     """Stream the multipart/form-data body of a Starlette ``request`` into ``dest_dir``.
 
-    Returns ``(path of the file part named field, client file name, other text fields)``.
+    Returns a :class:`Received` for the first file part named ``field``.
     Raises :class:`UploadTooLarge` (declared or counted size over the limit) or
     :class:`UploadError` (400: not multipart, no such field).
     """
     try:
-        import python_multipart as pm
+        from python_multipart import multipart as pm
     except ImportError:  # python-multipart < 0.0.13
-        import multipart as pm
+        from multipart import multipart as pm
 
     limit = max_bytes(max_upload_mb)
     declared = request.headers.get("content-length")
@@ -241,5 +250,5 @@ async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPL
             found["writer"].close()
     if "path" not in found:
         raise UploadError(f"no file in the form field {field!r}")
-    found["head"] = found["writer"].head
-    return found["path"], found["filename"], fields | {"_head": found["head"]}
+    w = found["writer"]
+    return Received(found["path"], found["filename"], w.size, w.head, fields)
