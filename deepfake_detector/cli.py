@@ -13,8 +13,11 @@ from . import __version__
 
 
 def _add_model_args(p, with_faces=True):
-    p.add_argument("--model", help="checkpoint (.npz); default: the model shipped with the package")
+    p.add_argument("--model", help="checkpoint (.npz) or exported model (.onnx); default: the shipped model")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs CuPy")
+    p.add_argument("--runtime", choices=["numpy", "onnx"], default="numpy",
+                   help="onnx: run on onnxruntime (a .onnx --model always does)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own)")
     if with_faces:
         p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
 
@@ -60,7 +63,7 @@ def cmd_evaluate(args) -> int:
     from .metrics import metrics_table
     from .predict import get_model
 
-    model = get_model(args.model, args.device)
+    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
     results = []
     for i, d in enumerate(args.data):
         report = None
@@ -91,7 +94,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import get_model, predict_paths
 
-    model = get_model(args.model, args.device)
+    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
     rows = []
     failed = videos_done = 0
     out = sys.stdout
@@ -145,7 +148,7 @@ def cmd_watch(args) -> int:
     from .predict import get_model
     from .video.live import format_summary, format_update, watch
 
-    model = get_model(args.model, args.device)
+    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
     last = [0.0]
 
     def show(update):
@@ -184,6 +187,23 @@ def cmd_release(args) -> int:
     print(json.dumps({k: meta.get(k) for k in ("version", "threshold", "temperature", "validation", "test")},
                      indent=2))
     return 0
+
+
+def cmd_export(args) -> int:
+    import numpy as np
+
+    from .export import export_onnx
+    from .predict import get_model
+    from .runtime import OnnxModel
+
+    model = get_model(args.model)
+    path = export_onnx(model, args.onnx, opset=args.opset, dynamic_batch=not args.fixed_batch,
+                       fold_bn=not args.no_fold_bn)
+    om = OnnxModel(path)
+    images = np.random.default_rng(0).integers(0, 256, (4, model.input_size, model.input_size, 3), np.uint8)
+    diff = float(np.abs(om.logits(images) - model.logits(images)).max())
+    print(json.dumps({"onnx": str(path), **om.describe(), "max_abs_logit_diff": diff}))
+    return 0 if diff < 1e-4 else 1
 
 
 def cmd_models(args) -> int:
@@ -266,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="where to write the shipped model (.npz)")
     r.add_argument("--test", help="labelled folder or dataset root to evaluate once (its Test split)")
     r.set_defaults(func=cmd_release)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX (needs: pip install onnx)")
+    x.add_argument("--model", help="checkpoint (.npz); default: the model shipped with the package")
+    x.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--fixed-batch", action="store_true", help="batch dimension fixed at 1")
+    x.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list the architectures")
     m.set_defaults(func=cmd_models)

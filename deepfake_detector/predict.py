@@ -25,14 +25,27 @@ def default_model_path() -> Path:
     return Path(str(resources.files("deepfake_detector") / "assets" / DEFAULT_MODEL))
 
 
-def get_model(path=None, device: str = "cpu") -> Model:
-    """The model at ``path``, or the default one shipped inside the package."""
+def get_model(path=None, device: str = "cpu", runtime: str = "numpy", threads: int | None = None):
+    """The model at ``path`` (.npz or .onnx), or the default one shipped inside the package.
+
+    ``runtime="onnx"`` runs a .npz checkpoint on onnxruntime (exported to a temporary file);
+    an .onnx file always runs there.
+    """
     path = Path(path) if path else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"{path}: model file not found"
                                 + ("" if path != default_model_path() else
                                    " (the package ships without its default model; pass --model)"))
-    return load_model(path, device)
+    from .runtime import load_any
+
+    if runtime == "onnx" and path.suffix.lower() != ".onnx":
+        import tempfile
+
+        from .export import export_onnx
+
+        onnx_path = Path(tempfile.mkdtemp(prefix="dfd-onnx-")) / f"{path.stem}.onnx"
+        path = export_onnx(load_model(path), onnx_path)
+    return load_any(path, device, threads=threads)
 
 
 def kind_of(path) -> str | None:

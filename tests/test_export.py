@@ -139,3 +139,26 @@ def test_onnx_without_our_metadata_is_refused(tmp_path):
         OnnxModel(tmp_path / "bare.onnx")
     with pytest.raises(FileNotFoundError):
         OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_cli_export_and_predict_on_onnxruntime(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from deepfake_detector.cli import main
+    from deepfake_detector.models import create_model, save_model
+
+    m = create_model("df-cnn", input_size=64, seed=4)
+    ckpt = tmp_path / "m.npz"
+    save_model(m, ckpt)
+    assert main(["export", "--model", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_logit_diff"] < 1e-4
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 80, 3), np.uint8)).save(img)
+    rows = {}
+    for args in (["--model", str(ckpt)], ["--model", str(tmp_path / "m.onnx")], ["--model", str(ckpt), "--runtime", "onnx"]):
+        assert main(["predict", str(img), "--format", "json", *args]) == 0
+        rows[" ".join(args)] = json.loads(capsys.readouterr().out)[0]["p_fake"]
+    values = list(rows.values())
+    assert max(values) - min(values) < 1e-4

@@ -1,0 +1,158 @@
+"""The HTTP API: ``POST /api/predict`` (one image or video) and ``GET /api/health``.
+
+``POST /api/predict`` takes multipart/form-data with the file in the field ``file`` and an
+optional field ``faces`` (``true`` by default: classify the largest face when one is found,
+the whole image otherwise -- ``predict --faces --whole-if-no-face``; ``false``: the whole
+image). It answers with exactly the object ``deepfake-detector predict --format json``
+gives for that file (the image row, or the video result), except that ``path`` is the
+client's file name. Status: 200; 413 for a file over the limit (``{"error": ...}``); 415 for
+an empty file or a type that is not a supported image or video, judged by content
+(``{"error": ...}``); 422 when the file has a supported type but cannot be decoded (the
+result object, with ``error`` set); 400 for a request that is not a multipart upload.
+
+Each request gets its own temporary folder, removed when the answer is ready. Model calls
+are serialised (one lock per model: the engine's layers keep per-call caches); face
+detection and decoding run in parallel in the worker threads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+from .. import __version__
+from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, max_bytes, receive_file, safe_name, sniff
+
+log = logging.getLogger(__name__)
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
+
+
+class SerialModel:
+    """A model shared by threads: ``predict_proba`` and :meth:`explain` hold one lock.
+
+    Everything else (``input_size``, ``threshold``, ``describe()``...) is the wrapped model's.
+    """
+
+    def __init__(self, model):
+        self.inner = model
+        self.lock = threading.RLock()
+        try:
+            self._batch_kw = "batch_size" in inspect.signature(model.predict_proba).parameters
+        except (TypeError, ValueError):
+            self._batch_kw = False
+
+    def __getattr__(self, name):  # only for names not defined here
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def predict_proba(self, images, batch_size: int = 64):
+        with self.lock:
+            if self._batch_kw:
+                return self.inner.predict_proba(images, batch_size=batch_size)
+            return self.inner.predict_proba(images)
+
+    def explain(self, face_crop, method: str = "auto"):
+        from ..explain import explain
+
+        with self.lock:
+            return explain(self.inner, face_crop, method=method)
+
+
+def serial(model) -> SerialModel:
+    return model if isinstance(model, SerialModel) else SerialModel(model)
+
+
+def predict_file(model, path, display_name: str, faces: bool = True, n_frames: int = 32,
+                 detector=None) -> dict:
+    """The CLI's result object for one file on disk, with ``path`` shown as ``display_name``."""
+    from ..predict import predict_paths
+
+    row = next(iter(predict_paths([str(path)], model, faces=faces, whole_if_no_face=faces, n_frames=n_frames,
+                                  detector=detector)))
+    return rename_path(row, str(path), display_name)
+
+
+def rename_path(row: dict, path: str, display_name: str) -> dict:
+    """``path`` (and any mention of the temporary file in messages) -> ``display_name``."""
+    row["path"] = display_name
+    for key in ("error", "message"):
+        if isinstance(row.get(key), str):
+            row[key] = row[key].replace(path, display_name)
+    return row
+
+
+def status_of(row: dict) -> int:
+    """200, or 422 when the file could not be decoded (a face-less file is a result, not an error)."""
+    return 422 if row.get("error") is not None and row.get("label") != "NoFace" else 200
+
+
+def parse_bool(value, default: bool = True) -> bool:
+    if value is None or value == "":
+        return default
+    v = str(value).strip().lower()
+    if v in TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise UploadError(f"'faces' must be true or false, got {value!r}")
+
+
+def health(model) -> dict:
+    describe = getattr(model, "describe", None)
+    return {"status": "ok", "model": describe() if callable(describe) else None, "version": __version__}
+
+
+def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,
+                   n_frames: int = 32, prefix: str = "/api") -> None:
+    """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    model = serial(model)
+    max_bytes(max_upload_mb)  # a bad limit fails here, not at the first request
+
+    def error(status: int, message: str):
+        headers = {"Connection": "close"} if status == 413 else None  # the rest of the body is not read
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def predict(request: Request):
+        with tempfile.TemporaryDirectory(prefix="dfd-upload-", dir=temp_dir) as tmp:
+            try:
+                got = await receive_file(request, tmp, max_upload_mb)
+                ftype = sniff(got.head)
+                faces = parse_bool(got.fields.get("faces"), True)
+            except UploadError as e:
+                return error(e.status, e.message)
+            name = safe_name(got.filename, default="upload" + ftype.ext)
+            path = Path(tmp) / ("upload" + ftype.ext)  # the library reads by extension: use the sniffed one
+            got.path.rename(path)
+            try:
+                row = await run_in_threadpool(predict_file, model, path, name, faces, n_frames)
+            except Exception as e:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
+                log.exception("predict failed for %s", name)
+                return error(500, f"{type(e).__name__}: {e}")
+            return JSONResponse(row, status_code=status_of(row))
+
+    async def get_health():
+        return health(model)
+
+    app.add_api_route(f"{prefix}/predict", predict, methods=["POST"], summary="Classify one image or video",
+                      response_class=JSONResponse)
+    app.add_api_route(f"{prefix}/health", get_health, methods=["GET"], summary="Model and version")
+
+
+def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = 32):
+    """A FastAPI app with the API routes only (no Gradio UI): see :func:`..app.create_app`."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="deepfake-detector", version=__version__, docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames)
+    return app
