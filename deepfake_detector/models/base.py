@@ -64,6 +64,11 @@ class Model:
     def num_parameters(self) -> int:
         return self.net.num_parameters()
 
+    def load_state(self, params: dict, buffers: dict) -> None:
+        """Copy named arrays (as saved by :func:`save_model`) into the network."""
+        self.net.load_arrays("params", params)
+        self.net.load_arrays("buffers", buffers)
+
     def to(self, device: str):
         xp_for(device)  # a clear error where the device is missing
         self.net.to(device)
@@ -139,8 +144,7 @@ def model_from_arrays(groups: dict, meta: dict, device: str = "cpu") -> Model:
     pp = meta["preprocess"]
     model.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
     model.class_names = tuple(meta.get("class_names", CLASS_NAMES))
-    model.net.load_arrays("params", groups.get("param", {}))
-    model.net.load_arrays("buffers", groups.get("buffer", {}))
+    model.load_state(groups.get("param", {}), groups.get("buffer", {}))
     model.meta = {k: v for k, v in meta.items()
                   if k not in ("arch", "config", "preprocess", "class_names", "format", "format_version")}
     return model.to(device)
