@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepfake_detector import nn
-from deepfake_detector.explain import explain, gradcam, occlusion, overlay, saliency
+from deepfake_detector.explain import explain, gradcam, occlusion, overlay
 from deepfake_detector.models import Model, create_model
 from deepfake_detector.models.base import Preprocess
 

@@ -471,7 +471,10 @@ class Dropout(Layer):
             return x
         xp = get_array_module(x)
         if self._rng_xp is not xp:
-            self._rng, self._rng_xp = xp.random.default_rng(self._seed), xp
+            seed = self._seed
+            if isinstance(seed, (list, tuple)):  # CuPy's generators take one integer
+                seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+            self._rng, self._rng_xp = xp.random.default_rng(seed), xp
         mask = (self._rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype) / (1 - self.p)
         self._mask = mask
         return x * mask

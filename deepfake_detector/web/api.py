@@ -17,6 +17,7 @@ detection and decoding run in parallel in the worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import tempfile
@@ -24,7 +25,16 @@ import threading
 from pathlib import Path
 
 from .. import __version__
-from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, max_bytes, receive_file, safe_name, sniff
+from .uploads import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    UploadError,
+    check_pixels,
+    max_bytes,
+    receive_file,
+    safe_name,
+    sniff,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,8 @@ class SerialModel:
 
     def __init__(self, model):
         self.inner = model
-        self.lock = threading.RLock()
+        # the NumPy engine's layers keep per-call state; onnxruntime sessions are thread-safe
+        self.lock = threading.RLock() if hasattr(model, "net") else contextlib.nullcontext()
         try:
             self._batch_kw = "batch_size" in inspect.signature(model.predict_proba).parameters
         except (TypeError, ValueError):
@@ -109,8 +120,13 @@ def health(model) -> dict:
 
 
 def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,
-                   n_frames: int = 32, prefix: str = "/api") -> None:
-    """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``."""
+                   n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
+
+    ``max_upload_mb``: the largest file accepted (413 above); ``max_pixels``: the largest image
+    (by its header) accepted; ``temp_dir``: where each request's temporary folder is made
+    (default: the system's); ``n_frames``: frames sampled per video (as ``predict --frames``).
+    """
     from fastapi import Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -128,6 +144,8 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
                 got = await receive_file(request, tmp, max_upload_mb)
                 ftype = sniff(got.head)
                 faces = parse_bool(got.fields.get("faces"), True)
+                if ftype.kind == "image":
+                    check_pixels(got.path, max_pixels)
             except UploadError as e:
                 return error(e.status, e.message)
             name = safe_name(got.filename, default="upload" + ftype.ext)
@@ -139,6 +157,8 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
                 log.exception("predict failed for %s", name)
                 return error(500, f"{type(e).__name__}: {e}")
             return JSONResponse(row, status_code=status_of(row))
+
+    predict.__annotations__ = {"request": Request}  # a real class: this module postpones annotations
 
     async def get_health():
         return health(model)

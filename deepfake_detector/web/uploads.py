@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MAX_UPLOAD_MB = 50.0
+DEFAULT_MAX_PIXELS = 64_000_000  # a 48-MP phone photo passes; a small file that decodes to gigabytes does not
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the file
 SNIFF_BYTES = 64
 
@@ -111,13 +112,37 @@ def sniff_file(path) -> FileType:
         return sniff(f.read(SNIFF_BYTES))
 
 
-def check_file(path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FileType:
-    """Size and type checks for a file already on disk (the Gradio app's uploads)."""
+def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse (413) an image whose header announces more than ``max_pixels`` pixels: a few
+    megabytes of JPEG or PNG can decode to gigabytes. Only the header is read; a header that
+    cannot be read is left to the decoder to refuse."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise UploadTooLarge(f"image too large: {e}") from e
+    except Exception:  # noqa: BLE001  not readable here: the decoder will say why
+        return
+    if w * h > max_pixels:
+        raise UploadTooLarge(f"image too large: {w} x {h} pixels; the limit is {max_pixels / 1e6:g} megapixels")
+
+
+def check_file(path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileType:
+    """Size, type and (for images) pixel-count checks for a file already on disk."""
     size = os.path.getsize(path)
     limit = max_bytes(max_upload_mb)
     if size > limit:
         raise UploadTooLarge(f"file too large: {size / 2**20:.1f} MB; the limit is {max_upload_mb:g} MB")
-    return sniff_file(path)
+    ftype = sniff_file(path)
+    if ftype.kind == "image":
+        check_pixels(path, max_pixels)
+    return ftype
 
 
 def safe_name(filename: str | None, default: str = "upload") -> str:
