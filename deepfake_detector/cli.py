@@ -206,6 +206,22 @@ def cmd_export(args) -> int:
     return 0 if diff < 1e-4 else 1
 
 
+def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: E401, F401
+        import gradio
+        import uvicorn
+    except ImportError as e:
+        print(f"error: the web app needs the web extra ({e.name} is missing): "
+              "pip install 'deepfake-detector[web]'", file=sys.stderr)
+        return 2
+    from .web import serve
+
+    serve(model_path=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          runtime=args.runtime, device=args.device, threads=args.threads)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models
 
@@ -294,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fixed-batch", action="store_true", help="batch dimension fixed at 1")
     x.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes")
     x.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="the web app and HTTP API on this machine (needs the web extra)")
+    _add_model_args(s, with_faces=False)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (MB)")
+    s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list the architectures")
     m.set_defaults(func=cmd_models)
