@@ -157,7 +157,8 @@ def test_cli_export_and_predict_on_onnxruntime(tmp_path, capsys):
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 80, 3), np.uint8)).save(img)
     rows = {}
-    for args in (["--model", str(ckpt)], ["--model", str(tmp_path / "m.onnx")], ["--model", str(ckpt), "--runtime", "onnx"]):
+    onnx_path = str(tmp_path / "m.onnx")
+    for args in (["--model", str(ckpt)], ["--model", onnx_path], ["--model", str(ckpt), "--runtime", "onnx"]):
         assert main(["predict", str(img), "--format", "json", *args]) == 0
         rows[" ".join(args)] = json.loads(capsys.readouterr().out)[0]["p_fake"]
     values = list(rows.values())
