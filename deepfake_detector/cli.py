@@ -207,12 +207,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    try:
-        import fastapi  # noqa: E401, F401
-        import gradio
-        import uvicorn
-    except ImportError as e:
-        print(f"error: the web app needs the web extra ({e.name} is missing): "
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "gradio", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: the web app needs the web extra ({', '.join(missing)} missing): "
               "pip install 'deepfake-detector[web]'", file=sys.stderr)
         return 2
     from .web import serve
