@@ -7,6 +7,9 @@ CuPy is imported lazily, only when a GPU is asked for.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 DEVICES = ("cpu", "gpu")
@@ -69,3 +72,39 @@ def to_numpy(x) -> np.ndarray:
 
 def device_of(x) -> str:
     return "cpu" if get_array_module(x) is np else "gpu"
+
+
+# --- spreading elementwise work over the cores ---------------------------------------------
+#
+# BLAS already runs the GEMMs on every core; everything else (im2col copies, BatchNorm, ReLU,
+# pooling) is a NumPy loop on one core. NumPy releases the GIL inside such loops, so cutting
+# the batch into one slice per core and running the slices in threads spreads that work too.
+
+_THREADS = max(1, int(os.environ.get("DEEPFAKE_DETECTOR_THREADS", os.cpu_count() or 1)))
+_POOL: ThreadPoolExecutor | None = None
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the engine's elementwise work (BLAS has its own setting)."""
+    global _THREADS, _POOL
+    _THREADS = max(1, int(n))
+    if _POOL is not None:
+        _POOL.shutdown(wait=True)
+        _POOL = None
+
+
+def over_batch(fn, n: int, xp=np) -> list:
+    """``[fn(slice) for slice in k slices of range(n)]``, the slices run in parallel threads.
+
+    One call with the whole range on CuPy (the GPU is parallel already), with one thread, or
+    for a batch of one.
+    """
+    global _POOL
+    k = min(_THREADS, n)
+    if xp is not np or k < 2:
+        return [fn(slice(0, n))]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine")
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    futures = [_POOL.submit(fn, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [f.result() for f in futures]
