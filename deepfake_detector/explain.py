@@ -35,6 +35,8 @@ import contextlib
 import cv2
 import numpy as np
 
+from . import nn
+
 __all__ = ["METHODS", "explain", "gradcam", "occlusion", "overlay", "saliency"]
 
 METHODS = ("auto", "gradcam", "saliency", "occlusion")
@@ -69,14 +71,12 @@ def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
     if k is None:
         raise ValueError("gradcam needs a network with a Conv2D layer; use method='saliency'")
     x = model.normalize(_at_model_size(model, crop)[None])
-    from . import nn
-
     with nn.no_grad():  # the head of the network: no caches needed
         for layer in layers[: k + 1]:
             x = layer.forward(x, False)
     acts = _np(x).copy()  # (1, C, h, w); copied because an in-place layer may overwrite x
     tail = layers[k + 1 :]
-    with _grads_on(), _isolated_grads(tail):
+    with nn.enable_grad(), _isolated_grads(tail):
         out = x
         for layer in tail:
             out = layer.forward(out, False)
@@ -93,12 +93,12 @@ def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
     crop = _check_crop(face_crop)
     x = model.normalize(_at_model_size(model, crop)[None])
     if getattr(model, "engine", "numpy") == "torch":  # autograd; parameter gradients left alone
-        with _grads_on():
+        with nn.enable_grad():
             logits = model.forward(x, training=False)
             grad = model.backward(_log_odds_grad(logits), need_input_grad=True, param_grads=False)
         return _finish_saliency(grad, crop, blur)
     layers = _flat_layers(model.net)
-    with _grads_on(), _isolated_grads(layers):
+    with nn.enable_grad(), _isolated_grads(layers):
         out = x
         for layer in layers:
             out = layer.forward(out, False)
@@ -236,18 +236,6 @@ def _log_odds_grad(logits):
     g[:, 1] = 1.0
     g[:, 0] = -1.0
     return g
-
-
-@contextlib.contextmanager
-def _grads_on():
-    """Caches on for the forward passes inside, even within an ``nn.no_grad()`` block."""
-    from .nn import layers as L
-
-    previous, L._GRAD_ENABLED = L._GRAD_ENABLED, True
-    try:
-        yield
-    finally:
-        L._GRAD_ENABLED = previous
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from .layers import (
                      ReLU,
                      Sequential,
                      col2im,
+                     enable_grad,
                      im2col,
                      no_grad,
 )
@@ -31,7 +32,7 @@ __all__ = [
     "DeviceError", "device_of", "get_array_module", "to_device", "to_numpy", "xp_for",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten",
     "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sequential", "col2im",
-    "im2col", "no_grad", "log_softmax", "softmax", "softmax_cross_entropy", "OPTIMIZERS",
+    "enable_grad", "im2col", "no_grad", "log_softmax", "softmax", "softmax_cross_entropy", "OPTIMIZERS",
     "SGD", "Adam", "AdamW", "clip_grad_norm", "global_norm", "SCHEDULES", "Constant",
     "ExponentialDecay", "StepDecay", "WarmupCosine",
 ]

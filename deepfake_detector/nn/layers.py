@@ -20,14 +20,23 @@ _GRAD_ENABLED = True
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Inference without caches: forward passes inside keep nothing for backward."""
+def _grad_mode(enabled: bool):
     global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, enabled
     try:
         yield
     finally:
         _GRAD_ENABLED = previous
+
+
+def no_grad():
+    """Inference without caches: forward passes inside keep nothing for backward."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Caches on inside, even within a :func:`no_grad` block (for saliency maps)."""
+    return _grad_mode(True)
 
 
 def grad_enabled() -> bool:
