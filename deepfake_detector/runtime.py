@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import export as _fmt
-from .models.base import CLASS_NAMES, Preprocess
+from .models.base import CLASS_NAMES, Predictor, Preprocess
 from .nn.backend import DeviceError
 from .nn.io import CheckpointError
 
@@ -54,7 +54,7 @@ def _session(path: Path, threads: int | None, device: str):
         raise OnnxModelError(f"{path}: onnxruntime cannot load it ({e})") from e
 
 
-class OnnxModel:
+class OnnxModel(Predictor):
     """An exported model run by onnxruntime; the inference half of ``Model``'s interface."""
 
     engine = "onnxruntime"
@@ -117,45 +117,12 @@ class OnnxModel:
             self.device = device
         return self
 
-    # --- pixels in, probabilities out (as Model) -------------------------------------
-    @property
-    def input_size(self) -> int:
-        return self.preprocess.input_size
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def face_margin(self) -> float:
-        return float(self.meta.get("face_margin", 0.0))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0))
-
-    def normalize(self, images, dtype=np.float32) -> np.ndarray:
-        """uint8 (N, S, S, 3) RGB at the model's size -> normalised (N, 3, S, S), as Model.normalize."""
-        x = np.asarray(images).astype(dtype)
-        x = x.transpose(0, 3, 1, 2)
-        mean = np.asarray(self.preprocess.mean, dtype=dtype).reshape(1, 3, 1, 1) * 255
-        inv = 1 / (np.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
-        return np.ascontiguousarray((x - mean) * inv)
-
+    # --- pixels in, probabilities out: normalize, predict_proba, describe from Predictor
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> logits (N, 2) as NumPy."""
         out = [self.forward(self.normalize(images[i : i + batch_size]))
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
-
-    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
-        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
-        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))
-
-    def describe(self) -> dict:
-        return {"arch": self.arch, "parameters": self._num_parameters, "input_size": self.input_size,
-                "engine": self.engine, "version": self.meta.get("version", "untrained")}
 
     def __repr__(self):
         return f"OnnxModel({str(self.path)!r}, arch={self.arch!r}, input_size={self.input_size})"

@@ -30,8 +30,48 @@ class Preprocess:
     std: tuple = (1.0, 1.0, 1.0)
 
 
+class Predictor:
+    """What every model offers, whatever engine runs it: its preprocessing and a calibrated
+    P(fake). Subclasses set ``arch``, ``preprocess``, ``class_names``, ``meta`` and ``engine``
+    and implement ``logits(images)`` and ``num_parameters()``."""
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    @property
+    def face_margin(self) -> float:
+        """Margin per side of the face crops the model was trained on (0: tight, as dfdc-faces)."""
+        return float(self.meta.get("face_margin", 0.0))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0))
+
+    def normalize(self, images, dtype=np.float32, xp=np):
+        """uint8 (N, S, S, 3) RGB at the model's size -> normalised (N, 3, S, S)."""
+        x = xp.asarray(images).astype(dtype)
+        x = x.transpose(0, 3, 1, 2)  # (N, 3, S, S)
+        mean = xp.asarray(self.preprocess.mean, dtype=dtype).reshape(1, 3, 1, 1) * 255
+        inv = 1 / (xp.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
+        return xp.ascontiguousarray((x - mean) * inv)
+
+    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
+        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
+        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))  # softmax over two classes
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "parameters": self.num_parameters(), "input_size": self.input_size,
+                "engine": self.engine, "version": self.meta.get("version", "untrained")}
+
+
 @dataclass
-class Model:
+class Model(Predictor):
     net: nn.Sequential
     arch: str
     config: dict
@@ -76,31 +116,9 @@ class Model:
         return self
 
     # --- pixels in, probabilities out ----------------------------------------------
-    @property
-    def input_size(self) -> int:
-        return self.preprocess.input_size
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def face_margin(self) -> float:
-        """Margin per side of the face crops the model was trained on (0: tight, as dfdc-faces)."""
-        return float(self.meta.get("face_margin", 0.0))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0))
-
     def normalize(self, images, dtype=np.float32):
         """uint8 (N, S, S, 3) RGB at the model's size -> normalised (N, 3, S, S) on the device."""
-        xp = xp_for(self.device)
-        x = xp.asarray(images).astype(dtype)
-        x = x.transpose(0, 3, 1, 2)  # (N, 3, S, S)
-        mean = xp.asarray(self.preprocess.mean, dtype=dtype).reshape(1, 3, 1, 1) * 255
-        inv = 1 / (xp.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
-        return xp.ascontiguousarray((x - mean) * inv)
+        return super().normalize(images, dtype, xp_for(self.device))
 
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> logits (N, 2) as NumPy, in evaluation mode."""
@@ -109,16 +127,6 @@ class Model:
             for i in range(0, len(images), batch_size):
                 out.append(to_numpy(self.forward(self.normalize(images[i : i + batch_size]))))
         return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
-
-    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
-        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
-        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))  # softmax over two classes
-
-    def describe(self) -> dict:
-        return {"arch": self.arch, "parameters": self.num_parameters(),
-                "input_size": self.input_size, "engine": self.engine,
-                "version": self.meta.get("version", "untrained")}
 
 
 def save_model(model: Model, path, extra_meta: dict | None = None, optimizer=None) -> None:

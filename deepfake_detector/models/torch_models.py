@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..nn.io import CheckpointError
-from .base import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .base import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, Predictor, Preprocess
 from .registry import register_model
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def require_torch():
 
 # --- the model ------------------------------------------------------------------------------
 @dataclass
-class TorchModel:
+class TorchModel(Predictor):
     """A ``torch.nn.Module`` behind the :class:`~deepfake_detector.models.base.Model` interface."""
 
     net: object  # torch.nn.Module, logits (N, 2)
@@ -312,32 +312,10 @@ class TorchModel:
         torch = require_torch()
         torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
-    # --- pixels in, probabilities out ----------------------------------------------------------
-    @property
-    def input_size(self) -> int:
-        return self.preprocess.input_size
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def face_margin(self) -> float:
-        return float(self.meta.get("face_margin", 0.0))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0))
-
-    def _normalize_np(self, images, dtype=np.float32) -> np.ndarray:
-        x = np.asarray(images).astype(dtype).transpose(0, 3, 1, 2)
-        mean = np.asarray(self.preprocess.mean, dtype=dtype).reshape(1, 3, 1, 1) * 255
-        inv = 1 / (np.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
-        return np.ascontiguousarray((x - mean) * inv)
-
+    # --- pixels in, probabilities out (the rest from Predictor) --------------------------------
     def normalize(self, images, dtype=np.float32):
         """uint8 (N, S, S, 3) RGB -> normalised (N, 3, S, S) (NumPy; CuPy on the GPU)."""
-        x = self._normalize_np(images, dtype)
+        x = super().normalize(images, dtype)
         if self.device == "gpu":  # pragma: no cover - GPU machines only
             from ..nn.backend import to_device
 
@@ -351,14 +329,9 @@ class TorchModel:
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(self._normalize_np(images[i:i + batch_size])).to(self._torch_device)
+                x = torch.from_numpy(Predictor.normalize(self, images[i:i + batch_size])).to(self._torch_device)
                 out.append(self.net(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
-
-    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
-        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
-        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))
 
     def describe(self) -> dict:
         return {"arch": self.arch, "parameters": self.num_parameters(),

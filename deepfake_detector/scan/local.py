@@ -1,0 +1,250 @@
+"""A scan on this machine: a pool of worker processes, each with its own copy of the model.
+
+The main process streams the file list, hashes each file (SHA-256 of its bytes), drops the
+ones whose hash RESULTS already hold or that another file of this run has, and hands the
+rest to the workers in tasks of ``batch_size`` files, at most two tasks per worker queued at
+a time, so memory stays bounded whatever the collection size. Each worker loads the model
+once, runs single-threaded (BLAS, the engine's thread pool, OpenCV and onnxruntime limited to
+one thread, so N workers use N cores and do not oversubscribe them) and classifies a task
+with :func:`deepfake_detector.predict.predict_paths`, the function behind
+``deepfake-detector predict``. The main process turns the answers into rows and commits
+them as part files (see :mod:`deepfake_detector.scan.core`).
+
+A worker that dies (a decoder crash on a hostile file) takes the pool down with it: the pool
+is restarted and the files of the unfinished tasks are tried again one at a time, so the
+culprit is found and gets an error row, and the others are scanned.
+
+``workers=0`` runs everything in this process (no pool, the engine's default threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from .core import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PART_ROWS,
+    DEFAULT_PART_SECONDS,
+    Collector,
+    ResultsStore,
+    ScanInterrupted,
+    error_result,
+    file_digest,
+    infer_files,
+    iter_sources,
+    model_identity,
+    require_pyarrow,
+    resolve_model_path,
+)
+
+TASKS_PER_WORKER = 2  # tasks queued per worker: one running, one waiting
+
+_WORKER: dict = {}  # per worker process: model, detector, settings
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def limit_threads(n: int) -> None:
+    """One process, ``n`` threads: BLAS (threadpoolctl), the engine's pool and OpenCV."""
+    from threadpoolctl import threadpool_limits
+
+    from ..nn.backend import set_num_threads
+
+    _WORKER["limits"] = threadpool_limits(n)  # stays in force while referenced (and after)
+    set_num_threads(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except ImportError:
+        pass
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the scanning process is gone (SIGKILLed): a worker must not outlive it."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
+def _init_worker(model_path: str, device: str, runtime: str, threads: int, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    _watch_parent(parent)
+    limit_threads(threads)
+    from ..predict import get_model
+
+    _WORKER.update(model=get_model(model_path, device, runtime=runtime, threads=threads), threads=threads,
+                   detector=None)
+
+
+def _detector():
+    """The default face detector at the worker's thread count, built on first use."""
+    if _WORKER.get("detector") is None:
+        from ..faces import get_detector
+
+        _WORKER["detector"] = get_detector(threads=_WORKER["threads"])
+    return _WORKER["detector"]
+
+
+def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> list[dict]:
+    """In a worker: one slim result per path."""
+    from ..predict import kind_of
+
+    needs_detector = faces or any(kind_of(p) == "video" for p in paths)
+    return infer_files(_WORKER["model"], paths, faces=faces, batch_size=batch_size, n_frames=n_frames,
+                       detector=_detector() if needs_detector else None)
+
+
+def scan_local(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+               faces: bool = False, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
+               part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32, device: str = "cpu",
+               runtime: str = "numpy") -> dict:
+    """Scan ``sources`` into ``out`` on this machine; see :func:`deepfake_detector.scan.scan`."""
+    require_pyarrow()
+    from ..predict import get_model
+
+    sources = list(sources)
+    workers = default_workers() if workers is None else max(0, int(workers))
+    batch_size = max(1, int(batch_size))
+    model_path = resolve_model_path(model_path)
+    model = get_model(model_path, device, runtime=runtime)  # fails here, once, if the model is unusable
+    info = model_identity(model, model_path)
+    store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
+    col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
+    opts = (bool(faces), batch_size, int(n_frames))
+    try:
+        try:
+            if workers == 0:
+                _scan_in_process(col, sources, model, opts)
+            else:
+                del model
+                _scan_pool(col, sources, workers, (str(model_path), device, runtime), opts)
+        except KeyboardInterrupt:
+            col.flush()  # keep every finished row
+            col.close()
+            raise ScanInterrupted(col.summary(workers=workers, interrupted=True)) from None
+        col.flush()
+    finally:
+        col.close()
+        store.close()
+    return col.summary(workers=workers)
+
+
+def _tasks(col: Collector, sources, batch_size: int):
+    """Lists of (path, sha256 hex, size) to scan, ``batch_size`` at a time, from the streamed
+    sources: files already in RESULTS or seen earlier in this run are counted and left out."""
+    task = []
+    for path in iter_sources(sources):
+        try:
+            digest, size = file_digest(path)
+        except OSError as e:
+            col.unreadable(path, f"cannot read {path}: {e.strerror or type(e).__name__}")
+            continue
+        why = col.claim(digest)
+        if why != "new":
+            col.skip(why)
+            continue
+        task.append((path, digest.hex(), size))
+        if len(task) >= batch_size:
+            yield task
+            task = []
+    if task:
+        yield task
+
+
+def _scan_in_process(col: Collector, sources, model, opts) -> None:
+    faces, batch_size, n_frames = opts
+    for task in _tasks(col, sources, batch_size):
+        for (path, h, size), result in zip(task, infer_files(model, [p for p, _, _ in task], faces=faces,
+                                                              batch_size=batch_size, n_frames=n_frames)):
+            col.add(path, h, size, result)
+
+
+def _scan_pool(col: Collector, sources, workers: int, model_args: tuple, opts) -> None:
+    ctx = mp.get_context("spawn")  # fresh interpreters: no threads or locks inherited from this one
+
+    def new_pool():
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(*model_args, 1, os.getpid()))
+
+    pool = new_pool()
+    inflight: dict = {}  # future -> task
+
+    def submit(task):
+        inflight[pool.submit(_run_task, [p for p, _, _ in task], *opts)] = task
+
+    def collect(futures) -> list:
+        """Rows of the finished futures; returns the tasks lost to a dead worker."""
+        lost = []
+        for fut in futures:
+            task = inflight.pop(fut)
+            try:
+                results = fut.result()
+            except BrokenProcessPool:
+                lost.append(task)
+                continue
+            for (path, h, size), result in zip(task, results):
+                col.add(path, h, size, result)
+        return lost
+
+    def recover(lost: list) -> None:
+        """A worker died: new pool; the unfinished files one at a time, to find the culprit."""
+        nonlocal pool
+        lost += collect(list(inflight))  # the whole pool is gone: every pending task fails
+        pool.shutdown(wait=True, cancel_futures=True)
+        pool = new_pool()
+        suspects = deque(item for task in lost for item in task)
+        while suspects:
+            item = suspects.popleft()
+            fut = pool.submit(_run_task, [item[0]], *opts)
+            try:
+                result = fut.result()[0]
+            except BrokenProcessPool as e:
+                result = error_result(item[0], f"the worker process died analysing this file ({e})")
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = new_pool()
+            col.add(*item, result)
+
+    try:
+        for task in _tasks(col, sources, opts[1]):
+            submit(task)
+            while len(inflight) >= TASKS_PER_WORKER * workers:
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                lost = collect(done)
+                if lost:
+                    recover(lost)
+        while inflight:
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            lost = collect(done)
+            if lost:
+                recover(lost)
+        pool.shutdown(wait=True)
+    except BaseException:
+        _kill_pool(pool)
+        raise
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop at once: queued tasks cancelled, running ones killed (their files are redone next time)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
