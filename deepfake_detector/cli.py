@@ -356,9 +356,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .nn.backend import DeviceError
+
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

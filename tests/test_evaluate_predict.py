@@ -125,3 +125,15 @@ def test_predict_faces_no_face_and_every_face(checkpoint, tmp_path):
     assert plain["label"] == "NoFace" and plain["p_fake"] is None and plain["error"] is None
     whole = next(predict_paths([tmp_path / "plain.png"], model, faces=True, whole_if_no_face=True))
     assert whole["label"] in ("Real", "Fake") and "whole image" in whole["message"]
+
+
+def test_cli_gpu_without_cupy_is_a_clear_error(checkpoint, synthetic, capsys):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    img = sorted((synthetic / "Test" / "Real").iterdir())[0]
+    assert main(["predict", str(img), "--model", str(checkpoint), "--device", "gpu"]) == 2
+    assert "CuPy" in capsys.readouterr().err
