@@ -367,19 +367,24 @@ def _save_atomic(onnx, proto, out_path: Path) -> None:
 
 
 def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **options) -> None:
-    """Hook for a torch-engine model (``model.module``: a ``torch.nn.Module``). Not implemented yet.
+    """A torch-engine model (``model.net``: a ``torch.nn.Module``) through ``torch.onnx.export``,
+    then our metadata added, so the .onnx file alone predicts (without torch)."""
+    import tempfile
 
-    The intended body::
+    import torch
 
-        module = model.module.eval()
-        S = model.input_size
-        torch.onnx.export(module, torch.zeros(1, 3, S, S), out_path, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=({INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}
-                                        if dynamic_batch else None))
-        proto = onnx.load(out_path); write_metadata(proto, model); _save_atomic(onnx, proto, out_path)
-    """
-    raise ExportError("exporting a torch-engine model is not implemented yet (see export._export_torch)")
+    onnx = _require_onnx()
+    module = model.net.eval()
+    S = model.input_size
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(module, torch.zeros(1, 3, S, S), str(raw), opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=False,
+                          dynamic_axes=({INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None))
+        proto = onnx.load(str(raw))
+    write_metadata(proto, model)
+    onnx.checker.check_model(proto)
+    _save_atomic(onnx, proto, out_path)
 
 
 # model.engine -> exporter(model, out_path, opset, dynamic_batch, **options); options: fold_bn

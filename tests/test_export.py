@@ -163,3 +163,19 @@ def test_cli_export_and_predict_on_onnxruntime(tmp_path, capsys):
         rows[" ".join(args)] = json.loads(capsys.readouterr().out)[0]["p_fake"]
     values = list(rows.values())
     assert max(values) - min(values) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["mobilenet-v2", "vit-tiny"])
+def test_torch_models_export_and_match(tmp_path, arch):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    config = {"input_size": 64, "pretrained": False}
+    if arch == "vit-tiny":
+        config["patch_size"] = 16
+    m = create_model(arch, **config)
+    m.meta.update(threshold=0.3)
+    path = export_onnx(m, tmp_path / "t.onnx")
+    om = OnnxModel(path)
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), np.uint8)
+    np.testing.assert_allclose(om.logits(images), m.logits(images), rtol=1e-4, atol=1e-4)
+    assert om.arch == arch and om.threshold == 0.3

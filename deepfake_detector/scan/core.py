@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -54,6 +55,7 @@ DEFAULT_BATCH_SIZE = 32  # files per inference task (the images of a task go thr
 DEFAULT_PART_ROWS = 1000  # rows per committed part ...
 DEFAULT_PART_SECONDS = 30.0  # ... or whatever finished in this many seconds, whichever comes first
 MAX_LISTED_FAILURES = 100  # failures listed one by one in the summary (all are counted)
+MAX_REASONS = 1000  # distinct failure reasons counted apart
 
 # (name, arrow type) of every column, in order. The video columns are empty for images.
 _COLUMNS = [
@@ -132,6 +134,29 @@ def iter_sources(sources: Iterable) -> Iterator[str]:
                     yield os.path.abspath(p)
         else:
             yield os.path.abspath(s)
+
+
+def check_sources(sources: list) -> None:
+    """Fail early on a source that cannot be one: a missing path that is no glob pattern, or a
+    file that is neither an image, a video nor a text list of paths."""
+    from ..predict import kind_of
+
+    if not sources:
+        raise ValueError("nothing to scan: give folders, files, glob patterns or lists of paths")
+    for src in sources:
+        s = os.fspath(src)
+        if s == "-" or os.path.isdir(s) or (_GLOB_CHARS.intersection(s) and not os.path.exists(s)):
+            continue
+        if not os.path.exists(s):
+            raise FileNotFoundError(f"{s}: no such file or folder")
+        if not kind_of(s):
+            with open(s, "rb") as f:
+                head = f.read(4096)
+            try:
+                head.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if len(head) < 4096 or e.start < 4090:  # not just a character cut at the end
+                    raise ValueError(f"{s}: neither an image, a video nor a text file listing paths") from e
 
 
 def _list_lines(lines, base: str) -> Iterator[str]:
@@ -301,9 +326,9 @@ def read_results(out):
     else:
         raise FileNotFoundError(f"{out}: no such RESULTS folder or file")
     tables = [_read_part(p) for p in files]
-    if not tables:
-        return schema().empty_table().to_pandas()
-    df = pa.concat_tables(tables).to_pandas()
+    table = pa.concat_tables(tables) if tables else schema().empty_table()
+    ints = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}  # nullable: video columns are empty for images
+    df = table.to_pandas(types_mapper=ints.get)
     return df.drop_duplicates("sha256", keep="first").reset_index(drop=True) if len(df) else df
 
 
@@ -492,12 +517,23 @@ class Collector:
         else:
             self.counts[{"Fake": "fake", "Real": "real"}.get(row["label"], "no_verdict")] += 1
         self._tick()
-        if len(self.buffer) >= self.part_rows or time.monotonic() - self.last_commit >= self.part_seconds:
+        if len(self.buffer) >= self.part_rows:
+            self.flush()
+        else:
+            self.maybe_flush()
+
+    def maybe_flush(self) -> None:
+        """Commit the buffered rows if the last commit is ``part_seconds`` old."""
+        if self.buffer and time.monotonic() - self.last_commit >= self.part_seconds:
             self.flush()
 
     def _failure(self, path: str, error: str) -> None:
         self.counts["failed"] += 1
-        self.reasons[_reason(path, error)] += 1
+        reason = _reason(path, error)
+        if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+            self.reasons[reason] += 1
+        else:
+            self.reasons["(other reasons)"] += 1
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append({"path": path, "error": error})
 
@@ -536,7 +572,8 @@ class Collector:
 def _reason(path: str, error: str) -> str:
     """An error message without the file's name, so failures can be counted by reason."""
     r = str(error).replace(path, "").replace(os.path.basename(path), "")
-    return " ".join(r.replace("cannot read image :", "cannot read image:").split()).strip(" :") or str(error)
+    r = re.sub(r" at 0x[0-9a-fA-F]+", "", r.replace("cannot read image :", "cannot read image:"))
+    return " ".join(r.split()).strip(" :") or str(error)
 
 
 def format_summary(s: dict) -> str:

@@ -35,6 +35,7 @@ from .core import (
     Collector,
     ResultsStore,
     ScanInterrupted,
+    check_sources,
     error_result,
     file_digest,
     infer_files,
@@ -45,6 +46,7 @@ from .core import (
 )
 
 TASKS_PER_WORKER = 2  # tasks queued per worker: one running, one waiting
+WAIT_S = 1.0  # the longest the main process waits for a task before looking at the clock
 
 _WORKER: dict = {}  # per worker process: model, detector, settings
 
@@ -101,6 +103,10 @@ def _detector():
     return _WORKER["detector"]
 
 
+def _ping() -> bool:
+    return True
+
+
 def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> list[dict]:
     """In a worker: one slim result per path."""
     from ..predict import kind_of
@@ -119,6 +125,7 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
     from ..predict import get_model
 
     sources = list(sources)
+    check_sources(sources)
     workers = default_workers() if workers is None else max(0, int(workers))
     batch_size = max(1, int(batch_size))
     model_path = resolve_model_path(model_path)
@@ -179,13 +186,24 @@ def _scan_pool(col: Collector, sources, workers: int, model_args: tuple, opts) -
     ctx = mp.get_context("spawn")  # fresh interpreters: no threads or locks inherited from this one
 
     def new_pool():
-        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(*model_args, 1, os.getpid()))
+        """A started pool; raises if its workers cannot start (then no file is to blame)."""
+        p = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(*model_args, 1, os.getpid()))
+        try:
+            p.submit(_ping).result()
+        except BrokenProcessPool as e:
+            p.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError("the scan's worker processes failed to start (see the error above); "
+                               "workers=0 scans in this process") from e
+        return p
 
-    pool = new_pool()
+    pool = None  # started with the first task: a scan with nothing to do starts no worker
     inflight: dict = {}  # future -> task
 
     def submit(task):
+        nonlocal pool
+        if pool is None:
+            pool = new_pool()
         inflight[pool.submit(_run_task, [p for p, _, _ in task], *opts)] = task
 
     def collect(futures) -> list:
@@ -224,18 +242,22 @@ def _scan_pool(col: Collector, sources, workers: int, model_args: tuple, opts) -
         for task in _tasks(col, sources, opts[1]):
             submit(task)
             while len(inflight) >= TASKS_PER_WORKER * workers:
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                done, _ = wait(inflight, timeout=WAIT_S, return_when=FIRST_COMPLETED)
+                col.maybe_flush()  # rows finished long ago are committed even while slow videos run
                 lost = collect(done)
                 if lost:
                     recover(lost)
         while inflight:
-            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            done, _ = wait(inflight, timeout=WAIT_S, return_when=FIRST_COMPLETED)
+            col.maybe_flush()
             lost = collect(done)
             if lost:
                 recover(lost)
-        pool.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
     except BaseException:
-        _kill_pool(pool)
+        if pool is not None:
+            _kill_pool(pool)
         raise
 
 

@@ -1,0 +1,81 @@
+"""Scan a collection of images and videos into a results table, resumably.
+
+    from deepfake_detector.scan import scan, read_results
+
+    summary = scan(["photos/", "clips/*.mp4", "more.txt"], "results.parquet", workers=4)
+    df = read_results("results.parquet")          # a pandas DataFrame, one row per file content
+
+One row per distinct file content: ``path``, ``sha256`` (of the bytes), ``size``, ``kind``
+(image / video), ``p_fake``, ``label`` (Real / Fake / NoFace / Error), ``confidence``,
+``threshold``, ``error``, ``message``, ``model`` and ``model_version``, the per-video summary
+(``n_frames``, ``n_frames_with_faces``, ``n_faces``, ``p_fake_mean``, ``p_fake_confident``,
+``flicker``, ``fps``, ``duration``, ``width``, ``height``; empty for images) and ``scanned_at``.
+
+Rules:
+
+* RESULTS is a folder of part files, Parquet or CSV by the name's extension (``x.csv`` ->
+  CSV, anything else Parquet), each part committed atomically (see :mod:`.core`);
+* a file whose content hash is in RESULTS is skipped: a scan stopped at any moment (Ctrl-C,
+  SIGKILL, a crash) and started again does only what is left, and a second run over the same
+  collection scans nothing;
+* a file with the same bytes as another one is scanned once: the row names the first path
+  seen, the others are counted as duplicates in the summary and get no row;
+* a file that cannot be decoded or analysed gets a row with ``error`` set (and is not retried);
+  a file that cannot be read at all (missing, no permission) gets none: it is listed in the
+  summary and tried again by the next scan;
+* RESULTS remember the model (its file's SHA-256) and the settings (``faces``, ``n_frames``);
+  resuming with a different model or settings is refused: use another RESULTS folder.
+"""
+
+from __future__ import annotations
+
+from .core import COLUMNS, ScanInterrupted, format_summary, iter_sources, read_results
+from .core import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from .core import DEFAULT_PART_ROWS as DEFAULT_PART_ROWS
+from .core import DEFAULT_PART_SECONDS as DEFAULT_PART_SECONDS
+
+__all__ = ["COLUMNS", "ScanInterrupted", "format_summary", "iter_sources", "read_results", "scan"]
+
+
+def scan(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+         ray_address: str | None = None, faces: bool = False, progress: bool = True, *,
+         part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32,
+         device: str = "cpu", runtime: str = "numpy") -> dict:
+    """Classify every image and video of ``sources`` into the RESULTS folder ``out``; resumable.
+
+    ``sources``: a path or a list of them: folders (walked recursively), image / video files,
+    glob patterns, text files listing paths (one a line) or ``-`` (a list on standard input).
+    ``model_path``: .npz or .onnx (default: the model shipped with the package).
+    ``workers``: worker processes on this machine, each single-threaded with its own model
+    (default: one per core; 0: in this process); with ``ray_address``, the number of model
+    actors (default: one per CPU of the cluster).
+    ``batch_size``: files per inference task. ``ray_address``: ``"auto"`` or ``"HOST:PORT"`` of
+    a running Ray cluster (needs ``pip install 'deepfake-detector[ray]'``).
+    ``faces``: detect and crop the largest face of each image first (videos always do).
+    ``part_rows`` / ``part_seconds``: a part is committed every so many rows or seconds.
+    ``n_frames``: frames sampled per video. ``device`` / ``runtime``: as ``predict.get_model``
+    (local scans only).
+
+    Returns the summary: ``files`` (seen), ``scanned``, ``images``, ``videos``, ``skipped``
+    (already in RESULTS), ``duplicates`` (same content as another file of this run),
+    ``failed`` with ``failure_reasons`` (reason -> count) and ``failures`` (the first 100:
+    path, error), ``fake`` / ``real`` / ``no_verdict`` (of the scanned files), ``rows_total``,
+    ``elapsed_s``, ``files_per_s`` (scanned files), ``workers``, ``model``, ``out``, ``format``.
+    Ctrl-C commits the finished rows and raises :class:`ScanInterrupted` (a
+    ``KeyboardInterrupt`` whose ``summary`` says how far it got).
+    """
+    import os
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    common = dict(model_path=model_path, workers=workers, batch_size=batch_size, faces=faces, progress=progress,
+                  part_rows=part_rows, part_seconds=part_seconds, n_frames=n_frames)
+    if ray_address:
+        if device != "cpu" or runtime != "numpy":
+            raise ValueError("a Ray scan runs the model on CPU with the numpy runtime (or an .onnx model)")
+        from .ray_scan import scan_ray
+
+        return scan_ray(sources, out, address=ray_address, **common)
+    from .local import scan_local
+
+    return scan_local(sources, out, device=device, runtime=runtime, **common)
