@@ -18,11 +18,16 @@ from .models import Model, load_model
 from .video.analyze import confidence_level
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-DEFAULT_MODEL = "default.npz"  # inside deepfake_detector/assets
+DEFAULT_MODELS = ("default.onnx", "default.npz")  # inside deepfake_detector/assets, first found wins
 
 
 def default_model_path() -> Path:
-    return Path(str(resources.files("deepfake_detector") / "assets" / DEFAULT_MODEL))
+    """The model shipped inside the package: an ONNX export or a from-scratch checkpoint."""
+    assets = Path(str(resources.files("deepfake_detector") / "assets"))
+    for name in DEFAULT_MODELS:
+        if (assets / name).exists():
+            return assets / name
+    return assets / DEFAULT_MODELS[-1]
 
 
 def get_model(path=None, device: str = "cpu", runtime: str = "numpy", threads: int | None = None):

@@ -347,7 +347,8 @@ __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "tr
 
 def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
     """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
-    its Test metrics measured once here (at the validation-chosen threshold) and stored."""
+    its Test metrics measured once here (at the validation-chosen threshold) and stored.
+    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch)."""
     from .evaluate import evaluate
     from .models import load_model
 
@@ -359,12 +360,19 @@ def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
         model.meta["test"] = {k: r[k] for k in ("n", "accuracy", "roc_auc", "average_precision", "eer",
                                                 "f1", "log_loss", "ece", "confusion_matrix", "split")}
         model.meta["test"]["accuracy_at_0.5"] = r["at_0.5"]["accuracy"]
-    save_model(model, out_path)
-    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model))
+    if str(out_path).lower().endswith(".onnx"):
+        from .export import export_onnx
+
+        export_onnx(model, out_path)
+    else:
+        save_model(model, out_path)
+    shipped = "an ONNX file run by onnxruntime (no torch needed)" if str(out_path).lower().endswith(".onnx") \
+        else "a .npz checkpoint"
+    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model, shipped))
     return model.meta
 
 
-def model_card(model) -> str:
+def model_card(model, shipped: str = "a .npz checkpoint") -> str:
     """A model card from the checkpoint's own metadata: data, recipe, metrics, limits, terms."""
     m, r = model.meta, model.meta.get("recipe", {})
     val, test = m.get("validation", {}), m.get("test", {})
@@ -378,8 +386,8 @@ def model_card(model) -> str:
     counts = m.get("data", {})
     return f"""# Model card: `{m.get('version', model.arch)}`
 
-**Architecture** `{model.arch}` ({model.num_parameters():,} parameters) on the {model.engine}
-engine, input {model.input_size}x{model.input_size} RGB, normalised with mean
+**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), trained on the
+{model.engine} engine, shipped as {shipped}; input {model.input_size}x{model.input_size} RGB, normalised with mean
 {list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
 Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), temperature
 {model.temperature:.4f} (fitted on Validation).
