@@ -163,6 +163,32 @@ def _video_outputs(row, args, n: int):
         plot_timeline(row, _numbered(args.timeline, row["path"], n))
 
 
+def cmd_scan(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None or importlib.util.find_spec("pandas") is None:
+        print("error: scanning writes Parquet/CSV with pyarrow: pip install 'deepfake-detector[scan]'",
+              file=sys.stderr)
+        return 2
+    if args.ray and importlib.util.find_spec("ray") is None:
+        print("error: --ray needs Ray Data: pip install 'deepfake-detector[ray]'", file=sys.stderr)
+        return 2
+    from .scan import ScanInterrupted, format_summary, scan
+
+    try:
+        summary = scan(args.sources, args.out, model_path=args.model, workers=args.workers,
+                       batch_size=args.batch_size, ray_address=args.ray, faces=args.faces,
+                       progress=not args.quiet, n_frames=args.frames, runtime=args.runtime)
+    except ScanInterrupted as e:  # Ctrl-C: the finished rows are committed
+        print(format_summary(e.summary), file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # another scan writes to --out; the workers could not start
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0
+
+
 def cmd_watch(args) -> int:
     from .predict import get_model
     from .video.live import format_summary, format_update, watch
@@ -312,6 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")
     p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
     p.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("scan", help="classify a whole collection into a Parquet/CSV table; resumable")
+    c.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder (recursive), image or video file, glob pattern (quote it: 'clips/**/*.mp4'), "
+                        "text file listing paths, or - (paths on standard input)")
+    c.add_argument("--out", required=True, metavar="RESULTS",
+                   help="results folder: Parquet parts (e.g. results.parquet) or CSV parts (a name ending .csv); "
+                        "run again to resume")
+    c.add_argument("--model", help="checkpoint (.npz) or exported model (.onnx); default: the shipped model")
+    c.add_argument("--runtime", choices=["numpy", "onnx"], default="numpy",
+                   help="onnx: run on onnxruntime (a .onnx --model always does)")
+    c.add_argument("--faces", action="store_true", help="detect and crop the largest face of each image first")
+    c.add_argument("--workers", type=int,
+                   help="worker processes, one thread each (default: one per core; 0: in this process); "
+                        "with --ray: model actors (default: one per CPU of the cluster)")
+    c.add_argument("--batch-size", type=int, default=32, help="files per inference task")
+    c.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
+    c.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: auto or HOST:PORT (needs the ray extra)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_scan)
 
     w = sub.add_parser("watch", help="analyse a camera, stream or file live")
     w.add_argument("--source", default="0", help="camera index, video file or stream URL")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -59,12 +60,12 @@ def default_workers() -> int:
 
 
 def limit_threads(n: int) -> None:
-    """One process, ``n`` threads: BLAS (threadpoolctl), the engine's pool and OpenCV."""
+    """One process, ``n`` threads: BLAS and OpenMP (threadpoolctl), the engine's pool, OpenCV, torch."""
     from threadpoolctl import threadpool_limits
 
     from ..nn.backend import set_num_threads
 
-    _WORKER["limits"] = threadpool_limits(n)  # stays in force while referenced (and after)
+    _WORKER["limits"] = threadpool_limits(n)  # the BLAS / OpenMP libraries loaded so far
     set_num_threads(n)
     try:
         import cv2
@@ -72,6 +73,8 @@ def limit_threads(n: int) -> None:
         cv2.setNumThreads(n)
     except ImportError:
         pass
+    if "torch" in sys.modules:  # a torch-engine model
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _watch_parent(parent: int) -> None:
@@ -92,6 +95,7 @@ def _init_worker(model_path: str, device: str, runtime: str, threads: int, paren
 
     _WORKER.update(model=get_model(model_path, device, runtime=runtime, threads=threads), threads=threads,
                    detector=None)
+    limit_threads(threads)  # again, for libraries the model brought in (torch...)
 
 
 def _detector():

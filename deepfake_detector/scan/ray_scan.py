@@ -87,6 +87,7 @@ class RayScanner:
         with open(path, "wb") as f:
             f.write(data)
         self.model = get_model(path, "cpu", threads=1)
+        limit_threads(1)  # again, for libraries the model brought in
         self.faces, self.batch_size, self.n_frames = faces, batch_size, n_frames
         self.detector = None
 
@@ -159,7 +160,11 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
                 lost = _classify(ray, col, todo, batch_size, n_actors, ctor)
                 if lost:  # one at a time: the culprit is found, the others are scanned
                     log.warning("%d files were in batches whose Ray worker died; trying them one by one", len(lost))
-                    for item in _classify(ray, col, lost, 1, n_actors, ctor, retries=1):
+                    still = _classify(ray, col, lost, 1, n_actors, ctor, retries=1)
+                    if len(still) > 1 and len(still) == len(todo):
+                        raise RuntimeError("every batch failed on the Ray workers (see the errors above): is "
+                                           "deepfake-detector installed on every node, are the files there?")
+                    for item in still:
                         col.add(item["path"], item["sha256"], item["size"],
                                 error_result(item["path"], "the Ray worker died analysing this file"))
         except KeyboardInterrupt:
