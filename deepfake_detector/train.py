@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,8 @@ def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
 def model_card(model, shipped: str = "a .npz checkpoint") -> str:
     """A model card from the checkpoint's own metadata: data, recipe, metrics, limits, terms."""
     m, r = model.meta, model.meta.get("recipe", {})
+    augment = "off" if r.get("augment") is None else f"default settings {r['augment'] or ''}".strip()
+    weights = re.sub(r"/\S*/", "", m.get("weights_source") or "random initialisation (from scratch)")  # file names
     val, test = m.get("validation", {}), m.get("test", {})
 
     def row(name, d):
@@ -399,9 +402,10 @@ at release. Crops are tight around the face; `--faces` crops new images the same
 
 **Recipe.** {r.get('epochs')} epochs, batch {r.get('batch_size')}, {r.get('optimizer')} lr
 {r.get('lr')} (weight decay {r.get('weight_decay')}), schedule {r.get('schedule')}, gradient
-clipping at {r.get('clip_norm')}, balance {r.get('balance')}, augmentation {r.get('augment')}
-(default probabilities: flip, random resized crop, colour jitter, Gaussian blur, JPEG), seed
-{r.get('seed')}. Best epoch by validation ROC-AUC: {m.get('epoch')}. Reproduce with
+clipping at {r.get('clip_norm')}, balance {r.get('balance')}, augmentation {augment}
+(flip, random resized crop, colour jitter, Gaussian blur, JPEG), seed {r.get('seed')}.
+Initial weights: {weights}. Best epoch by validation ROC-AUC: {m.get('epoch')}. Config
+`{r.get('arch')}` as in `configs/`; the shipped default is reproduced by
 `scripts/train_default_model.sh`.
 
 | split | n | ROC-AUC | accuracy at threshold | AP | EER |
