@@ -84,13 +84,14 @@ def main() -> int:
         export_s, size_mb = time.perf_counter() - t, os.path.getsize(path) / 1e6
         om = OnnxModel(path, threads=args.threads)
 
-    engines = {"numpy": None, "onnxruntime": om.forward}
+    engines = {"onnxruntime": om.forward}
+    if model.engine == "numpy":  # the from-scratch engine runs it too
 
-    def numpy_forward(x):
-        with nn.no_grad():
-            return model.forward(x)
+        def numpy_forward(x):
+            with nn.no_grad():
+                return model.forward(x)
 
-    engines["numpy"] = numpy_forward
+        engines = {"numpy": numpy_forward, **engines}
     versions = [f"numpy {np.__version__}", f"onnxruntime {__import__('onnxruntime').__version__}"]
     try:
         import torch
@@ -98,7 +99,7 @@ def main() -> int:
         torch = None
     if torch is not None:
         torch.set_num_threads(args.threads)
-        net = _torch_twin(model)
+        net = model.net.eval() if model.engine == "torch" else _torch_twin(model)
 
         def torch_forward(x):
             with torch.inference_mode():
@@ -112,7 +113,7 @@ def main() -> int:
     ips, diff = {}, {}
     for b in batches:
         x = model.normalize(rng.integers(0, 256, (b, S, S, 3), dtype=np.uint8))
-        ref = engines["numpy"](x)
+        ref = next(iter(engines.values()))(x)
         for name, fn in engines.items():
             diff[name, b] = float(np.abs(fn(x) - ref).max())
             for _ in range(args.warmup - 1):
@@ -129,16 +130,17 @@ def main() -> int:
     print(f"{model.arch} {S}x{S}, {model.num_parameters():,} parameters, {args.threads} threads, "
           f"median of {args.runs} runs after {args.warmup} warm-up; {', '.join(versions)}")
     print(f"export: {export_s:.2f} s, {size_mb:.2f} MB (.onnx, BN folded into convs)")
-    print(f"{'engine':12} {'batch':>5} {'ms/batch':>9} {'images/s':>9} {'vs numpy':>9} {'max|dlogit|':>12}")
+    base = next(iter(engines))
+    print(f"{'engine':12} {'batch':>5} {'ms/batch':>9} {'images/s':>9} {'vs ' + base:>12} {'max|dlogit|':>12}")
     for b in batches:
         for name in engines:
             print(f"{name:12} {b:5d} {1000 * b / ips[name, b]:9.2f} {ips[name, b]:9.1f} "
-                  f"{ips[name, b] / ips['numpy', b]:9.2f} {diff[name, b]:12.2e}")
+                  f"{ips[name, b] / ips[base, b]:12.2f} {diff[name, b]:12.2e}")
 
     def ratios(other):
-        if other not in engines:
-            return " ".join(f"onnx_vs_torch_b{b}=nan" for b in batches)
         key = "numpy" if other == "numpy" else "torch"
+        if other not in engines:
+            return " ".join(f"onnx_vs_{key}_b{b}=nan" for b in batches)
         return " ".join(f"onnx_vs_{key}_b{b}={ips['onnxruntime', b] / ips[other, b]:.2f}" for b in batches)
 
     print(ratios("numpy"))

@@ -43,9 +43,10 @@ def clips(root: Path) -> list[Path]:
 
 
 def get_model(path: str | None):
-    from deepfake_detector.models import create_model, load_model
+    from deepfake_detector.models import create_model
+    from deepfake_detector.predict import get_model
 
-    return load_model(path) if path else create_model("df-cnn")
+    return get_model(path) if path else create_model("df-cnn")
 
 
 def warm_up(model, detector):
