@@ -203,8 +203,7 @@ def cmd_watch(args) -> int:
             last[0] = time.time()
             print(format_update(update), flush=True)
 
-    summary = watch(args.source, model, max_seconds=args.seconds, window=args.window, on_update=show,
-                    margin=model.face_margin)
+    summary = watch(args.source, model, max_seconds=args.seconds, window=args.window, on_update=show)
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary))

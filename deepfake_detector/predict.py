@@ -150,7 +150,7 @@ def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_
             from .video.analyze import analyze_video
 
             yield analyze_video(path, model, detector=detector, n_frames=n_frames, every=every,
-                                margin=model.face_margin, all_faces=all_faces)
+                                all_faces=all_faces)
             continue
         try:
             if not os.path.isfile(path):

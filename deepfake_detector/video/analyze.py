@@ -99,6 +99,11 @@ def _r(x, nd=6):
     return None if x is None else round(float(x), nd)
 
 
+def _margin(model, margin: float | None) -> float:
+    """The crop margin: as asked, else the model's training framing, else the DFDC winner's."""
+    return float(getattr(model, "face_margin", DEFAULT_MARGIN)) if margin is None else margin
+
+
 def empty_result(path, error: str | None = None) -> dict:
     """The result skeleton every analysis returns (fields filled as far as it got)."""
     return {"path": os.fspath(path), "kind": "video", "p_fake": None, "label": "Error" if error else None,
@@ -110,7 +115,7 @@ def empty_result(path, error: str | None = None) -> dict:
 
 
 def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_FRAMES,
-                  every: int | None = None, margin: float = DEFAULT_MARGIN, all_faces: bool = False,
+                  every: int | None = None, margin: float | None = None, all_faces: bool = False,
                   smooth_window: int = 5, aggregation: str = DEFAULT_AGGREGATION,
                   method: str = "grab", batch_size: int = 64, prefetch_frames: int = 3) -> dict:
     """Analyse one video file; never raises for a bad file (see ``error`` in the result).
@@ -120,7 +125,8 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
 
     ``detector``: a :class:`~deepfake_detector.faces.FaceDetector` (default: the cached
     RetinaFace). ``n_frames`` / ``every``: see :func:`~deepfake_detector.video.read.sample_frames`.
-    ``margin``: crop margin per side (see :func:`~deepfake_detector.faces.square_crop`).
+    ``margin``: crop margin per side (see :func:`~deepfake_detector.faces.square_crop`); by
+    default the model's ``face_margin``, the framing of the crops it was trained on.
     ``all_faces``: classify every face of a frame, not just the largest.
 
     Returns ``{"path", "kind": "video", "p_fake", "label" ("Real" | "Fake" | "NoFace" |
@@ -173,7 +179,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                         break
                     index, t_s, rgb = item
                     t = time.perf_counter()
-                    pairs = crop_faces(rgb, detector, size, margin=margin, all_faces=all_faces)
+                    pairs = crop_faces(rgb, detector, size, margin=_margin(model, margin), all_faces=all_faces)
                     timings["detect_s"] += time.perf_counter() - t
                     frames.append({"index": int(index), "time": _r(t_s, 4), "faces": [], "score": None})
                     for face, crop in pairs:

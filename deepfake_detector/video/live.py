@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..faces.crop import DEFAULT_MARGIN, square_crop
+from ..faces.crop import square_crop
 from ..faces.detect import get_detector, largest_face
 from .read import FALLBACK_FPS, VideoError
 
@@ -101,7 +101,7 @@ class _LatestFrame(threading.Thread):
 
 def watch(source, model, detector=None, *, max_seconds: float | None = None, window: int = 30,
           on_update: Callable[[dict], None] | None = None, stop_event: threading.Event | None = None,
-          margin: float = DEFAULT_MARGIN, realtime: bool | None = None,
+          margin: float | None = None, realtime: bool | None = None,
           blas_threads: int | None = 1) -> dict:
     """Analyse a live source until it ends or is stopped; returns a summary dict.
 
@@ -124,7 +124,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
     ("end" | "max_seconds" | "stop_event" | "interrupt"), "error"}``. Raises
     :class:`VideoError` when the source cannot be opened.
     """
-    from .analyze import confidence_level
+    from .analyze import _margin, confidence_level
 
     target, kind = parse_source(source)
     cap = cv2.VideoCapture(target)
@@ -169,7 +169,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             face = largest_face(detector.detect(rgb))
             frame_score = None
             if face is not None:
-                crop = square_crop(rgb, face.box, margin, size)
+                crop = square_crop(rgb, face.box, _margin(model, margin), size)
                 frame_score = float(np.asarray(model.predict_proba(crop[None])).reshape(-1)[0])
                 scores.append(frame_score)
                 all_scores.append(frame_score)
