@@ -137,3 +137,19 @@ def test_cli_gpu_without_cupy_is_a_clear_error(checkpoint, synthetic, capsys):
     img = sorted((synthetic / "Test" / "Real").iterdir())[0]
     assert main(["predict", str(img), "--model", str(checkpoint), "--device", "gpu"]) == 2
     assert "CuPy" in capsys.readouterr().err
+
+
+def test_the_shipped_default_model_loads_and_predicts(dfdc_faces):
+    from deepfake_detector.predict import default_model_path, get_model
+
+    path = default_model_path()
+    if not path.exists():
+        pytest.skip(f"no default model shipped at {path}")
+    model = get_model()
+    assert model.meta.get("test", {}).get("n") == 3250  # tested once on dfdc-faces/Test at release
+    real = sorted((dfdc_faces / "Test" / "Real").iterdir())[:8]
+    fake = sorted((dfdc_faces / "Test" / "Fake").iterdir())[:8]
+    rows = list(predict_paths(real + fake, model))
+    assert all(r["error"] is None and 0 <= r["p_fake"] <= 1 for r in rows)
+    p = np.array([r["p_fake"] for r in rows])
+    assert p[8:].mean() > p[:8].mean()  # fakes score higher than reals on average
