@@ -75,15 +75,7 @@ def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
         for layer in layers[: k + 1]:
             x = layer.forward(x, False)
     acts = _np(x).copy()  # (1, C, h, w); copied because an in-place layer may overwrite x
-    tail = layers[k + 1 :]
-    with nn.enable_grad(), _isolated_grads(tail):
-        out = x
-        for layer in tail:
-            out = layer.forward(out, False)
-        grad = _log_odds_grad(out)
-        for layer in reversed(tail):
-            grad = layer.backward(grad, True)
-    g = _np(grad)[0]  # (C, h, w)
+    g = _np(_log_odds_input_grad(layers[k + 1 :], x))[0]  # (C, h, w)
     cam = np.maximum((g * acts[0]).sum(axis=0), 0.0)  # (h, w): element-wise (HiResCAM)
     return _finish(cam, crop.shape[0])
 
@@ -97,7 +89,13 @@ def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
             logits = model.forward(x, training=False)
             grad = model.backward(_log_odds_grad(logits), need_input_grad=True, param_grads=False)
         return _finish_saliency(grad, crop, blur)
-    layers = _flat_layers(model.net)
+    grad = _log_odds_input_grad(_flat_layers(model.net), x)
+    return _finish_saliency(grad, crop, blur)
+
+
+def _log_odds_input_grad(layers, x):
+    """d(z_fake - z_real)/d x through ``layers`` in evaluation mode; the model's parameter
+    gradients are left untouched."""
     with nn.enable_grad(), _isolated_grads(layers):
         out = x
         for layer in layers:
@@ -105,7 +103,7 @@ def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
         grad = _log_odds_grad(out)
         for layer in reversed(layers):
             grad = layer.backward(grad, True)
-    return _finish_saliency(grad, crop, blur)
+    return grad
 
 
 def _finish_saliency(grad, crop, blur):
