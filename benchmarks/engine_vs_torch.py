@@ -1,10 +1,13 @@
-"""Our engine against PyTorch eager on the CPU: training and inference throughput, peak memory.
+"""Our engine against PyTorch eager: training and inference throughput, peak memory.
 
-Each (engine, architecture, mode) runs in its own subprocess, so peak memory (ru_maxrss,
-minus what the process held before the timed loop) belongs to that run alone and our
-engine's process never imports torch. Same thread count for both (BLAS and torch).
+Each (engine, architecture, mode) runs in its own subprocess, so peak memory belongs to
+that run alone and our engine's process never imports torch. On the CPU (the default):
+same thread count for both (BLAS and torch), memory is ru_maxrss minus what the process
+held before the timed loop. With ``--device gpu``: our engine on CuPy against PyTorch
+CUDA, each step timed to a device synchronisation, memory is the GPU memory each
+framework's pool held at its peak (CuPy's pool total, torch's max_memory_reserved).
 
-    python benchmarks/engine_vs_torch.py [--threads 2] [--batch 64] [--steps 8]
+    python benchmarks/engine_vs_torch.py [--threads 2] [--batch 64] [--steps 8] [--device gpu]
 
 The last line reads ``train_ratio=<ours/torch> infer_ratio=<ours/torch>`` for seed-cnn.
 """
@@ -62,7 +65,7 @@ def torch_twin(model):
     return net
 
 
-def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: int) -> dict:
+def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: int, device: str = "cpu") -> dict:
     import numpy as np
 
     from deepfake_detector import nn
@@ -73,7 +76,15 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, S, S)).astype(np.float32)
     y = rng.integers(0, 2, batch)
+    sync, gpu_mb = (lambda: None), None
     if engine == "ours":
+        if device == "gpu":
+            import cupy
+
+            model.to("gpu")
+            x, y = cupy.asarray(x), cupy.asarray(y)
+            sync = cupy.cuda.Device().synchronize
+            gpu_mb = lambda: cupy.get_default_memory_pool().total_bytes() / 2**20  # noqa: E731
         opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def step():
@@ -91,6 +102,10 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
         torch.set_num_threads(threads)
         net = torch_twin(model)
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        if device == "gpu":
+            net, tx, ty = net.cuda(), tx.cuda(), ty.cuda()
+            sync = torch.cuda.synchronize
+            gpu_mb = lambda: torch.cuda.max_memory_reserved() / 2**20  # noqa: E731
         topt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
         def step():
@@ -105,21 +120,23 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
                     net(tx)
 
     base = peak_mb()  # model, data and libraries; the loop's own memory is what comes after
-    step()  # warm-up: allocations, caches
+    step()  # warm-up: allocations, caches, kernel compilation
+    sync()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
-    return {"images_per_s": batch / statistics.median(times), "peak_mb": peak_mb(),
-            "work_mb": peak_mb() - base}
+    work = peak_mb() - base if gpu_mb is None else gpu_mb()
+    return {"images_per_s": batch / statistics.median(times), "peak_mb": peak_mb(), "work_mb": work}
 
 
 def child(args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--child", args.child_spec, "--batch", str(args.batch),
-           "--steps", str(args.steps), "--threads", str(args.threads)]
+           "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr)
@@ -132,13 +149,16 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--archs", default="seed-cnn,df-cnn")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="gpu: our engine on CuPy against PyTorch CUDA")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         engine, arch, mode = args.child.split(":")
-        print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads)))
+        print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads, args.device)))
         return
-    print(f"batch {args.batch}, 128x128, {args.threads} threads, median of {args.steps} steps")
+    where = "GPU (CuPy vs PyTorch CUDA)" if args.device == "gpu" else f"{args.threads} threads"
+    print(f"batch {args.batch}, 128x128, {where}, median of {args.steps} steps")
     print(f"{'arch':10} {'mode':6} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} "
           f"{'ours MB':>8} {'torch MB':>9}")
     ratios = {}
@@ -152,7 +172,8 @@ def main():
             ratios[(arch, mode)] = r
             print(f"{arch:10} {mode:6} {res['ours']['images_per_s']:11.1f} {res['torch']['images_per_s']:12.1f} "
                   f"{r:6.2f} {res['ours']['work_mb']:8.0f} {res['torch']['work_mb']:9.0f}")
-    print("(MB: peak resident memory of the timed loop beyond what the process held before it)")
+    print("(MB: GPU memory held by each framework's pool at its peak)" if args.device == "gpu" else
+          "(MB: peak resident memory of the timed loop beyond what the process held before it)")
     print(f"train_ratio={ratios[('seed-cnn', 'train')]:.2f} infer_ratio={ratios[('seed-cnn', 'infer')]:.2f}")
 
 

@@ -1,7 +1,8 @@
 """Every layer against PyTorch: output, input gradient and parameter gradients.
 
 One helper (:func:`check_layer`) runs a case; each case is one line. float64 within 1e-9
-relative, float32 within 1e-4.
+relative, float32 within 1e-4. The engine runs on NumPy, or on CuPy under
+``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``; the oracle is PyTorch on the CPU either way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from deepfake_detector import nn
+
+from .engine_device import DEVICE, dev, host
 
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle for these tests")
 F = torch.nn.functional
@@ -26,15 +29,15 @@ def check_layer(ours, torch_fn, x_shape, dtype, training=True, seed=0, torch_par
     arguments (torch tensors are built from our initial values, so both start equal).
     """
     rng = np.random.default_rng(seed)
-    ours.astype(dtype)
+    ours.astype(dtype).to(DEVICE)
     x = rng.standard_normal(x_shape).astype(dtype)
     ours.zero_grad()
-    y = ours.forward(x, training)
+    y = host(ours.forward(dev(x), training))
     g = rng.standard_normal(y.shape).astype(dtype)
-    dx = ours.backward(g)
+    dx = host(ours.backward(dev(g)))
 
     tx = torch.tensor(x, requires_grad=True)
-    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in ours.params.items()}
+    tparams = {k: torch.tensor(host(v), requires_grad=True) for k, v in ours.params.items()}
     kwargs = {(torch_params or {}).get(k, k): v for k, v in tparams.items()}
     ty = torch_fn(tx, **kwargs)
     ty.backward(torch.tensor(g))
@@ -43,7 +46,7 @@ def check_layer(ours, torch_fn, x_shape, dtype, training=True, seed=0, torch_par
     np.testing.assert_allclose(y, ty.detach().numpy(), **tol, err_msg="output")
     np.testing.assert_allclose(dx, tx.grad.numpy(), **tol, err_msg="input gradient")
     for k, tp in tparams.items():
-        np.testing.assert_allclose(ours.grads[k], tp.grad.numpy(), **tol, err_msg=f"grad {k}")
+        np.testing.assert_allclose(host(ours.grads[k]), tp.grad.numpy(), **tol, err_msg=f"grad {k}")
     if state_check:
         state_check(ours)
 
@@ -93,8 +96,8 @@ def _bn_state(torch_cls, shape, dtype, training):
         with torch.no_grad():
             m(torch.tensor(x))
         tol = TOL[dtype]
-        np.testing.assert_allclose(ours.buffers["running_mean"], m.running_mean.numpy(), **tol)
-        np.testing.assert_allclose(ours.buffers["running_var"], m.running_var.numpy(), **tol)
+        np.testing.assert_allclose(host(ours.buffers["running_mean"]), m.running_mean.numpy(), **tol)
+        np.testing.assert_allclose(host(ours.buffers["running_var"]), m.running_var.numpy(), **tol)
     return check
 
 

@@ -1,4 +1,5 @@
-"""Loss, optimisers and schedules against torch, one step or many steps at a time."""
+"""Loss, optimisers and schedules against torch, one step or many steps at a time (the engine
+on NumPy, or CuPy under ``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from deepfake_detector import nn
+
+from .engine_device import dev, host
 
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle for these tests")
 
@@ -19,7 +22,8 @@ def test_softmax_cross_entropy_matches_torch(smoothing, weights, scale):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((16, 3)) * scale
     y = rng.integers(0, 3, 16)
-    loss, dz = nn.softmax_cross_entropy(z, y, label_smoothing=smoothing, class_weights=weights)
+    loss, dz = nn.softmax_cross_entropy(dev(z), dev(y), label_smoothing=smoothing, class_weights=weights)
+    dz = host(dz)
     tz = torch.tensor(z, requires_grad=True)
     tw = None if weights is None else torch.tensor(weights, dtype=torch.float64)
     tl = torch.nn.functional.cross_entropy(tz, torch.tensor(y), weight=tw, label_smoothing=smoothing)
@@ -32,14 +36,15 @@ def test_softmax_cross_entropy_matches_torch(smoothing, weights, scale):
 def test_gradient_is_divided_by_batch_size_once():
     z = np.zeros((128, 2))
     y = np.ones(128, dtype=int)
-    _, dz = nn.softmax_cross_entropy(z, y)
-    np.testing.assert_allclose(dz[:, 1], -0.5 / 128)  # (p - 1) / N, not / N**2
+    _, dz = nn.softmax_cross_entropy(dev(z), dev(y))
+    np.testing.assert_allclose(host(dz)[:, 1], -0.5 / 128)  # (p - 1) / N, not / N**2
 
 
 def _pair(seed=0):
     rng = np.random.default_rng(seed)
     params = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    params = {k: dev(v) for k, v in params.items()}
     return params, tparams
 
 
@@ -62,12 +67,12 @@ def test_optimizer_steps_match_torch(name, kw, tcls, tkw):
     rng = np.random.default_rng(1)
     for _ in range(5):  # several steps: momentum and bias corrections matter after the first
         grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
-        opt.step(grads)
+        opt.step({k: dev(g) for k, g in grads.items()})
         for k, tp in tparams.items():
             tp.grad = torch.tensor(grads[k])
         topt.step()
         for k in params:
-            np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(host(params[k]), tparams[k].detach().numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_clip_grad_norm_matches_torch():
@@ -77,10 +82,11 @@ def test_clip_grad_norm_matches_torch():
     for t, g in zip(tensors, grads.values()):
         t.grad = torch.tensor(g.copy())
     tnorm = torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+    grads = {k: dev(g) for k, g in grads.items()}
     norm = nn.clip_grad_norm(grads, 1.0)
     np.testing.assert_allclose(norm, tnorm.item(), rtol=1e-12)
     for t, g in zip(tensors, grads.values()):
-        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-9)
+        np.testing.assert_allclose(host(g), t.grad.numpy(), rtol=1e-9)
     assert nn.global_norm(grads) == pytest.approx(1.0, rel=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Whole-network checks that need no oracle: numerical gradients, files, overfitting."""
+"""Whole-network checks that need no oracle: numerical gradients, files, overfitting (the engine
+on NumPy, or CuPy under ``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from deepfake_detector import nn
 from deepfake_detector.models import create_model, list_models, load_model, save_model
 from deepfake_detector.nn.io import CheckpointError
 
+from .engine_device import DEVICE, dev, host
+
 
 def small_net(seed=0):
     rng = np.random.default_rng(seed)
@@ -20,7 +23,7 @@ def small_net(seed=0):
         nn.Conv2D(2, 3, 3, padding=1, rng=rng), nn.BatchNorm2D(3), nn.ReLU(), nn.MaxPool2D(2),
         nn.Conv2D(3, 4, 3, stride=2, padding=1, bias=False, rng=rng), nn.LeakyReLU(0.1),
         nn.AvgPool2D(2), nn.Flatten(), nn.Dense(4, 2, rng=rng))
-    return net.astype(np.float64)
+    return net.astype(np.float64).to(DEVICE)
 
 
 def loss_and_grads(net, x, y):
@@ -42,15 +45,15 @@ def gradient_check(net, x, y, n_probe=6, h=1e-6, seed=0):
     for name, arr in targets.items():
         for _ in range(n_probe):
             i = tuple(int(rng.integers(s)) for s in arr.shape)
-            old = arr[i]
+            old = float(arr[i])
             arr[i] = old + h
             lp = nn.softmax_cross_entropy(net.forward(x, training=True), y)[0]
             arr[i] = old - h
             lm = nn.softmax_cross_entropy(net.forward(x, training=True), y)[0]
             arr[i] = old
-            num = (lp - lm) / (2 * h)
+            num, ana = (lp - lm) / (2 * h), float(analytic[name][i])
             # the floor makes zero-gradient entries (a bias before BN) compare absolutely
-            err = abs(num - analytic[name][i]) / max(abs(num) + abs(analytic[name][i]), 1e-4)
+            err = abs(num - ana) / max(abs(num) + abs(ana), 1e-4)
             worst = max(worst, err)
     return worst
 
@@ -58,7 +61,7 @@ def gradient_check(net, x, y, n_probe=6, h=1e-6, seed=0):
 def test_gradient_check_passes_on_the_network():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 2, 8, 8)), np.array([0, 1, 1, 0])
-    assert gradient_check(small_net(), x, y) < 1e-5
+    assert gradient_check(small_net(), dev(x), y) < 1e-5
 
 
 def test_gradient_check_catches_a_wrong_backward(monkeypatch):
@@ -67,7 +70,7 @@ def test_gradient_check_catches_a_wrong_backward(monkeypatch):
     original = nn.ReLU.backward
     # the original system's bug in spirit: one layer divides its gradient again
     monkeypatch.setattr(nn.ReLU, "backward", lambda self, g, need_input_grad=True: original(self, g) / 4)
-    assert gradient_check(small_net(), x, y) > 1e-2
+    assert gradient_check(small_net(), dev(x), y) > 1e-2
 
 
 def test_registry_and_seed_cnn_size():
@@ -96,6 +99,18 @@ def test_save_load_gives_identical_outputs(tmp_path, arch):
     np.testing.assert_array_equal(m.predict_proba(images), m2.predict_proba(images))
 
 
+def test_a_file_saved_on_the_test_device_loads_on_the_cpu(tmp_path):
+    m = create_model("seed-cnn", seed=5).to(DEVICE)
+    images = np.random.default_rng(1).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+    m.forward(m.normalize(images), training=True)  # running statistics off their init, on the device
+    save_model(m, tmp_path / "m.npz")
+    cpu = load_model(tmp_path / "m.npz")
+    assert all(type(a) is np.ndarray for a in cpu.net.named_parameters().values())
+    np.testing.assert_allclose(cpu.predict_proba(images), m.predict_proba(images), rtol=1e-4, atol=1e-6)
+    back = load_model(tmp_path / "m.npz", device=DEVICE)
+    np.testing.assert_array_equal(back.predict_proba(images), m.predict_proba(images))
+
+
 def test_pickles_are_refused(tmp_path):
     evil = tmp_path / "evil.npz"
     evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
@@ -114,7 +129,8 @@ def test_small_network_overfits_64_random_images():
     net = nn.Sequential(
         nn.Conv2D(3, 8, 3, padding=1, rng=rng), nn.BatchNorm2D(8), nn.ReLU(), nn.MaxPool2D(2),
         nn.Conv2D(8, 16, 3, padding=1, rng=rng), nn.BatchNorm2D(16), nn.ReLU(), nn.MaxPool2D(2),
-        nn.Flatten(), nn.Dense(16 * 4 * 4, 2, rng=rng))
+        nn.Flatten(), nn.Dense(16 * 4 * 4, 2, rng=rng)).to(DEVICE)
+    x, y = dev(x), dev(y)
     opt = nn.Adam(net.named_parameters(), lr=3e-3)
     for _ in range(150):
         net.zero_grad()
@@ -122,12 +138,12 @@ def test_small_network_overfits_64_random_images():
         net.backward(dz, need_input_grad=False)
         opt.step(net.named_grads())
     with nn.no_grad():
-        acc = (net.forward(x, training=False).argmax(1) == y).mean()
+        acc = float((net.forward(x, training=False).argmax(1) == y).mean())
     assert acc == 1.0
 
 
 def test_float64_end_to_end():
-    m = create_model("seed-cnn")
+    m = create_model("seed-cnn").to(DEVICE)
     m.net.astype(np.float64)
     x = m.normalize(np.zeros((1, 128, 128, 3), np.uint8), dtype=np.float64)
     assert m.forward(x).dtype == np.float64
