@@ -227,7 +227,7 @@ def cmd_demo(args) -> int:
 def cmd_release(args) -> int:
     from .train import release
 
-    meta = release(args.run, args.out, args.test)
+    meta = release(args.run, args.out, args.test, workers=args.workers, calibrate_on=args.calibrate_on)
     print(json.dumps({k: meta.get(k) for k in ("version", "threshold", "temperature", "validation", "test")},
                      indent=2))
     return 0
@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", required=True, help="run folder holding best.npz")
     r.add_argument("--out", required=True, help="where to write the shipped model (.npz)")
     r.add_argument("--test", help="labelled folder or dataset root to evaluate once (its Test split)")
+    r.add_argument("--calibrate-on", metavar="VAL_DIR",
+                   help="refit temperature and threshold on this labelled Validation folder first")
+    r.add_argument("--workers", type=int, default=2)
     r.set_defaults(func=cmd_release)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX (needs: pip install onnx)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from .data import find_split, load_arrays, load_split, samples_from_dirs
 from .data.datasets import find_class_dir
-from .metrics import compute_metrics
+from .metrics import choose_threshold, compute_metrics, fit_temperature
 from .models import Model
 
 
@@ -74,4 +74,28 @@ def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, worker
     return result
 
 
-__all__ = ["evaluate", "resolve_eval_dir", "load_split"]
+def calibrate(model: Model, data, *, method: str = "youden", workers: int = 2) -> dict:
+    """Refit the temperature and the decision threshold on a labelled folder (a Validation
+    split), as training does at its best epoch, and store them in ``model.meta``.
+
+    For a model whose training validation set differs from the one it will be judged
+    against (a re-encoded copy, a new domain). Never calibrate on the Test split: the
+    threshold would then be chosen on the data that measures it. Returns the validation
+    metrics at the new threshold (also kept as ``meta["validation"]``).
+    """
+    folder, name = resolve_eval_dir(data)
+    samples = samples_from_dirs([find_class_dir(folder, 0)], [find_class_dir(folder, 1)])
+    images, labels, errors = load_arrays(samples, model.input_size, workers=workers)
+    z = model.logits(images).astype(np.float64)
+    z = z[:, 1] - z[:, 0]
+    temperature = fit_temperature(z, labels)
+    p = 1 / (1 + np.exp(-z / temperature))
+    threshold = choose_threshold(labels, p, method)
+    metrics = compute_metrics(labels, p, threshold)
+    model.meta.update(temperature=temperature, threshold=threshold, validation=metrics,
+                      calibrated_on={"data": str(data), "split": name, "n": int(len(labels)),
+                                     "skipped": len(errors), "method": method})
+    return metrics
+
+
+__all__ = ["calibrate", "evaluate", "resolve_eval_dir", "load_split"]

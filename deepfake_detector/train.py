@@ -346,16 +346,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
 
 
-def release(run_dir, out_path, test_data=None, workers: int = 2) -> dict:
+def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None) -> dict:
     """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
     its Test metrics measured once here (at the validation-chosen threshold) and stored.
-    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch)."""
-    from .evaluate import evaluate
+    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch).
+    ``calibrate_on``: a Validation folder to refit temperature and threshold on first (for
+    a run validated on a re-encoded copy of the data, say)."""
+    from .evaluate import calibrate, evaluate
     from .models import load_model
 
     model = load_model(Path(run_dir) / "best.npz")
     for key in ("progress", "optim_t"):
         model.meta.pop(key, None)
+    if calibrate_on:
+        calibrate(model, calibrate_on, workers=workers)
     if test_data:
         r = evaluate(model, test_data, workers=workers)
         model.meta["test"] = {k: r[k] for k in ("n", "accuracy", "roc_auc", "average_precision", "eer",
