@@ -405,8 +405,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .nn.backend import DeviceError
+    from .nn.backend import DeviceError, reuse_freed_memory
 
+    if args.command in ("train", "evaluate", "predict", "scan", "release"):
+        reuse_freed_memory()  # the same large buffers every batch: keep their pages (see nn.backend)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, KeyError, DeviceError) as e:

@@ -164,3 +164,28 @@ def test_engine_imports_neither_torch_nor_cupy():
             "print(any(m.split('.')[0] in ('torch', 'cupy') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_reuse_freed_memory_keeps_a_freed_large_buffer_for_the_next_one():
+    code = """
+import os, sys, numpy as np
+from deepfake_detector import nn
+on = nn.reuse_freed_memory(sys.argv[1] == '1')
+rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+a = np.ones(64 * 2**20 // 8)  # 64 MB, over glibc's largest mmap threshold
+held = rss()
+del a
+print(on, round(held - rss()))  # MB handed back to the kernel by the free
+"""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the heap setting is glibc's")
+    runs = {}
+    for flag in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True)
+        on, mb = out.stdout.split()
+        runs[flag] = (on, int(mb))
+    assert runs["1"][0] == "True" and runs["0"][0] == "False"
+    assert runs["0"][1] >= 60  # glibc's default: the buffer's pages go back, the next one faults them in again
+    assert runs["1"][1] <= 4  # kept: the next step's buffer reuses them

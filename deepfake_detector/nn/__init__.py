@@ -4,7 +4,7 @@ NumPy on the CPU, CuPy on a GPU, with one copy of each layer. Importing this pac
 imports neither torch nor CuPy.
 """
 
-from .backend import DeviceError, device_of, get_array_module, to_device, to_numpy, xp_for
+from .backend import DeviceError, device_of, get_array_module, reuse_freed_memory, to_device, to_numpy, xp_for
 from .layers import (
                      AvgPool2D,
                      BatchNorm1D,
@@ -29,7 +29,7 @@ from .optim import OPTIMIZERS, SGD, Adam, AdamW, clip_grad_norm, global_norm
 from .schedules import SCHEDULES, Constant, ExponentialDecay, StepDecay, WarmupCosine
 
 __all__ = [
-    "DeviceError", "device_of", "get_array_module", "to_device", "to_numpy", "xp_for",
+    "DeviceError", "device_of", "get_array_module", "reuse_freed_memory", "to_device", "to_numpy", "xp_for",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten",
     "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sequential", "col2im",
     "enable_grad", "im2col", "no_grad", "log_softmax", "softmax", "softmax_cross_entropy", "OPTIMIZERS",

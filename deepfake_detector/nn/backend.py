@@ -108,3 +108,44 @@ def over_batch(fn, n: int, xp=np) -> list:
     bounds = [round(i * n / k) for i in range(k + 1)]
     futures = [_POOL.submit(fn, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
     return [f.result() for f in futures]
+
+
+# --- keeping freed memory for the next step ----------------------------------------------
+#
+# A training step allocates the same large temporaries every time (im2col columns, layer
+# outputs, gradients: tens to hundreds of MB each). glibc serves blocks above 32 MB with
+# mmap and hands them back to the kernel on free, so every step page-faults (and the kernel
+# zeroes) all of that memory again: a quarter of a CPU step on seed-cnn. Serving every block
+# from the heap and never trimming it lets the next step reuse the same pages. The cost: the
+# process keeps its peak memory until it exits (it needs that peak every step anyway).
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # from <malloc.h>
+_REUSING = False
+
+
+def reuse_freed_memory(enable: bool = True) -> bool:
+    """Keep freed memory in this process's heap for reuse (glibc only; a no-op elsewhere).
+
+    Called by the command line before training, evaluating or predicting; library users
+    may call it themselves. ``DEEPFAKE_DETECTOR_REUSE_MEMORY=0`` turns it off everywhere.
+    Returns whether the setting is in force. Process-wide: it changes how every later
+    allocation of the process is served, not only the engine's.
+    """
+    global _REUSING
+    if os.environ.get("DEEPFAKE_DETECTOR_REUSE_MEMORY", "1") == "0":
+        return False
+    import ctypes  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    if enable:
+        ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    else:  # glibc's defaults
+        ok = libc.mallopt(_M_MMAP_MAX, 65536) and libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    _REUSING = bool(ok) and enable
+    return _REUSING
