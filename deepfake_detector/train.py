@@ -139,7 +139,14 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {sorted(nn.SCHEDULES)}")
 
 
-def make_optimizer(cfg: TrainConfig, params: dict):
+def make_optimizer(cfg: TrainConfig, params):
+    """The engine's optimiser over ``params`` (a name -> array dict), or, given a model that
+    brings its own (a torch model: ``torch.optim`` with the same rules), that one."""
+    if hasattr(params, "make_optimizer"):
+        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+        return params.make_optimizer(cfg.optimizer, cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+    if hasattr(params, "parameters"):
+        params = params.parameters()
     if cfg.optimizer == "sgd":
         return nn.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer in ("adam", "adamw"):
@@ -233,13 +240,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                         synthesize=make_synthesizer(cfg))
     steps_per_epoch = len(loader)
     schedule = make_schedule(cfg, steps_per_epoch)
-    opt = make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model)
 
     start_epoch, start_batch, step, best_auc, bad_epochs = 0, 0, 0, -math.inf, 0
     if resume and (run / "last.npz").exists():
         groups, meta = load_checkpoint_arrays(run / "last.npz")
         model = model_from_arrays(groups, meta, cfg.device)
-        opt = make_optimizer(cfg, model.parameters())
+        opt = make_optimizer(cfg, model)
         opt.load_state_arrays(groups.get("optim", {}), meta.get("optim_t", 0))
         p = meta["progress"]
         start_epoch, start_batch, step = p["epoch"], p["batch"], p["step"]
@@ -282,10 +289,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             logits = model.forward(x, training=True)
             loss, dz = nn.softmax_cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
             model.backward(dz)
-            grads = model.grads()
-            if cfg.clip_norm:
-                nn.clip_grad_norm(grads, cfg.clip_norm)
-            opt.step(grads, lr=schedule(step))
+            if hasattr(opt, "clip_grad_norm"):  # a torch model's own optimiser: gradients stay in torch
+                if cfg.clip_norm:
+                    opt.clip_grad_norm(cfg.clip_norm)
+                opt.step(lr=schedule(step))
+            else:
+                grads = model.grads()
+                if cfg.clip_norm:
+                    nn.clip_grad_norm(grads, cfg.clip_norm)
+                opt.step(grads, lr=schedule(step))
             step += 1
             steps_this_call += 1
             n = len(batch.labels)

@@ -321,3 +321,49 @@ def test_files_with_pickled_objects_are_refused(tmp_path):
     torch.save({"blocks.0.norm1.weight": torch.ones(192)}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         create_model("vit-tiny", input_size=32, patch_size=8, depth=1, weights=str(tmp_path / "partial.pt"))
+
+
+@pytest.mark.parametrize("name,kw", [("sgd", dict(momentum=0.9, weight_decay=1e-3)), ("adam", dict(weight_decay=1e-3)),
+                                     ("adamw", dict(weight_decay=1e-2))])
+def test_the_torch_optimiser_steps_like_the_engine_s_and_shares_its_checkpoint_state(name, kw):
+    """The training loop's torch.optim path against the engine's optimiser on NumPy views of
+    the same weights: from the same weights and gradients, the same clipping norm, the same
+    parameters after each step and the same state under the same names."""
+    torch_ = require_torch_module()
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), rng.integers(0, 2, 8)
+    a, b = build("mobilenet-v2"), build("mobilenet-v2")
+    opt_a = a.make_optimizer(name, 1e-3, **kw)
+    opt_b = nn.OPTIMIZERS[name](b.parameters(), 1e-3, **kw)
+    pa, pb = list(a._trainable().values()), list(b._trainable().values())
+    for k in range(3):
+        a.zero_grad()
+        _, dz = nn.softmax_cross_entropy(a.forward(a.normalize(images), training=True), labels)
+        a.backward(dz)
+        b.zero_grad()
+        with torch_.no_grad():
+            for x, y in zip(pa, pb):
+                y.copy_(x)  # the same weights (b's optimiser keeps views of them) and gradients
+                y.grad.copy_(x.grad)
+        grads = b.grads()
+        norm_b = nn.clip_grad_norm(grads, 0.5)  # small: every step is clipped
+        norm_a = opt_a.clip_grad_norm(0.5)
+        assert norm_a == pytest.approx(norm_b, rel=1e-5) and norm_a > 0.5
+        opt_a.step(lr=1e-3 * (k + 1))
+        opt_b.step(grads, lr=1e-3 * (k + 1))
+        for n, p in b.parameters().items():  # atol: 1 % of one step (Adam moves every weight by ~lr)
+            np.testing.assert_allclose(a.parameters()[n], p, rtol=1e-5, atol=1e-5, err_msg=f"step {k}: {n}")
+    state_a, state_b = opt_a.state_arrays(), opt_b.state_arrays()
+    assert sorted(state_a) == sorted(state_b) and opt_a.t == opt_b.t == 3
+    for key in state_b:
+        np.testing.assert_allclose(state_a[key], state_b[key], rtol=1e-4, atol=1e-9, err_msg=key)
+    c = build("mobilenet-v2")  # the engine's state loads into the torch optimiser and comes back the same
+    opt_c = c.make_optimizer(name, 1e-3, **kw)
+    opt_c.load_state_arrays(state_b, opt_b.t)
+    assert opt_c.t == 3
+    for key, v in opt_c.state_arrays().items():
+        np.testing.assert_array_equal(v, state_b[key])
+
+
+def require_torch_module():
+    return torch

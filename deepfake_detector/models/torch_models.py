@@ -10,6 +10,11 @@ arrays that *share memory* with the torch parameters (``p.detach().numpy()``) an
 ``dz`` from the logits. The views stay valid until :meth:`TorchModel.to` moves the model
 to another device (build the optimiser after ``to``, as ``train`` does).
 
+The training loop itself uses :meth:`TorchModel.make_optimizer`: the same update rules run
+by ``torch.optim`` (multi-tensor ``foreach`` kernels) with the same checkpoint state names,
+so one step is a handful of kernel launches rather than a dozen small array operations per
+parameter tensor (158 tensors for MobileNetV2), which dominated a GPU step.
+
 Architectures (registered names; builders take ``seed``, ``input_size``, ``mode``,
 ``dropout``, ``pretrained``, ``weights``):
 
@@ -69,7 +74,7 @@ from .registry import register_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "PRETRAINED_URLS", "TorchModel", "TorchUnavailableError", "efficientnet_lite0",
+__all__ = ["MODES", "PRETRAINED_URLS", "TorchModel", "TorchOptimizer", "TorchUnavailableError", "efficientnet_lite0",
            "load_state_dict_file", "mobilenet_v2", "packaged_weights", "require_torch", "vit_tiny"]
 
 MODES = ("finetune", "linear-probe")
@@ -126,6 +131,70 @@ def require_torch():
         raise TorchUnavailableError(
             f"this architecture runs on PyTorch, which is not installed: {INSTALL_HINT} "
             "(or `pip install torch`)") from e
+
+
+# --- the optimiser the training loop uses for a torch model ---------------------------------
+class TorchOptimizer:
+    """``torch.optim`` (SGD, Adam, AdamW) behind the engine's optimiser interface.
+
+    ``step(grads, lr)`` ignores ``grads`` (the gradients are already in ``p.grad``) and sets
+    the learning rate first; ``clip_grad_norm`` clips those gradients by their global norm.
+    ``state_arrays`` / ``load_state_arrays`` use the engine's names (``<param>/m``,
+    ``<param>/v``, ``<param>/momentum``) and ``t``, so a checkpoint written by either
+    optimiser resumes with the other. The update rules are the same as the engine's
+    (which the tests check against torch.optim step for step).
+    """
+
+    _TORCH_NAMES = {"m": "exp_avg", "v": "exp_avg_sq", "momentum": "momentum_buffer"}
+
+    def __init__(self, model, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        torch = require_torch()
+        trainable = model._trainable()
+        self.names, self._params = list(trainable), list(trainable.values())
+        self.name, self.lr, self.t = name, lr, 0
+        if name == "sgd":
+            self.opt = torch.optim.SGD(self._params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+        elif name in ("adam", "adamw"):
+            cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+            self.opt = cls(self._params, lr=lr, weight_decay=weight_decay, foreach=True)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; choose from ['adam', 'adamw', 'sgd']")
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        torch = require_torch()
+        grads = [p.grad for p in self._params if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True)) if grads else 0.0
+
+    def step(self, grads=None, lr: float | None = None):
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr if lr is None else lr
+        self.t += 1
+        self.opt.step()
+
+    def state_arrays(self) -> dict:
+        back = {v: k for k, v in self._TORCH_NAMES.items()}
+        out = {}
+        for n, p in zip(self.names, self._params):
+            for k, v in self.opt.state.get(p, {}).items():
+                if k in back and v is not None:
+                    out[f"{n}/{back[k]}"] = v.detach().cpu().numpy()
+        return out
+
+    def load_state_arrays(self, arrays: dict, t: int):
+        torch = require_torch()
+        self.t = int(t)
+        by_param: dict = {}
+        for key, v in arrays.items():
+            n, k = key.rsplit("/", 1)
+            by_param.setdefault(n, {})[self._TORCH_NAMES[k]] = v
+        for n, p in zip(self.names, self._params):
+            if n not in by_param:
+                continue
+            state = {k: torch.as_tensor(np.asarray(v), dtype=p.dtype).to(p.device)
+                     for k, v in by_param[n].items()}
+            if self.name in ("adam", "adamw"):
+                state["step"] = torch.tensor(float(self.t))
+            self.opt.state[p] = state
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -248,6 +317,10 @@ class TorchModel(Predictor):
                 p.grad = torch.zeros_like(p)
         torch.autograd.backward(out, g, inputs=targets)
         return self._array(xt.grad) if need_input_grad else None
+
+    def make_optimizer(self, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        """The training loop's optimiser for this model: :class:`TorchOptimizer`."""
+        return TorchOptimizer(self, name, lr, momentum=momentum, weight_decay=weight_decay)
 
     def zero_grad(self):
         torch = require_torch()
