@@ -414,7 +414,7 @@ Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), tem
 **Data.** DFDC face crops (`dfdc-faces`, one 224-px crop per video, split by source video):
 train {counts.get('train')}, validation {counts.get('validation')}. Test was evaluated once,
 at release. Crops are tight around the face; `--faces` crops new images the same way
-(margin {model.face_margin}).
+(margin {model.face_margin}).{(" " + m["data_note"]) if m.get("data_note") else ""}
 
 **Recipe.** {r.get('epochs')} epochs, batch {r.get('batch_size')}, {r.get('optimizer')} lr
 {r.get('lr')} (weight decay {r.get('weight_decay')}), schedule {r.get('schedule')}, gradient
