@@ -132,6 +132,28 @@ def test_release_ships_weights_only_with_test_metrics(synthetic, tmp_path):
     assert "| Test | 32 |" in card and "df-cnn" in card
 
 
+def test_release_calibrate_on_refits_threshold_and_temperature_on_that_folder(synthetic, tmp_path):
+    train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
+    from deepfake_detector.data import load_arrays as load_images
+    from deepfake_detector.data import load_split
+    from deepfake_detector.metrics import choose_threshold, fit_temperature
+    from deepfake_detector.train import release
+
+    val = synthetic / "Validation"
+    meta = release(tmp_path / "run", tmp_path / "ship.npz", calibrate_on=val)
+    # the expectation, computed here from the model's logits on that folder
+    model = load_model(tmp_path / "run" / "best.npz")
+    images, labels, _ = load_images(load_split(synthetic, "Validation"), model.input_size)
+    z = model.logits(images).astype(np.float64)
+    z = z[:, 1] - z[:, 0]
+    t = fit_temperature(z, labels)
+    shipped = load_model(tmp_path / "ship.npz")
+    assert shipped.temperature == pytest.approx(t, rel=1e-9) and meta["temperature"] == shipped.temperature
+    assert shipped.threshold == pytest.approx(choose_threshold(labels, 1 / (1 + np.exp(-z / t))), rel=1e-9)
+    assert shipped.meta["calibrated_on"]["n"] == len(labels) == shipped.meta["validation"]["n"]
+    assert shipped.meta["calibrated_on"]["split"] == "Validation"
+
+
 def test_torch_train_resume_exact(synthetic, tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
