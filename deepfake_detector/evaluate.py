@@ -8,7 +8,7 @@ import numpy as np
 
 from .data import find_split, load_arrays, load_split, samples_from_dirs
 from .data.datasets import find_class_dir
-from .metrics import choose_threshold, compute_metrics, fit_temperature
+from .metrics import calibrate_on_validation, compute_metrics
 from .models import Model
 
 
@@ -86,12 +86,7 @@ def calibrate(model: Model, data, *, method: str = "youden", workers: int = 2) -
     folder, name = resolve_eval_dir(data)
     samples = samples_from_dirs([find_class_dir(folder, 0)], [find_class_dir(folder, 1)])
     images, labels, errors = load_arrays(samples, model.input_size, workers=workers)
-    z = model.logits(images).astype(np.float64)
-    z = z[:, 1] - z[:, 0]
-    temperature = fit_temperature(z, labels)
-    p = 1 / (1 + np.exp(-z / temperature))
-    threshold = choose_threshold(labels, p, method)
-    metrics = compute_metrics(labels, p, threshold)
+    temperature, threshold, metrics = calibrate_on_validation(model.logits(images), labels, method)
     model.meta.update(temperature=temperature, threshold=threshold, validation=metrics,
                       calibrated_on={"data": str(data), "split": name, "n": int(len(labels)),
                                      "skipped": len(errors), "method": method})

@@ -353,6 +353,17 @@ def apply_temperature(logit_diff, temperature: float) -> np.ndarray:
     return expit(_logit_diff(logit_diff) / temperature)
 
 
+def calibrate_on_validation(logits, y_true, method: str = "youden") -> tuple[float, float, dict]:
+    """Temperature, decision threshold and the metrics at that threshold, all from
+    validation logits: what a checkpoint stores as ``temperature``, ``threshold`` and
+    ``validation``. The threshold is chosen on the temperature-scaled probabilities.
+    """
+    temperature = fit_temperature(logits, y_true)
+    p = apply_temperature(logits, temperature)
+    threshold = choose_threshold(y_true, p, method)
+    return temperature, threshold, compute_metrics(y_true, p, threshold)
+
+
 # --- text table -------------------------------------------------------------------------
 def _cell(v) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):

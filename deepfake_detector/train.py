@@ -36,7 +36,7 @@ from .data import (
     samples_from_dirs,
     split_by_group,
 )
-from .metrics import choose_threshold, compute_metrics, fit_temperature
+from .metrics import calibrate_on_validation, compute_metrics
 from .models import Model, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
 
@@ -139,14 +139,13 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {sorted(nn.SCHEDULES)}")
 
 
-def make_optimizer(cfg: TrainConfig, params):
-    """The engine's optimiser over ``params`` (a name -> array dict), or, given a model that
-    brings its own (a torch model: ``torch.optim`` with the same rules), that one."""
-    if hasattr(params, "make_optimizer"):
+def make_optimizer(cfg: TrainConfig, model):
+    """The model's own optimiser where it brings one (a torch model: ``torch.optim`` with the
+    engine's rules), else the engine's optimiser over ``model.parameters()``."""
+    if hasattr(model, "make_optimizer"):
         momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
-        return params.make_optimizer(cfg.optimizer, cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
-    if hasattr(params, "parameters"):
-        params = params.parameters()
+        return model.make_optimizer(cfg.optimizer, cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+    params = model.parameters()
     if cfg.optimizer == "sgd":
         return nn.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer in ("adam", "adamw"):
@@ -332,10 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         improved = auc > best_auc
         if improved:
             best_auc, bad_epochs = auc, 0
-            temperature = fit_temperature(z, val_labels)
-            p_cal = 1 / (1 + np.exp(-z / temperature))
-            threshold = choose_threshold(val_labels, p_cal, cfg.threshold_method)
-            val_at_t = compute_metrics(val_labels, p_cal, threshold)
+            temperature, threshold, val_at_t = calibrate_on_validation(z, val_labels, cfg.threshold_method)
             checkpoint(run / "best.npz", epoch + 1, 0, extra={
                 "threshold": threshold, "temperature": temperature, "epoch": epoch + 1,
                 "validation": val_at_t, "version": f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}"})

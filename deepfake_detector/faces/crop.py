@@ -19,6 +19,12 @@ import numpy as np
 from .detect import Face, FaceDetector
 
 DEFAULT_MARGIN = 0.3
+
+
+def model_margin(model, margin: float | None = None) -> float:
+    """The crop margin: ``margin`` as asked, else the model's ``face_margin`` (the framing of
+    its training crops), else :data:`DEFAULT_MARGIN`."""
+    return float(getattr(model, "face_margin", DEFAULT_MARGIN)) if margin is None else margin
 BORDERS = {"constant": cv2.BORDER_CONSTANT, "edge": cv2.BORDER_REPLICATE}
 
 

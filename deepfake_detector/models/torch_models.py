@@ -162,8 +162,9 @@ class TorchOptimizer:
 
     def clip_grad_norm(self, max_norm: float) -> float:
         torch = require_torch()
-        grads = [p.grad for p in self._params if p.grad is not None]
-        return float(torch.nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True)) if grads else 0.0
+        if all(p.grad is None for p in self._params):
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True))
 
     def step(self, grads=None, lr: float | None = None):
         for group in self.opt.param_groups:

@@ -120,7 +120,6 @@ def over_batch(fn, n: int, xp=np) -> list:
 # process keeps its peak memory until it exits (it needs that peak every step anyway).
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # from <malloc.h>
-_REUSING = False
 
 
 def reuse_freed_memory(enable: bool = True) -> bool:
@@ -131,7 +130,6 @@ def reuse_freed_memory(enable: bool = True) -> bool:
     Returns whether the setting is in force. Process-wide: it changes how every later
     allocation of the process is served, not only the engine's.
     """
-    global _REUSING
     if os.environ.get("DEEPFAKE_DETECTOR_REUSE_MEMORY", "1") == "0":
         return False
     import ctypes  # noqa: PLC0415
@@ -147,5 +145,4 @@ def reuse_freed_memory(enable: bool = True) -> bool:
         ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     else:  # glibc's defaults
         ok = libc.mallopt(_M_MMAP_MAX, 65536) and libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-    _REUSING = bool(ok) and enable
-    return _REUSING
+    return bool(ok) and enable

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ..faces.crop import DEFAULT_MARGIN, crop_faces
+from ..faces.crop import crop_faces, model_margin
 from ..faces.detect import get_detector
 from .read import DEFAULT_N_FRAMES, VideoError, iter_sampled, open_video, prefetch
 
@@ -99,11 +99,6 @@ def _r(x, nd=6):
     return None if x is None else round(float(x), nd)
 
 
-def _margin(model, margin: float | None) -> float:
-    """The crop margin: as asked, else the model's training framing, else the DFDC winner's."""
-    return float(getattr(model, "face_margin", DEFAULT_MARGIN)) if margin is None else margin
-
-
 def empty_result(path, error: str | None = None) -> dict:
     """The result skeleton every analysis returns (fields filled as far as it got)."""
     return {"path": os.fspath(path), "kind": "video", "p_fake": None, "label": "Error" if error else None,
@@ -179,7 +174,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                         break
                     index, t_s, rgb = item
                     t = time.perf_counter()
-                    pairs = crop_faces(rgb, detector, size, margin=_margin(model, margin), all_faces=all_faces)
+                    pairs = crop_faces(rgb, detector, size, margin=model_margin(model, margin), all_faces=all_faces)
                     timings["detect_s"] += time.perf_counter() - t
                     frames.append({"index": int(index), "time": _r(t_s, 4), "faces": [], "score": None})
                     for face, crop in pairs:

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..faces.crop import square_crop
+from ..faces.crop import model_margin, square_crop
 from ..faces.detect import get_detector, largest_face
 from .read import FALLBACK_FPS, VideoError
 
@@ -124,7 +124,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
     ("end" | "max_seconds" | "stop_event" | "interrupt"), "error"}``. Raises
     :class:`VideoError` when the source cannot be opened.
     """
-    from .analyze import _margin, confidence_level
+    from .analyze import confidence_level
 
     target, kind = parse_source(source)
     cap = cv2.VideoCapture(target)
@@ -169,7 +169,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             face = largest_face(detector.detect(rgb))
             frame_score = None
             if face is not None:
-                crop = square_crop(rgb, face.box, _margin(model, margin), size)
+                crop = square_crop(rgb, face.box, model_margin(model, margin), size)
                 frame_score = float(np.asarray(model.predict_proba(crop[None])).reshape(-1)[0])
                 scores.append(frame_score)
                 all_scores.append(frame_score)
