@@ -227,7 +227,8 @@ def cmd_demo(args) -> int:
 def cmd_release(args) -> int:
     from .train import release
 
-    meta = release(args.run, args.out, args.test, workers=args.workers, calibrate_on=args.calibrate_on)
+    meta = release(args.run, args.out, args.test, workers=args.workers, calibrate_on=args.calibrate_on,
+                   tta=args.tta)
     print(json.dumps({k: meta.get(k) for k in ("version", "threshold", "temperature", "validation", "test")},
                      indent=2))
     return 0
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test", help="labelled folder or dataset root to evaluate once (its Test split)")
     r.add_argument("--calibrate-on", metavar="VAL_DIR",
                    help="refit temperature and threshold on this labelled Validation folder first")
+    r.add_argument("--tta", choices=["flip"],
+                   help="test-time augmentation: score each image with its mirror image (needs --calibrate-on)")
     r.add_argument("--workers", type=int, default=2)
     r.set_defaults(func=cmd_release)
 

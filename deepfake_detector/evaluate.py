@@ -86,7 +86,7 @@ def calibrate(model: Model, data, *, method: str = "youden", workers: int = 2) -
     folder, name = resolve_eval_dir(data)
     samples = samples_from_dirs([find_class_dir(folder, 0)], [find_class_dir(folder, 1)])
     images, labels, errors = load_arrays(samples, model.input_size, workers=workers)
-    temperature, threshold, metrics = calibrate_on_validation(model.logits(images), labels, method)
+    temperature, threshold, metrics = calibrate_on_validation(model.decision_logits(images), labels, method)
     model.meta.update(temperature=temperature, threshold=threshold, validation=metrics,
                       calibrated_on={"data": str(data), "split": name, "n": int(len(labels)),
                                      "skipped": len(errors), "method": method})

@@ -37,7 +37,7 @@ from .data import (
     split_by_group,
 )
 from .metrics import calibrate_on_validation, compute_metrics
-from .models import Model, create_model, model_from_arrays, save_model
+from .models import TTA_KINDS, Model, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def make_synthesizer(cfg: TrainConfig):
 
 def validation_scores(model: Model, images: np.ndarray, batch_size: int = 128):
     """Logit differences z_fake - z_real (N,) in evaluation mode."""
-    z = model.logits(images, batch_size).astype(np.float64)
+    z = model.decision_logits(images, batch_size).astype(np.float64)
     return z[:, 1] - z[:, 0]
 
 
@@ -354,18 +354,27 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
 
 
-def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None) -> dict:
+def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None, tta: str | None = None) -> dict:
     """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
     its Test metrics measured once here (at the validation-chosen threshold) and stored.
     An ``out_path`` ending in .onnx ships an ONNX export (runs without torch).
     ``calibrate_on``: a Validation folder to refit temperature and threshold on first (for
-    a run validated on a re-encoded copy of the data, say)."""
+    a run validated on a re-encoded copy of the data, say). ``tta="flip"``: the shipped
+    model averages each image with its mirror image; this changes its scores, so it needs
+    ``calibrate_on``."""
     from .evaluate import calibrate, evaluate
     from .models import load_model
 
+    if tta not in (None, *TTA_KINDS):
+        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_KINDS)}")
+    if tta and not calibrate_on:
+        raise ValueError("test-time augmentation changes the scores: give a Validation folder to "
+                         "recalibrate on (calibrate_on / --calibrate-on)")
     model = load_model(Path(run_dir) / "best.npz")
     for key in ("progress", "optim_t"):
         model.meta.pop(key, None)
+    if tta:
+        model.meta["tta"] = tta
     if calibrate_on:
         calibrate(model, calibrate_on, workers=workers)
     if test_data:
@@ -399,13 +408,15 @@ def model_card(model, shipped: str = "a .npz checkpoint") -> str:
                 f"{d.get('average_precision', 0):.4f} | {d.get('eer', 0):.4f} |")
 
     counts = m.get("data", {})
+    tta_note = (" Test-time augmentation: each image is scored with its mirror image, logits "
+                "averaged (twice the inference cost)." if m.get("tta") == "flip" else "")
     return f"""# Model card: `{m.get('version', model.arch)}`
 
 **Architecture** `{model.arch}` ({model.num_parameters():,} parameters), trained on the
 {model.engine} engine, shipped as {shipped}; input {model.input_size}x{model.input_size} RGB, normalised with mean
 {list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
 Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), temperature
-{model.temperature:.4f} (fitted on Validation).
+{model.temperature:.4f} (fitted on Validation).{tta_note}
 
 **Data.** DFDC face crops (`dfdc-faces`, one 224-px crop per video, split by source video):
 train {counts.get('train')}, validation {counts.get('validation')}. Test was evaluated once,

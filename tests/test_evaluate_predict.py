@@ -153,3 +153,22 @@ def test_the_shipped_default_model_loads_and_predicts(dfdc_faces):
     assert all(r["error"] is None and 0 <= r["p_fake"] <= 1 for r in rows)
     p = np.array([r["p_fake"] for r in rows])
     assert p[8:].mean() > p[:8].mean()  # fakes score higher than reals on average
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
+    model = create_model("df-cnn", input_size=32, widths=[4, 4, 8, 8, 8], depths=[1, 1, 1, 1, 1], seed=3)
+    model.meta["temperature"] = 1.7
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    model.meta["tta"] = "flip"
+    z = (model.logits(images) + model.logits(images[:, :, ::-1].copy())).astype(np.float64) / 2 / 1.7
+    expected = np.exp(z[:, 1]) / np.exp(z).sum(1)
+    assert model.predict_proba(images) == pytest.approx(expected, rel=1e-6)
+    assert not np.allclose(model.decision_logits(images), model.logits(images), atol=1e-3)  # mirroring mattered
+    symmetric = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
+    model.meta["tta"] = None
+    alone = model.predict_proba(symmetric)
+    model.meta["tta"] = "flip"
+    assert model.predict_proba(symmetric) == pytest.approx(alone, rel=1e-6)  # its own mirror image
+    model.meta["tta"] = "rotate"
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        model.predict_proba(images)

@@ -175,3 +175,24 @@ def test_torch_train_resume_exact(synthetic, tmp_path):
         for k in a[g]:
             np.testing.assert_array_equal(a[g][k], b[g][k], err_msg=k)
     assert load_model(tmp_path / "full" / "best.npz").engine == "torch"
+
+
+def test_release_with_flip_tta_recalibrates_with_it_and_ships_it(synthetic, tmp_path):
+    train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
+    from deepfake_detector.data import load_arrays as load_images
+    from deepfake_detector.data import load_split
+    from deepfake_detector.metrics import fit_temperature
+    from deepfake_detector.train import release
+
+    with pytest.raises(ValueError, match="calibrate_on"):
+        release(tmp_path / "run", tmp_path / "ship.npz", tta="flip")
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        release(tmp_path / "run", tmp_path / "ship.npz", tta="rotate", calibrate_on=synthetic / "Validation")
+    release(tmp_path / "run", tmp_path / "ship.npz", tta="flip", calibrate_on=synthetic / "Validation")
+    model = load_model(tmp_path / "run" / "best.npz")
+    images, labels, _ = load_images(load_split(synthetic, "Validation"), model.input_size)
+    z = (model.logits(images) + model.logits(images[:, :, ::-1].copy())).astype(np.float64) / 2
+    shipped = load_model(tmp_path / "ship.npz")
+    assert shipped.tta == "flip"
+    assert shipped.temperature == pytest.approx(fit_temperature(z[:, 1] - z[:, 0], labels), rel=1e-6)
+    assert "mirror image" in (tmp_path / "MODEL_CARD.md").read_text()

@@ -17,6 +17,7 @@ from ..nn.io import CheckpointError, load_arrays, save_arrays
 from .registry import create_model
 
 CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake, as the original
+TTA_KINDS = ("flip",)  # test-time augmentations a model's meta["tta"] may name
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -52,6 +53,11 @@ class Predictor:
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0))
 
+    @property
+    def tta(self) -> str | None:
+        """Test-time augmentation: None, or "flip" (the image and its mirror image, averaged)."""
+        return self.meta.get("tta")
+
     def normalize(self, images, dtype=np.float32, xp=np):
         """uint8 (N, S, S, 3) RGB at the model's size -> normalised (N, 3, S, S)."""
         x = xp.asarray(images).astype(dtype)
@@ -60,9 +66,19 @@ class Predictor:
         inv = 1 / (xp.asarray(self.preprocess.std, dtype=dtype).reshape(1, 3, 1, 1) * 255)
         return xp.ascontiguousarray((x - mean) * inv)
 
+    def decision_logits(self, images, batch_size: int = 64) -> np.ndarray:
+        """The logits a verdict is made from: ``logits``, or with ``tta == "flip"`` their mean
+        over each image and its mirror image (a face is as real mirrored)."""
+        z = self.logits(images, batch_size)
+        if self.tta == "flip":
+            z = (z + self.logits(np.ascontiguousarray(np.asarray(images)[:, :, ::-1]), batch_size)) / 2
+        elif self.tta is not None:
+            raise ValueError(f"unknown test-time augmentation {self.tta!r}; known: {', '.join(TTA_KINDS)}")
+        return z
+
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
-        z = self.logits(images, batch_size).astype(np.float64) / self.temperature
+        z = self.decision_logits(images, batch_size).astype(np.float64) / self.temperature
         return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))  # softmax over two classes
 
     def describe(self) -> dict:
