@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,13 @@ def test_release_with_flip_tta_recalibrates_with_it_and_ships_it(synthetic, tmp_
     assert shipped.tta == "flip"
     assert shipped.temperature == pytest.approx(fit_temperature(z[:, 1] - z[:, 0], labels), rel=1e-6)
     assert "mirror image" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_config_is_a_valid_recipe(path):
+    from deepfake_detector.models import list_models
+    from deepfake_detector.train import make_synthesizer
+
+    cfg = TrainConfig.from_file(path)
+    assert cfg.arch in list_models() and cfg.epochs >= 1
+    make_synthesizer(cfg)  # an unknown synthesizer or SBI field is an error here
