@@ -392,11 +392,50 @@ def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **opti
 EXPORTERS: dict[str, Callable] = {"numpy": _export_sequential, "torch": _export_torch}
 
 
-def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fold_bn: bool = True) -> Path:
+def half_weights(proto, min_size: int = 16):
+    """Store each float32 initialiser of ``min_size`` or more values as float16, cast back to
+    float32 by a Cast node at the head of the graph: half the file, the same graph and
+    float32 arithmetic (onnxruntime folds the casts when the session loads). Weights lose
+    precision (about 3 significant digits), so logits move by ~1e-3 relative."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.size < min_size:
+            continue
+        if np.abs(w).max(initial=0) > np.finfo(np.float16).max:
+            raise ExportError(f"initialiser {init.name!r} overflows float16; export without half weights")
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(w.astype(np.float16), f"{name}.fp16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}.fp16"], [name], to=onnx.TensorProto.FLOAT,
+                                           name=f"{name}.to_float"))
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
+
+
+def rewrite_metadata(path, model) -> None:
+    """Replace our metadata in an exported file with ``model``'s (its meta updated after export:
+    Test metrics measured on the file itself, say); the graph is untouched."""
+    onnx = _require_onnx()
+    proto = onnx.load(str(path))
+    write_metadata(proto, model)
+    _save_atomic(onnx, proto, Path(path))
+
+
+def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fold_bn: bool = True,
+                half: bool = False) -> Path:
     """Write ``model`` to ``out_path`` as ONNX (graph + metadata); returns the path.
 
     ``dynamic_batch=False`` fixes the batch dimension at 1. ``fold_bn=False`` keeps each
-    batch norm as its own BatchNormalization node (useful to inspect the graph).
+    batch norm as its own BatchNormalization node (useful to inspect the graph). ``half``
+    stores the weights as float16 (:func:`half_weights`).
     """
     onnx = _require_onnx()
     newest = onnx.defs.onnx_opset_version()
@@ -408,4 +447,8 @@ def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fo
         raise ExportError(f"no ONNX exporter for engine {engine!r}; known: {sorted(EXPORTERS)}")
     out_path = Path(out_path)
     exporter(model, out_path, opset, dynamic_batch, fold_bn=fold_bn)
+    if half:
+        proto = half_weights(onnx.load(str(out_path)))
+        onnx.checker.check_model(proto)
+        _save_atomic(onnx, proto, out_path)
     return out_path

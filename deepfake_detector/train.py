@@ -354,10 +354,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
 
 
-def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None, tta: str | None = None) -> dict:
+def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None, tta: str | None = None,
+            half: bool = False) -> dict:
     """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
     its Test metrics measured once here (at the validation-chosen threshold) and stored.
-    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch).
+    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch; ``half``:
+    float16 weights, half the file); calibration and Test then run on that file itself.
     ``calibrate_on``: a Validation folder to refit temperature and threshold on first (for
     a run validated on a re-encoded copy of the data, say). ``tta="flip"``: the shipped
     model averages each image with its mirror image; this changes its scores, so it needs
@@ -370,27 +372,34 @@ def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=No
     if tta and not calibrate_on:
         raise ValueError("test-time augmentation changes the scores: give a Validation folder to "
                          "recalibrate on (calibrate_on / --calibrate-on)")
+    onnx_out = str(out_path).lower().endswith(".onnx")
+    if half and not onnx_out:
+        raise ValueError("half weights are an ONNX export option: give an --out ending in .onnx")
     model = load_model(Path(run_dir) / "best.npz")
     for key in ("progress", "optim_t"):
         model.meta.pop(key, None)
     if tta:
         model.meta["tta"] = tta
+    shipped = model
+    if onnx_out:
+        from .export import export_onnx, rewrite_metadata
+        from .runtime import OnnxModel
+
+        shipped = OnnxModel(export_onnx(model, out_path, half=half))
     if calibrate_on:
-        calibrate(model, calibrate_on, workers=workers)
+        calibrate(shipped, calibrate_on, workers=workers)
+        model.meta.update({k: shipped.meta[k] for k in ("temperature", "threshold", "validation", "calibrated_on")})
     if test_data:
-        r = evaluate(model, test_data, workers=workers)
+        r = evaluate(shipped, test_data, workers=workers)
         model.meta["test"] = {k: r[k] for k in ("n", "accuracy", "roc_auc", "average_precision", "eer",
                                                 "f1", "log_loss", "ece", "confusion_matrix", "split")}
         model.meta["test"]["accuracy_at_0.5"] = r["at_0.5"]["accuracy"]
-    if str(out_path).lower().endswith(".onnx"):
-        from .export import export_onnx
-
-        export_onnx(model, out_path)
+    if onnx_out:
+        rewrite_metadata(out_path, model)
     else:
         save_model(model, out_path)
-    shipped = "an ONNX file run by onnxruntime (no torch needed)" if str(out_path).lower().endswith(".onnx") \
-        else "a .npz checkpoint"
-    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model, shipped))
+    kind = "an ONNX file run by onnxruntime (no torch needed)" + (", float16 weights" if half else "")
+    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model, kind if onnx_out else "a .npz checkpoint"))
     return model.meta
 
 

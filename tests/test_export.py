@@ -179,3 +179,43 @@ def test_torch_models_export_and_match(tmp_path, arch):
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), np.uint8)
     np.testing.assert_allclose(om.logits(images), m.logits(images), rtol=1e-4, atol=1e-4)
     assert om.arch == arch and om.threshold == 0.3
+
+
+def test_half_weights_halve_the_file_and_keep_the_logits_close(tmp_path):
+    import onnx
+
+    model = _randomise(create_model("df-cnn", input_size=64, seed=5))
+    full = export_onnx(model, tmp_path / "full.onnx")
+    half = export_onnx(model, tmp_path / "half.onnx", half=True)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    stored = {i.name: i.data_type for i in onnx.load(str(half)).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in stored.values()
+    x = _images(8, 64)
+    want = model.logits(x)
+    got = OnnxModel(half, threads=1).logits(x)
+    # float16 keeps 11 significant bits: weights within 2^-11 relative; the logits follow
+    assert np.abs(got - want).max() < 1e-2 * max(1.0, np.abs(want).max())
+    assert not np.allclose(got, want, atol=1e-6)  # they really are rounded
+    assert OnnxModel(half).meta == model.meta
+
+
+def test_release_to_onnx_measures_test_on_the_shipped_file(tmp_path):
+    from deepfake_detector.evaluate import evaluate
+    from deepfake_detector.train import TrainConfig, release, train
+
+    from .synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "data")
+    train(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="df-cnn", epochs=1, batch_size=16,
+                      model_config={"input_size": 32, "widths": [8, 8, 16, 16, 16], "depths": [1, 1, 1, 1, 1]},
+                      augment=None, workers=1, early_stopping=None), progress=False)
+    with pytest.raises(ValueError, match="ONNX export option"):
+        release(tmp_path / "run", tmp_path / "ship.npz", half=True)
+    meta = release(tmp_path / "run", tmp_path / "ship" / "m.onnx", test_data=data, half=True,
+                   calibrate_on=data / "Validation")
+    shipped = OnnxModel(tmp_path / "ship" / "m.onnx")
+    again = evaluate(shipped, data)
+    assert shipped.meta["test"]["roc_auc"] == pytest.approx(again["roc_auc"], abs=1e-12)
+    assert shipped.meta["test"]["accuracy"] == pytest.approx(again["accuracy"], abs=1e-12)
+    assert shipped.meta["test"] == meta["test"] and shipped.meta["calibrated_on"]["split"] == "Validation"
+    assert "float16 weights" in (tmp_path / "ship" / "MODEL_CARD.md").read_text()
