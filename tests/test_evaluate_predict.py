@@ -163,6 +163,7 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
     z = (model.logits(images) + model.logits(images[:, :, ::-1].copy())).astype(np.float64) / 2 / 1.7
     expected = np.exp(z[:, 1]) / np.exp(z).sum(1)
     assert model.predict_proba(images) == pytest.approx(expected, rel=1e-6)
+    assert model.describe()["tta"] == "flip"
     assert not np.allclose(model.decision_logits(images), model.logits(images), atol=1e-3)  # mirroring mattered
     symmetric = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
     model.meta["tta"] = None

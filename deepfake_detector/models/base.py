@@ -82,8 +82,9 @@ class Predictor:
         return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))  # softmax over two classes
 
     def describe(self) -> dict:
-        return {"arch": self.arch, "parameters": self.num_parameters(), "input_size": self.input_size,
-                "engine": self.engine, "version": self.meta.get("version", "untrained")}
+        d = {"arch": self.arch, "parameters": self.num_parameters(), "input_size": self.input_size,
+             "engine": self.engine, "version": self.meta.get("version", "untrained")}
+        return {**d, "tta": self.tta} if self.tta else d
 
 
 @dataclass

@@ -408,11 +408,8 @@ class TorchModel(Predictor):
         return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
     def describe(self) -> dict:
-        return {"arch": self.arch, "parameters": self.num_parameters(),
-                "trainable_parameters": self.num_trainable_parameters(), "input_size": self.input_size,
-                "engine": self.engine, "mode": self.mode,
-                "weights_source": self.meta.get("weights_source", "random initialisation"),
-                "version": self.meta.get("version", "untrained")}
+        return {**super().describe(), "trainable_parameters": self.num_trainable_parameters(), "mode": self.mode,
+                "weights_source": self.meta.get("weights_source", "random initialisation")}
 
 
 # --- weight files -----------------------------------------------------------------------------
