@@ -37,7 +37,7 @@ from .data import (
     split_by_group,
 )
 from .metrics import calibrate_on_validation, compute_metrics
-from .models import TTA_KINDS, Model, create_model, model_from_arrays, save_model
+from .models import Model, check_tta, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
 
 log = logging.getLogger(__name__)
@@ -367,9 +367,7 @@ def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=No
     from .evaluate import calibrate, evaluate
     from .models import load_model
 
-    if tta not in (None, *TTA_KINDS):
-        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_KINDS)}")
-    if tta and not calibrate_on:
+    if check_tta(tta) and not calibrate_on:
         raise ValueError("test-time augmentation changes the scores: give a Validation folder to "
                          "recalibrate on (calibrate_on / --calibrate-on)")
     onnx_out = str(out_path).lower().endswith(".onnx")

@@ -14,7 +14,7 @@ from deepfake_detector import nn
 from deepfake_detector.models import create_model, list_models, load_model, save_model
 from deepfake_detector.nn.io import CheckpointError
 
-from .engine_device import DEVICE, dev, host
+from .engine_device import DEVICE, dev
 
 
 def small_net(seed=0):

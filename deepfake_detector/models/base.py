@@ -18,6 +18,13 @@ from .registry import create_model
 
 CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake, as the original
 TTA_KINDS = ("flip",)  # test-time augmentations a model's meta["tta"] may name
+
+
+def check_tta(kind: str | None) -> str | None:
+    """``kind`` if it is None or one of :data:`TTA_KINDS`; otherwise a ValueError."""
+    if kind not in (None, *TTA_KINDS):
+        raise ValueError(f"unknown test-time augmentation {kind!r}; known: {', '.join(TTA_KINDS)}")
+    return kind
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,13 +75,12 @@ class Predictor:
 
     def decision_logits(self, images, batch_size: int = 64) -> np.ndarray:
         """The logits a verdict is made from: ``logits``, or with ``tta == "flip"`` their mean
-        over each image and its mirror image (a face is as real mirrored)."""
-        z = self.logits(images, batch_size)
-        if self.tta == "flip":
-            z = (z + self.logits(np.ascontiguousarray(np.asarray(images)[:, :, ::-1]), batch_size)) / 2
-        elif self.tta is not None:
-            raise ValueError(f"unknown test-time augmentation {self.tta!r}; known: {', '.join(TTA_KINDS)}")
-        return z
+        over each image and its mirror image (a face is as real mirrored), in one pass."""
+        if check_tta(self.tta) is None:
+            return self.logits(images, batch_size)
+        images = np.asarray(images)
+        z = self.logits(np.concatenate([images, images[:, :, ::-1]]), batch_size)
+        return (z[: len(images)] + z[len(images):]) / 2
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> P(fake) (N,), calibrated by the stored temperature."""
