@@ -268,6 +268,24 @@ def test_pretrained_from_a_local_file(tmp_path):
     assert not torch.equal(fresh.net.state_dict()["features.0.0.weight"], src.net.state_dict()["features.0.0.weight"])
 
 
+def test_warm_start_from_a_checkpoint_of_this_project_at_another_input_size(tmp_path):
+    """Progressive resizing: a 32-px run's .npz checkpoint starts a 48-px model with every weight,
+    BatchNorm statistics and the trained head included; the file is read without pickle."""
+    src = create_model("mobilenet-v2", seed=1, input_size=32, pretrained=False)
+    with torch.no_grad():
+        src.net.state_dict()["features.1.conv.0.1.running_mean"].add_(0.25)  # a buffer, not only params
+    save_model(src, tmp_path / "best.npz")
+    model = create_model("mobilenet-v2", seed=2, input_size=48, pretrained=str(tmp_path / "best.npz"))
+    assert model.preprocess.input_size == 48
+    for k, v in src.net.state_dict().items():
+        assert torch.equal(v, model.net.state_dict()[k]), k
+    assert "best.npz" in model.describe()["weights_source"]
+    other = create_model("vit-tiny", seed=3, input_size=32, patch_size=8, depth=1)
+    save_model(other, tmp_path / "vit.npz")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        create_model("mobilenet-v2", seed=2, input_size=48, pretrained=str(tmp_path / "vit.npz"))
+
+
 def _write_safetensors(path, tensors: dict):
     """A minimal .safetensors writer (the format: u64 header size, JSON header, raw bytes)."""
     header, chunks, offset = {}, [], 0

@@ -45,7 +45,8 @@ the frozen weights), so a checkpoint always holds the whole network.
 exists; mobilenet-v2 without its package falls back to the same file's torchvision URL),
 ``False``/``None`` (random initialisation), a known name (``PRETRAINED_URLS``, fetched with
 ``torch.hub.load_state_dict_from_url`` into torch's hub cache), or a path to a local
-``.pt``/``.pth``/``.bin``/``.safetensors`` state dict. ``weights``: a local state
+``.pt``/``.pth``/``.bin``/``.safetensors`` state dict or a checkpoint of this project
+(``.npz``: a warm start from an earlier run, e.g. at a larger input size). ``weights``: a local state
 dict loaded after that (e.g. your own ViT pre-training). Files are read with
 ``torch.load(..., weights_only=True)`` (or as safetensors): never unpickled as objects.
 The checkpoint a trained model is saved to holds every weight, so its stored ``config``
@@ -467,7 +468,8 @@ def _unwrap(obj, source: str) -> dict:
 
 
 def load_state_dict_file(path) -> dict:
-    """A local state dict (.pt/.pth/.bin: ``torch.load(weights_only=True)``; .safetensors) ->
+    """A local state dict (.pt/.pth/.bin: ``torch.load(weights_only=True)``; .safetensors; this
+    project's .npz checkpoints, read with ``allow_pickle=False``) ->
     {name: tensor} on the CPU. Pickled Python objects are refused, never executed."""
     import pickle
 
@@ -477,6 +479,12 @@ def load_state_dict_file(path) -> dict:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
         return _unwrap(_read_safetensors(path), path)
+    if path.endswith(".npz"):  # one of this project's checkpoints: a warm start from an earlier run
+        from ..nn.io import load_arrays  # noqa: PLC0415
+
+        groups, _ = load_arrays(path)
+        arrays = {**groups.get("buffer", {}), **groups.get("param", {})}
+        return _unwrap({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
