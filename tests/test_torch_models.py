@@ -279,7 +279,9 @@ def test_warm_start_from_a_checkpoint_of_this_project_at_another_input_size(tmp_
     assert model.preprocess.input_size == 48
     for k, v in src.net.state_dict().items():
         assert torch.equal(v, model.net.state_dict()[k]), k
-    assert "best.npz" in model.describe()["weights_source"]
+    source = model.describe()["weights_source"]
+    assert "best.npz" in source and "at 32 px" in source and "random initialisation" in source  # its lineage
+    assert "the head included" in source
     other = create_model("vit-tiny", seed=3, input_size=32, patch_size=8, depth=1)
     save_model(other, tmp_path / "vit.npz")
     with pytest.raises(CheckpointError, match="does not fit"):

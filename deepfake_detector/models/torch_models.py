@@ -467,6 +467,21 @@ def _unwrap(obj, source: str) -> dict:
     return sd
 
 
+def _checkpoint_state_dict(path) -> tuple[dict, str]:
+    """One of this project's .npz checkpoints -> ({name: tensor}, where its weights came from):
+    the earlier run's architecture, best epoch, input size and its own initial weights, so that
+    a warm-started model's card still names its whole lineage."""
+    from ..nn.io import load_arrays  # noqa: PLC0415
+
+    torch = require_torch()
+    groups, meta = load_arrays(path)
+    arrays = {**groups.get("buffer", {}), **groups.get("param", {})}
+    size = meta.get("preprocess", {}).get("input_size")
+    lineage = (f"{meta.get('arch')} checkpoint {meta.get('version') or ''}, epoch {meta.get('epoch')} "
+               f"at {size} px, from {meta.get('weights_source') or 'random initialisation'}")
+    return _unwrap({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path), lineage
+
+
 def load_state_dict_file(path) -> dict:
     """A local state dict (.pt/.pth/.bin: ``torch.load(weights_only=True)``; .safetensors; this
     project's .npz checkpoints, read with ``allow_pickle=False``) ->
@@ -480,11 +495,7 @@ def load_state_dict_file(path) -> dict:
     if path.endswith(".safetensors"):
         return _unwrap(_read_safetensors(path), path)
     if path.endswith(".npz"):  # one of this project's checkpoints: a warm start from an earlier run
-        from ..nn.io import load_arrays  # noqa: PLC0415
-
-        groups, _ = load_arrays(path)
-        arrays = {**groups.get("buffer", {}), **groups.get("param", {})}
-        return _unwrap({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
+        return _checkpoint_state_dict(path)[0]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -556,6 +567,9 @@ def _resolve_pretrained(arch: str, pretrained):
     if pretrained.lower() in known:
         url, mean, std = known[pretrained.lower()]
         return _hub_state_dict(url), f"{pretrained} ({url})", (mean, std)
+    if os.path.isfile(pretrained) and pretrained.endswith(".npz"):
+        sd, lineage = _checkpoint_state_dict(pretrained)
+        return sd, f"file {os.path.abspath(pretrained)} ({lineage})", None
     if os.path.isfile(pretrained):
         return load_state_dict_file(pretrained), f"file {os.path.abspath(pretrained)}", None
     raise ValueError(f"{arch}: pretrained={pretrained!r} is neither a known name ({sorted(known) or 'none'}), "
@@ -771,8 +785,9 @@ def _build(arch, make_net, heads, *, seed, input_size, mode, pretrained, weights
     sources = []
     sd, desc, pre_norm = _resolve_pretrained(arch, pretrained)
     if sd is not None:
-        _load_into(net, sd, heads, desc, adapt)
-        sources.append(f"{desc} (backbone; new 2-way head)")
+        rep = _load_into(net, sd, heads, desc, adapt)
+        what = "backbone; new 2-way head" if rep["skipped"] else "every weight, the head included"
+        sources.append(f"{desc} ({what})")
         mean_std = pre_norm or mean_std  # the normalisation those weights were trained with
     else:
         sources.append(desc)
