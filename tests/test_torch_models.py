@@ -271,12 +271,13 @@ def test_pretrained_from_a_local_file(tmp_path):
 def test_warm_start_from_a_checkpoint_of_this_project_at_another_input_size(tmp_path):
     """Progressive resizing: a 32-px run's .npz checkpoint starts a 48-px model with every weight,
     BatchNorm statistics and the trained head included; the file is read without pickle."""
-    src = create_model("mobilenet-v2", seed=1, input_size=32, pretrained=False)
+    src = create_model("mobilenet-v2", seed=1, input_size=32, pretrained=False, mean=(0.5,) * 3, std=(0.25,) * 3)
     with torch.no_grad():
         src.net.state_dict()["features.1.conv.0.1.running_mean"].add_(0.25)  # a buffer, not only params
     save_model(src, tmp_path / "best.npz")
     model = create_model("mobilenet-v2", seed=2, input_size=48, pretrained=str(tmp_path / "best.npz"))
     assert model.preprocess.input_size == 48
+    assert model.preprocess.mean == (0.5,) * 3 and model.preprocess.std == (0.25,) * 3  # as it was trained
     for k, v in src.net.state_dict().items():
         assert torch.equal(v, model.net.state_dict()[k]), k
     source = model.describe()["weights_source"]

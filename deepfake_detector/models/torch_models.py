@@ -467,19 +467,21 @@ def _unwrap(obj, source: str) -> dict:
     return sd
 
 
-def _checkpoint_state_dict(path) -> tuple[dict, str]:
-    """One of this project's .npz checkpoints -> ({name: tensor}, where its weights came from):
-    the earlier run's architecture, best epoch, input size and its own initial weights, so that
-    a warm-started model's card still names its whole lineage."""
+def _checkpoint_state_dict(path) -> tuple[dict, str, tuple | None]:
+    """One of this project's .npz checkpoints -> ({name: tensor}, where its weights came from,
+    (mean, std) it was trained with). The lineage names the earlier run's architecture, best
+    epoch, input size and its own initial weights, so that a warm-started model's card still
+    names them all."""
     from ..nn.io import load_arrays  # noqa: PLC0415
 
     torch = require_torch()
     groups, meta = load_arrays(path)
     arrays = {**groups.get("buffer", {}), **groups.get("param", {})}
-    size = meta.get("preprocess", {}).get("input_size")
+    pre = meta.get("preprocess", {})
     lineage = (f"{meta.get('arch')} checkpoint {meta.get('version') or ''}, epoch {meta.get('epoch')} "
-               f"at {size} px, from {meta.get('weights_source') or 'random initialisation'}")
-    return _unwrap({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path), lineage
+               f"at {pre.get('input_size')} px, from {meta.get('weights_source') or 'random initialisation'}")
+    norm = (tuple(pre["mean"]), tuple(pre["std"])) if "mean" in pre and "std" in pre else None
+    return _unwrap({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path), lineage, norm
 
 
 def load_state_dict_file(path) -> dict:
@@ -568,8 +570,8 @@ def _resolve_pretrained(arch: str, pretrained):
         url, mean, std = known[pretrained.lower()]
         return _hub_state_dict(url), f"{pretrained} ({url})", (mean, std)
     if os.path.isfile(pretrained) and pretrained.endswith(".npz"):
-        sd, lineage = _checkpoint_state_dict(pretrained)
-        return sd, f"file {os.path.abspath(pretrained)} ({lineage})", None
+        sd, lineage, norm = _checkpoint_state_dict(pretrained)
+        return sd, f"file {os.path.abspath(pretrained)} ({lineage})", norm
     if os.path.isfile(pretrained):
         return load_state_dict_file(pretrained), f"file {os.path.abspath(pretrained)}", None
     raise ValueError(f"{arch}: pretrained={pretrained!r} is neither a known name ({sorted(known) or 'none'}), "
