@@ -18,6 +18,8 @@ from .registry import create_model
 
 CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake, as the original
 TTA_KINDS = ("flip",)  # test-time augmentations a model's meta["tta"] may name
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def check_tta(kind: str | None) -> str | None:
@@ -25,8 +27,6 @@ def check_tta(kind: str | None) -> str | None:
     if kind not in (None, *TTA_KINDS):
         raise ValueError(f"unknown test-time augmentation {kind!r}; known: {', '.join(TTA_KINDS)}")
     return kind
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
