@@ -73,7 +73,7 @@ def main() -> int:
     from deepfake_detector import nn
     from deepfake_detector.export import export_onnx
     from deepfake_detector.models import create_model, load_model
-    from deepfake_detector.runtime import OnnxModel
+    from deepfake_detector.models.onnx_model import OnnxModel
 
     threadpool_limits(args.threads)
     model = load_model(args.model) if args.model else create_model(args.arch, seed=0)

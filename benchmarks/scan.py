@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepfake_detector.predict import get_model, kind_of, predict_paths
+from deepfake_detector.data.media import kind_of
+from deepfake_detector.models import load
+from deepfake_detector.predict import predict_paths
 from deepfake_detector.scan import scan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def pick_images(root: Path, n: int) -> list[str]:
 
 
 def measure_predict(paths: list[str], model_path, batch_size: int) -> float:
-    model = get_model(model_path)
+    model = load(model_path)
     t0 = time.perf_counter()
     n = sum(1 for row in predict_paths(paths, model, batch_size=batch_size) if row.get("p_fake") is not None)
     dt = time.perf_counter() - t0
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     paths = pick_images(Path(args.data), args.n)
     for p in paths:  # into the page cache, so no measurement pays for the first read
         Path(p).read_bytes()
-    model = get_model(args.model)
+    model = load(args.model)
     d = model.describe()
     print(f"files: {len(paths)} images from {args.data}; model {d['arch']} ({d['version']}), input {d['input_size']}; "
           f"{os.cpu_count()} CPUs")

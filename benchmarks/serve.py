@@ -51,7 +51,7 @@ def photos(root: Path, n: int) -> list[tuple[str, bytes]]:
 def model_arg(path: str | None, tmp: str) -> str:
     if path:
         return path
-    from deepfake_detector.predict import default_model_path
+    from deepfake_detector.models import default_model_path
 
     if default_model_path().exists():
         return str(default_model_path())

@@ -43,10 +43,9 @@ def clips(root: Path) -> list[Path]:
 
 
 def get_model(path: str | None):
-    from deepfake_detector.models import create_model
-    from deepfake_detector.predict import get_model
+    from deepfake_detector.models import create_model, load
 
-    return get_model(path) if path else create_model("df-cnn")
+    return load(path) if path else create_model("df-cnn")
 
 
 def warm_up(model, detector):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -12,14 +11,35 @@ import sys
 from . import __version__
 
 
-def _add_model_args(p, with_faces=True):
-    p.add_argument("--model", help="checkpoint (.npz) or exported model (.onnx); default: the shipped model")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs CuPy")
-    p.add_argument("--runtime", choices=["numpy", "onnx"], default="numpy",
-                   help="onnx: run on onnxruntime (a .onnx --model always does)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own)")
+def _add_model_args(p, with_faces=True, with_device=True):
+    from .models import RUNTIMES
+
+    p.add_argument("--model", help="model file (.npz checkpoint, .onnx export...); default: the shipped model")
+    if with_device:
+        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs CuPy")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the model: auto (the file's own), or numpy / torch / onnx (a checkpoint "
+                        "is exported to ONNX on the fly); a runtime that cannot run the file is an error")
+    p.add_argument("--threads", type=int, help="intra-op threads of the model's runtime (default: its own)")
+    p.add_argument("--detector", help="face detector (see `deepfake-detector models`); default: the best installed")
     if with_faces:
         p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
+
+
+def _load_model(args):
+    from .models import load
+
+    return load(args.model, getattr(args, "runtime", "auto"), getattr(args, "device", "cpu"),
+                getattr(args, "threads", None))
+
+
+def _detector(args):
+    """The face detector named by ``--detector`` (None: the default one, made when needed)."""
+    if not args.detector:
+        return None
+    from .faces import get_detector
+
+    return get_detector(args.detector)
 
 
 def cmd_train(args) -> int:
@@ -78,89 +98,45 @@ def _pretrained_value(text: str):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-    from .metrics import metrics_table
-    from .predict import get_model
+    from .evaluate import evaluate, format_evaluation
 
-    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
+    model = _load_model(args)
     results = []
     for i, d in enumerate(args.data):
         report = None
         if args.report_dir:
             report = args.report_dir if len(args.data) == 1 else f"{args.report_dir}/{i}"
         results.append(evaluate(model, d, faces=args.faces, report_dir=report, workers=args.workers,
-                                limit=args.limit))
+                                limit=args.limit, detector=_detector(args)))
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
-        return 0
-    for r in results:
-        print(f"{r['split']}: n={r['n']} (skipped {r['skipped']})  threshold {r['threshold']:.4f} (validation)")
-        print(f"  accuracy {r['accuracy']:.4f}  balanced {r['balanced_accuracy']:.4f}  precision "
-              f"{r['precision']:.4f}  recall {r['recall']:.4f}  F1 {r['f1']:.4f}")
-        print(f"  ROC-AUC {r['roc_auc']:.4f}  AP {r['average_precision']:.4f}  EER {r['eer']:.4f}  "
-              f"log loss {r['log_loss']:.4f}  ECE {r['ece']:.4f}")
-        print(f"  accuracy real {r['accuracy_real']:.4f}  fake {r['accuracy_fake']:.4f}  "
-              f"confusion [[TN, FP], [FN, TP]] = {r['confusion_matrix']}")
-        a = r["at_0.5"]
-        print(f"  at 0.5: accuracy {a['accuracy']:.4f}  F1 {a['f1']:.4f}  confusion {a['confusion_matrix']}")
-        if r.get("report"):
-            print(f"  report: {r['report']}")
-    if len(results) > 1:
-        print(metrics_table(results, [r["split"] for r in results]))
+    else:
+        print(format_evaluation(results))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import get_model, predict_paths
+    from .data.media import walk_media
+    from .predict import predict_paths
+    from .results import RowWriter, is_error
+    from .video.render import write_video_outputs
 
-    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
-    rows = []
+    model = _load_model(args)
+    files = walk_media(args.paths)
+    writer = RowWriter(args.format)
     failed = videos_done = 0
-    out = sys.stdout
-    writer = None
-    for row in predict_paths(args.paths, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
-                             n_frames=args.frames, every=args.every, all_faces=args.all_faces):
-        failed += row.get("error") is not None and row.get("label") != "NoFace"
-        if row.get("kind") == "video" and row.get("p_fake") is not None:
-            _video_outputs(row, args, videos_done)
+    for row in predict_paths(files, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
+                             n_frames=args.frames, every=args.every, all_faces=args.all_faces,
+                             detector=_detector(args)):
+        failed += is_error(row)
+        if row["kind"] == "video" and row.get("p_fake") is not None:
+            write_video_outputs(row, args.annotate, args.timeline, videos_done)
             videos_done += 1
-        if args.format == "json":
-            rows.append(row)
-        elif args.format == "csv":
-            flat = {k: row.get(k) for k in ("path", "kind", "p_fake", "label", "confidence", "error")}
-            if writer is None:
-                writer = csv.DictWriter(out, fieldnames=list(flat))
-                writer.writeheader()
-            writer.writerow(flat)
-        else:
-            p = "-" if row.get("p_fake") is None else f"{row['p_fake']:.4f}"
-            note = row.get("error") or row.get("message")
-            extra = f"  ({note})" if note else ""
-            print(f"{row.get('label') or 'ERROR':7} {p:>7} {row.get('confidence') or '-':7} {row['path']}{extra}")
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        writer.write(row)
+    writer.close()
+    if files.ignored:
+        print(f"note: {files.ignored.describe()} (neither images nor videos)", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _numbered(path: str, video: str, n: int) -> str:
-    """The first video writes to ``path``; later ones to ``path`` with the video's name added."""
-    if n == 0:
-        return path
-    from pathlib import Path
-
-    p = Path(path)
-    return str(p.with_name(f"{p.stem}-{Path(video).stem}{p.suffix}"))
-
-
-def _video_outputs(row, args, n: int):
-    if args.annotate:
-        from .video.render import annotate_video
-
-        annotate_video(row["path"], row, _numbered(args.annotate, row["path"], n))
-    if args.timeline:
-        from .video.render import plot_timeline
-
-        plot_timeline(row, _numbered(args.timeline, row["path"], n))
 
 
 def cmd_scan(args) -> int:
@@ -178,7 +154,8 @@ def cmd_scan(args) -> int:
     try:
         summary = scan(args.sources, args.out, model_path=args.model, workers=args.workers,
                        batch_size=args.batch_size, ray_address=args.ray, faces=args.faces,
-                       progress=not args.quiet, n_frames=args.frames, runtime=args.runtime)
+                       progress=not args.quiet, n_frames=args.frames, runtime=args.runtime,
+                       threads=args.threads, detector=args.detector)
     except ScanInterrupted as e:  # Ctrl-C: the finished rows are committed
         print(format_summary(e.summary), file=sys.stderr)
         return 130
@@ -190,10 +167,9 @@ def cmd_scan(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from .predict import get_model
     from .video.live import format_summary, format_update, watch
 
-    model = get_model(args.model, args.device, runtime=args.runtime, threads=args.threads)
+    model = _load_model(args)
     last = [0.0]
 
     def show(update):
@@ -203,7 +179,8 @@ def cmd_watch(args) -> int:
             last[0] = time.time()
             print(format_update(update), flush=True)
 
-    summary = watch(args.source, model, max_seconds=args.seconds, window=args.window, on_update=show)
+    summary = watch(args.source, model, detector=_detector(args), max_seconds=args.seconds, window=args.window,
+                    on_update=show)
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary))
@@ -225,7 +202,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from .train import release
+    from .release import release
 
     meta = release(args.run, args.out, args.test, workers=args.workers, calibrate_on=args.calibrate_on,
                    tta=args.tta, half=args.half)
@@ -235,21 +212,14 @@ def cmd_release(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import numpy as np
+    from .export import export_onnx, verify_export
 
-    from .export import export_onnx
-    from .predict import get_model
-    from .runtime import OnnxModel
-
-    model = get_model(args.model)
+    model = _load_model(args)
     path = export_onnx(model, args.onnx, opset=args.opset, dynamic_batch=not args.fixed_batch,
                        fold_bn=not args.no_fold_bn, half=args.half)
-    om = OnnxModel(path)
-    images = np.random.default_rng(0).integers(0, 256, (4, model.input_size, model.input_size, 3), np.uint8)
-    diff = float(np.abs(om.logits(images) - model.logits(images)).max())
-    tolerance = 0.05 if args.half else 1e-4  # float16 weights: about 3 significant digits
-    print(json.dumps({"onnx": str(path), **om.describe(), "max_abs_logit_diff": diff, "tolerance": tolerance}))
-    return 0 if diff < tolerance else 1
+    check = verify_export(model, path, half=args.half)
+    print(json.dumps(check))
+    return 0 if check["ok"] else 1
 
 
 def cmd_serve(args) -> int:
@@ -263,15 +233,17 @@ def cmd_serve(args) -> int:
     from .web import serve
 
     serve(model_path=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          runtime=args.runtime, device=args.device, threads=args.threads)
+          runtime=args.runtime, device=args.device, threads=args.threads, detector=args.detector)
     return 0
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from .faces import list_detectors
+    from .models import KINDS, list_models
 
-    for name in list_models():
-        print(name)
+    print("architectures: " + ", ".join(list_models()))
+    print("model file kinds: " + ", ".join(f"{k.name} (runs on {k.runtime})" for k in KINDS.values()))
+    print("face detectors: " + ", ".join(list_detectors()))
     return 0
 
 
@@ -331,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images, folders and videos")
     p.add_argument("paths", nargs="+")
     _add_model_args(p)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table and csv print each row as it comes; json prints one list at the end")
     p.add_argument("--whole-if-no-face", action="store_true", help="with --faces: classify the whole image")
     p.add_argument("--all-faces", action="store_true", help="score every face, not only the largest (max wins)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
@@ -347,10 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="RESULTS",
                    help="results folder: Parquet parts (e.g. results.parquet) or CSV parts (a name ending .csv); "
                         "run again to resume")
-    c.add_argument("--model", help="checkpoint (.npz) or exported model (.onnx); default: the shipped model")
-    c.add_argument("--runtime", choices=["numpy", "onnx"], default="numpy",
-                   help="onnx: run on onnxruntime (a .onnx --model always does)")
-    c.add_argument("--faces", action="store_true", help="detect and crop the largest face of each image first")
+    _add_model_args(c, with_device=False)
     c.add_argument("--workers", type=int,
                    help="worker processes, one thread each (default: one per core; 0: in this process); "
                         "with --ray: model actors (default: one per CPU of the cluster)")

@@ -6,34 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import find_split, load_arrays, load_split, samples_from_dirs
-from .data.datasets import find_class_dir
+from .data import load_arrays, load_split, load_split_dir, resolve_split
 from .metrics import calibrate_on_validation, compute_metrics
-from .models import Model
+from .models import Predictor
 
 
-def resolve_eval_dir(path) -> tuple[Path, str]:
-    """``DIR`` holding Fake/ and Real/ (one split), or a dataset root (its Test split)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such folder")
-    if find_class_dir(path, 0) and find_class_dir(path, 1):
-        return path, path.name
-    test = find_split(path, "test")
-    if test is None:
-        raise ValueError(f"{path}: holds neither Fake/ and Real/ folders nor a Test split")
-    return test, f"{path.name}/{test.name}"
+def resolve_eval_dir(path, split: str = "test") -> tuple[Path, str]:
+    """``DIR`` holding Fake/ and/or Real/ (one split), or a dataset root (its ``split``, Test
+    by default): :func:`deepfake_detector.data.resolve_split`, the rule training uses too."""
+    return resolve_split(path, split)
 
 
-def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, workers: int = 2,
-             limit: int | None = None, seed: int = 0) -> dict:
+def evaluate(model: Predictor, data, *, faces: bool = False, report_dir=None, workers: int = 2,
+             limit: int | None = None, seed: int = 0, detector=None) -> dict:
     """Metrics of ``model`` on a labelled folder, at 0.5 and at the model's own threshold.
 
     Top-level numbers are at the threshold chosen on validation (stored in the model);
     ``at_0.5`` repeats them at 0.5. ``limit`` evaluates a seeded random subset.
     """
-    folder, name = resolve_eval_dir(data)
-    samples = samples_from_dirs([find_class_dir(folder, 0)], [find_class_dir(folder, 1)])
+    folder, name = resolve_split(data, "test")
+    samples = load_split_dir(folder)
     if limit and limit < len(samples):
         pick = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(pick)]
@@ -45,7 +37,8 @@ def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, worker
         keep, p, errors, no_face = [], [], {}, 0
         for s in samples:
             try:
-                r = predict_arrays(model, [load_image(s.path)], faces=True, whole_if_no_face=True)[0]
+                r = predict_arrays(model, [load_image(s.path)], faces=True, whole_if_no_face=True,
+                                   detector=detector)[0]
                 no_face += r["face"] is None
                 keep.append(s)
                 p.append(r["p_fake"])
@@ -74,17 +67,18 @@ def evaluate(model: Model, data, *, faces: bool = False, report_dir=None, worker
     return result
 
 
-def calibrate(model: Model, data, *, method: str = "youden", workers: int = 2) -> dict:
+def calibrate(model: Predictor, data, *, method: str = "youden", workers: int = 2) -> dict:
     """Refit the temperature and the decision threshold on a labelled folder (a Validation
     split), as training does at its best epoch, and store them in ``model.meta``.
 
     For a model whose training validation set differs from the one it will be judged
     against (a re-encoded copy, a new domain). Never calibrate on the Test split: the
-    threshold would then be chosen on the data that measures it. Returns the validation
-    metrics at the new threshold (also kept as ``meta["validation"]``).
+    threshold would then be chosen on the data that measures it: a dataset root gives its
+    Validation split. Returns the validation metrics at the new threshold (also kept as
+    ``meta["validation"]``).
     """
-    folder, name = resolve_eval_dir(data)
-    samples = samples_from_dirs([find_class_dir(folder, 0)], [find_class_dir(folder, 1)])
+    folder, name = resolve_split(data, "validation")
+    samples = load_split_dir(folder)
     images, labels, errors = load_arrays(samples, model.input_size, workers=workers)
     temperature, threshold, metrics = calibrate_on_validation(model.decision_logits(images), labels, method)
     model.meta.update(temperature=temperature, threshold=threshold, validation=metrics,
@@ -93,4 +87,28 @@ def calibrate(model: Model, data, *, method: str = "youden", workers: int = 2) -
     return metrics
 
 
-__all__ = ["calibrate", "evaluate", "resolve_eval_dir", "load_split"]
+def format_evaluation(results: list[dict]) -> str:
+    """``evaluate`` results as the CLI prints them: the metrics of each, then a table of all."""
+    from .metrics import metrics_table
+
+    lines = []
+    for r in results:
+        lines += [
+            f"{r['split']}: n={r['n']} (skipped {r['skipped']})  threshold {r['threshold']:.4f} (validation)",
+            f"  accuracy {r['accuracy']:.4f}  balanced {r['balanced_accuracy']:.4f}  precision "
+            f"{r['precision']:.4f}  recall {r['recall']:.4f}  F1 {r['f1']:.4f}",
+            f"  ROC-AUC {r['roc_auc']:.4f}  AP {r['average_precision']:.4f}  EER {r['eer']:.4f}  "
+            f"log loss {r['log_loss']:.4f}  ECE {r['ece']:.4f}",
+            f"  accuracy real {r['accuracy_real']:.4f}  fake {r['accuracy_fake']:.4f}  "
+            f"confusion [[TN, FP], [FN, TP]] = {r['confusion_matrix']}",
+            f"  at 0.5: accuracy {r['at_0.5']['accuracy']:.4f}  F1 {r['at_0.5']['f1']:.4f}  "
+            f"confusion {r['at_0.5']['confusion_matrix']}",
+        ]
+        if r.get("report"):
+            lines.append(f"  report: {r['report']}")
+    if len(results) > 1:
+        lines.append(metrics_table(results, [r["split"] for r in results]))
+    return "\n".join(lines)
+
+
+__all__ = ["calibrate", "evaluate", "format_evaluation", "resolve_eval_dir", "load_split"]

@@ -1,41 +1,16 @@
 """Where the model looks: heatmaps over a face crop, and a coloured overlay to show them.
 
-Three methods, one signature (:func:`explain`):
-
-* ``"gradcam"`` -- Grad-CAM (Selvaraju et al., 2017) on the activations of the last
-  convolution block: the network's layers are run one by one, the block's output ``A``
-  (C, h, w) is kept, the rest of the network is run with gradients on and back-propagated
-  from the *log-odds of Fake* (Fake logit minus Real logit: what P(fake) depends on) to
-  ``A``, and the map is ``ReLU(sum_c dA_c * A_c)`` upsampled to the crop. The gradient
-  multiplies the activations element-wise (the HiResCAM form) rather than being averaged
-  into one weight per channel first: behind global average pooling (``df-cnn``) the two are
-  the same map, but behind a Flatten + Dense head (``seed-cnn``) the averaged form lights up
-  regions the classifier ignores. Coarse (the block's resolution) but class-specific and
-  cheap: one partial backward pass.
-* ``"saliency"`` -- the input gradient ``|d log-odds / d pixel|`` (max over colour
-  channels), lightly blurred: full resolution, noisier.
-* ``"occlusion"`` -- occlusion sensitivity (Zeiler & Fergus, 2014): a grey patch slides
-  over the crop and the drop of P(fake) it causes is spread over the pixels it covered.
-  Needs only ``predict_proba``, so it works for models without gradients (an ONNX model
-  run by onnxruntime); costs one batched forward pass per patch position.
-
-``method="auto"`` picks Grad-CAM when the model has a from-scratch network (``model.net``)
-with a convolution, saliency when it has a network without one, occlusion otherwise.
-
-All maps are float32 (S, S) in [0, 1] (1 = the strongest evidence *for Fake*; a map with
-no positive evidence is all zeros), at the crop's own size ``S``. Computing a Grad-CAM or
-saliency map runs the network with caches on and leaves the model's parameter gradients
-untouched. Not thread-safe for one model: serialise calls (the web app holds a lock).
+``gradcam`` (Grad-CAM, HiResCAM form, on the last convolution block), ``saliency`` (the
+input gradient of the log-odds of Fake) and ``occlusion`` (the drop of P(fake) under a
+sliding grey patch: needs only ``predict_proba``). ``auto`` picks the first the model's
+``abilities`` allow. Maps are float32 (S, S) in [0, 1], 1 = the strongest evidence for Fake.
+Not thread-safe for one model: serialise calls (the web app holds a lock).
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import cv2
 import numpy as np
-
-from . import nn
 
 __all__ = ["METHODS", "explain", "gradcam", "occlusion", "overlay", "saliency"]
 
@@ -46,67 +21,39 @@ GREY = 128  # the occluding patch, in uint8 pixel values
 def explain(model, face_crop: np.ndarray, method: str = "auto", **options) -> np.ndarray:
     """Heatmap of the evidence for Fake over ``face_crop`` (uint8 (S, S, 3) RGB).
 
-    ``method``: ``"auto"`` | ``"gradcam"`` | ``"saliency"`` | ``"occlusion"`` (see the module
-    docstring); ``options`` go to the method (occlusion: ``patch``, ``stride``, ``batch_size``).
-    A crop of another size than ``model.input_size`` is resized for the model and the map is
-    resized back. Returns float32 (S, S) in [0, 1].
+    ``method``: one of :data:`METHODS`; ``options`` go to the method (occlusion: ``patch``,
+    ``stride``, ``batch_size``). A crop of another size than ``model.input_size`` is resized
+    for the model and the map resized back. Returns float32 (S, S) in [0, 1].
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     crop = _check_crop(face_crop)
+    can = model.abilities
     if method == "auto":
-        method = _auto_method(model)
-    if method in ("gradcam", "saliency") and not _has_net(model):
+        method = "gradcam" if can.conv_maps else "saliency" if can.input_gradients else "occlusion"
+    if method == "gradcam" and not can.conv_maps or method == "saliency" and not can.input_gradients:
         raise ValueError(f"{method} needs a model with gradients (a from-scratch network); "
-                         f"{type(model).__name__} has none: use method='occlusion'")
+                         f"this {model.kind} model has none: use method='occlusion'")
     fn = {"gradcam": gradcam, "saliency": saliency, "occlusion": occlusion}[method]
     return fn(model, crop, **options)
 
 
 def gradcam(model, face_crop: np.ndarray) -> np.ndarray:
-    """Grad-CAM on the last convolution block's output; float32 (S, S) in [0, 1]."""
+    """Grad-CAM on the last convolution block's output; float32 (S, S) in [0, 1].
+
+    The gradient multiplies the activations element-wise (HiResCAM) instead of being averaged
+    to one weight per channel: behind a Flatten + Dense head the averaged form lights up
+    regions the classifier ignores; behind global average pooling the two are the same."""
     crop = _check_crop(face_crop)
-    layers = _flat_layers(model.net)
-    k = _last_conv_block_end(layers)
-    if k is None:
-        raise ValueError("gradcam needs a network with a Conv2D layer; use method='saliency'")
-    x = model.normalize(_at_model_size(model, crop)[None])
-    with nn.no_grad():  # the head of the network: no caches needed
-        for layer in layers[: k + 1]:
-            x = layer.forward(x, False)
-    acts = _np(x).copy()  # (1, C, h, w); copied because an in-place layer may overwrite x
-    g = _np(_log_odds_input_grad(layers[k + 1 :], x))[0]  # (C, h, w)
-    cam = np.maximum((g * acts[0]).sum(axis=0), 0.0)  # (h, w): element-wise (HiResCAM)
+    acts, g = model.conv_maps(model.normalize(_at_model_size(model, crop)[None]))  # (C, h, w) each
+    cam = np.maximum((g * acts).sum(axis=0), 0.0)  # (h, w)
     return _finish(cam, crop.shape[0])
 
 
 def saliency(model, face_crop: np.ndarray, blur: float = 1.0) -> np.ndarray:
     """Input-gradient saliency ``max_c |d log-odds / d x_c|``; float32 (S, S) in [0, 1]."""
     crop = _check_crop(face_crop)
-    x = model.normalize(_at_model_size(model, crop)[None])
-    if getattr(model, "engine", "numpy") == "torch":  # autograd; parameter gradients left alone
-        with nn.enable_grad():
-            logits = model.forward(x, training=False)
-            grad = model.backward(_log_odds_grad(logits), need_input_grad=True, param_grads=False)
-        return _finish_saliency(grad, crop, blur)
-    grad = _log_odds_input_grad(_flat_layers(model.net), x)
-    return _finish_saliency(grad, crop, blur)
-
-
-def _log_odds_input_grad(layers, x):
-    """d(z_fake - z_real)/d x through ``layers`` in evaluation mode; the model's parameter
-    gradients are left untouched."""
-    with nn.enable_grad(), _isolated_grads(layers):
-        out = x
-        for layer in layers:
-            out = layer.forward(out, False)
-        grad = _log_odds_grad(out)
-        for layer in reversed(layers):
-            grad = layer.backward(grad, True)
-    return grad
-
-
-def _finish_saliency(grad, crop, blur):
+    grad = model.input_gradient(model.normalize(_at_model_size(model, crop)[None]))
     sal = np.abs(_np(grad)[0]).max(axis=0)  # (S, S)
     if blur > 0:
         sal = cv2.GaussianBlur(sal.astype(np.float32), (0, 0), blur)
@@ -168,18 +115,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
 
 
 # --- internals ---------------------------------------------------------------------------
-def _has_net(model) -> bool:
-    return hasattr(model, "net") and hasattr(model, "normalize")
-
-
-def _auto_method(model) -> str:
-    if not _has_net(model):
-        return "occlusion"
-    if getattr(model, "engine", "numpy") == "torch":
-        return "saliency"
-    return "gradcam" if _last_conv_block_end(_flat_layers(model.net)) is not None else "saliency"
-
-
 def _check_crop(face_crop) -> np.ndarray:
     crop = np.asarray(face_crop)
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1] or crop.shape[0] < 2:
@@ -196,57 +131,6 @@ def _at_model_size(model, crop: np.ndarray) -> np.ndarray:
     from .data import resize
 
     return np.ascontiguousarray(resize(crop, S))
-
-
-def _flat_layers(net) -> list:
-    """The leaf layers of a (possibly nested) Sequential, in execution order."""
-    out = []
-    for layer in getattr(net, "layers", [net]):
-        out.extend(_flat_layers(layer) if hasattr(layer, "layers") else [layer])
-    return out
-
-
-def _last_conv_block_end(layers) -> int | None:
-    """Index of the last layer of the last convolution block: the last Conv2D followed by
-    the BatchNorm and activation layers right after it (the block's output is what the
-    next stage sees)."""
-    from .nn import BatchNorm2D, Conv2D, LeakyReLU, ReLU
-
-    k = None
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Conv2D):
-            k = i
-    if k is None:
-        return None
-    while k + 1 < len(layers) and isinstance(layers[k + 1], (BatchNorm2D, ReLU, LeakyReLU)):
-        k += 1
-    return k
-
-
-def _log_odds_grad(logits):
-    """d(z_fake - z_real)/d logits for a (1, 2) output, on the output's device."""
-    from .nn import get_array_module
-
-    xp = get_array_module(logits)
-    if logits.ndim != 2 or logits.shape[1] != 2:
-        raise ValueError(f"expected (N, 2) logits, got shape {tuple(logits.shape)}")
-    g = xp.zeros_like(logits)
-    g[:, 1] = 1.0
-    g[:, 0] = -1.0
-    return g
-
-
-@contextlib.contextmanager
-def _isolated_grads(layers):
-    """Parameter gradients computed inside go to throw-away dicts, not the model's."""
-    saved = [(layer, layer.grads) for layer in layers if hasattr(layer, "grads")]
-    for layer, _ in saved:
-        layer.grads = {}
-    try:
-        yield
-    finally:
-        for layer, grads in saved:
-            layer.grads = grads
 
 
 def _np(a) -> np.ndarray:

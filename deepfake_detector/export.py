@@ -30,13 +30,8 @@ Sequential         its layers, in order
 Folding uses float64 for the arithmetic: ``w' = w * gamma / sqrt(var + eps)`` per output
 channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``, then float32.
 
-A layer with no rule raises :class:`UnsupportedLayerError`, naming the layer and listing
-those that are supported. Exporters are chosen by ``model.engine`` (:data:`EXPORTERS`):
-a future torch engine (a ``TorchModel`` holding a ``torch.nn.Module``) registers one that
-calls ``torch.onnx.export`` and then :func:`write_metadata`, with no other change here.
-
-``onnx`` is an optional dependency, imported only when exporting; the constants below are
-shared with :mod:`deepfake_detector.runtime`, which needs onnxruntime only.
+A layer with no rule raises :class:`UnsupportedLayerError`. Exporters are chosen by
+``model.engine`` (:data:`EXPORTERS`); ``onnx`` is imported only when exporting.
 """
 
 from __future__ import annotations
@@ -49,24 +44,24 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .models.onnx_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    META_ARCH,
+    META_BN_FOLDED,
+    META_CLASS_NAMES,
+    META_CONFIG,
+    META_FORMAT,
+    META_FORMAT_VERSION,
+    META_META,
+    META_PARAMETERS,
+    META_PREPROCESS,
+    META_SOURCE_ENGINE,
+    OUTPUT_NAME,
+)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-FORMAT = "deepfake-detector/onnx"
-FORMAT_VERSION = 1
 MIN_OPSET = 13  # Gemm without C, Flatten and the pooling attributes used here are all older
-
-# metadata_props keys; values are strings (JSON where structured)
-META_FORMAT = "format"
-META_FORMAT_VERSION = "format_version"
-META_ARCH = "arch"
-META_CONFIG = "config"  # JSON object
-META_PREPROCESS = "preprocess"  # JSON {"input_size", "mean", "std"}
-META_CLASS_NAMES = "class_names"  # JSON list
-META_META = "meta"  # JSON: the whole model.meta (threshold, temperature, face_margin, version...)
-META_PARAMETERS = "parameters"  # the source model's parameter count, as a decimal string
-META_SOURCE_ENGINE = "source_engine"
-META_BN_FOLDED = "bn_folded"  # "1" / "0"
 
 
 class ExportError(ValueError):
@@ -452,3 +447,17 @@ def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fo
         onnx.checker.check_model(proto)
         _save_atomic(onnx, proto, out_path)
     return out_path
+
+
+def verify_export(model, path, half: bool = False, n: int = 4, seed: int = 0) -> dict:
+    """Run the exported file and ``model`` on the same ``n`` random images: the largest
+    logit difference, the tolerance it must stay under (float16 weights keep about 3
+    significant digits) and whether it does."""
+    from .models.onnx_model import OnnxModel
+
+    om = OnnxModel(path)
+    images = np.random.default_rng(seed).integers(0, 256, (n, model.input_size, model.input_size, 3), np.uint8)
+    diff = float(np.abs(om.logits(images) - model.logits(images)).max())
+    tolerance = 0.05 if half else 1e-4
+    return {"onnx": str(path), **om.describe(), "max_abs_logit_diff": diff, "tolerance": tolerance,
+            "ok": diff < tolerance}

@@ -22,7 +22,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-CLASS_NAMES = ("Real", "Fake")
+from .data.datasets import CLASS_NAMES  # noqa: F401  the one definition (data -> models -> metrics); report uses it
+
 PROB_EPS = 1e-7  # log-loss clipping: probabilities live in [PROB_EPS, 1 - PROB_EPS]
 T_BOUNDS = (0.05, 20.0)  # temperature search interval
 THRESHOLD_METHODS = ("youden", "accuracy", "eer")

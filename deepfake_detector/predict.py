@@ -1,91 +1,23 @@
-"""Images, folders and videos in; one result per input out.
+"""Images, folders and videos in; one result row per input out (rows: :mod:`.results`).
 
 The library functions behind ``deepfake-detector predict``, the web app and the scanner.
-A file that cannot be read gets a row with ``error`` set; the others go on.
+A file that cannot be read gets an Error row; the others go on.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, ImageDecodeError, eval_transform, load_image
-from .models import Model, load_model
-from .video.analyze import confidence_level
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-DEFAULT_MODELS = ("default.onnx", "default.npz")  # inside deepfake_detector/assets, first found wins
+from .data import ImageDecodeError, eval_transform, load_image
+from .data.media import MediaWalk, walk_media
+from .models import Predictor
+from .results import error_row, image_row
 
 
-def default_model_path() -> Path:
-    """The model shipped inside the package: an ONNX export or a from-scratch checkpoint."""
-    assets = Path(str(resources.files("deepfake_detector") / "assets"))
-    for name in DEFAULT_MODELS:
-        if (assets / name).exists():
-            return assets / name
-    return assets / DEFAULT_MODELS[-1]
-
-
-def get_model(path=None, device: str = "cpu", runtime: str = "numpy", threads: int | None = None):
-    """The model at ``path`` (.npz or .onnx), or the default one shipped inside the package.
-
-    ``runtime="onnx"`` runs a .npz checkpoint on onnxruntime (exported to a temporary file);
-    an .onnx file always runs there.
-    """
-    path = Path(path) if path else default_model_path()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: model file not found"
-                                + ("" if path != default_model_path() else
-                                   " (the package ships without its default model; pass --model)"))
-    from .runtime import load_any
-
-    if runtime == "onnx" and path.suffix.lower() != ".onnx":
-        import tempfile
-
-        from .export import export_onnx
-
-        onnx_path = Path(tempfile.mkdtemp(prefix="dfd-onnx-")) / f"{path.stem}.onnx"
-        path = export_onnx(load_model(path), onnx_path)
-    return load_any(path, device, threads=threads)
-
-
-def kind_of(path) -> str | None:
-    ext = os.path.splitext(str(path))[1].lower()
-    return "image" if ext in IMAGE_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
-
-
-def expand_inputs(inputs: Iterable) -> Iterator[str]:
-    """Files as given; folders walked recursively for images and videos, in sorted order."""
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for name in sorted(files):
-                    if kind_of(name):
-                        yield os.path.join(root, name)
-        else:
-            yield str(p)
-
-
-def image_row(path, p_fake: float | None, model: Model, error: str | None = None, **extra) -> dict:
-    """The result row of one image; ``label`` is Real/Fake, ``NoFace`` or None on error."""
-    if p_fake is not None:
-        label = "Fake" if p_fake >= model.threshold else "Real"
-    else:
-        label = "NoFace" if error is None else None
-    row = {"path": str(path), "kind": "image", "p_fake": None if p_fake is None else round(float(p_fake), 6),
-           "label": label, "confidence": confidence_level(p_fake), "threshold": round(model.threshold, 6),
-           "error": error}
-    row.update(extra)
-    return row
-
-
-def predict_arrays(model: Model, images: list[np.ndarray], faces: bool = False, detector=None,
+def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = False, detector=None,
                    whole_if_no_face: bool = False, margin: float | None = None,
                    all_faces: bool = False) -> list[dict]:
     """Classify decoded RGB images (any size) in one batch.
@@ -129,10 +61,13 @@ def predict_arrays(model: Model, images: list[np.ndarray], faces: bool = False, 
     return rows
 
 
-def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_no_face: bool = False,
+def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole_if_no_face: bool = False,
                   batch_size: int = 32, n_frames: int = 32, every: int | None = None,
                   detector=None, all_faces: bool = False) -> Iterator[dict]:
-    """One result dict per file, in input order; videos get a per-video verdict."""
+    """One row per file, in input order; folders are walked recursively (pass a
+    :class:`~deepfake_detector.data.media.MediaWalk` to read what the walk ignored);
+    videos get a per-video verdict."""
+    files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush():
@@ -140,11 +75,10 @@ def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_
                               all_faces=all_faces)
         for (path, _), r in zip(pending, rows):
             extra = {k: r[k] for k in ("face", "faces") if k in r}
-            yield image_row(path, r["p_fake"], model, None, message=r["message"], **extra)
+            yield image_row(path, r["p_fake"], model.threshold, message=r["message"], **extra)
         pending.clear()
 
-    for path in expand_inputs(inputs):
-        kind = kind_of(path)
+    for path, kind in files.items():
         if kind == "video":
             yield from flush()
             from .video.analyze import analyze_video
@@ -158,7 +92,7 @@ def predict_paths(inputs: Iterable, model: Model, faces: bool = False, whole_if_
             pending.append((path, load_image(path)))
         except ImageDecodeError as e:
             yield from flush()
-            yield image_row(path, None, model, str(e))
+            yield error_row(path, str(e), "image", model.threshold)
             continue
         if len(pending) >= batch_size:
             yield from flush()

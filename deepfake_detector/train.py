@@ -1,12 +1,10 @@
 """The training loop: validation every epoch, best-by-AUC checkpoints, exact resume.
 
-A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-epoch), ``curves.png``, ``last.npz`` (written every epoch and every ``checkpoint_every``
-batches, atomically, with the optimiser state and the position in the epoch) and
-``best.npz`` (chosen by validation ROC-AUC, with the validation-chosen threshold and the
-fitted temperature). ``resume`` continues exactly where ``last.npz`` stopped: batch order,
-augmentation and dropout masks are functions of (seed, epoch, batch), so the weights come
-out as an uninterrupted run's.
+A run folder holds ``config.json``, ``metrics.jsonl``, ``curves.png``, ``last.npz`` (every
+epoch and every ``checkpoint_every`` batches, with the optimiser state) and ``best.npz``
+(best validation ROC-AUC, with its threshold and temperature). ``resume`` continues exactly
+where ``last.npz`` stopped, to the same weights as an uninterrupted run.
+Shipping a run: :mod:`deepfake_detector.release`.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +34,7 @@ from .data import (
     split_by_group,
 )
 from .metrics import calibrate_on_validation, compute_metrics
-from .models import Model, check_tta, create_model, model_from_arrays, save_model
+from .models import Model, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
 
 log = logging.getLogger(__name__)
@@ -94,7 +91,12 @@ class TrainConfig:
 
 
 def build_splits(cfg: TrainConfig) -> Splits:
-    """Train/validation/test samples, checked disjoint by file and by group."""
+    """Train/validation/test samples, checked disjoint by file and by group.
+
+    ``cfg.data`` is a dataset root or a bare Fake/Real folder, by the rule evaluate uses too
+    (:func:`deepfake_detector.data.resolve_split`): a bare folder is the training set, its
+    validation carved out by group (``val_fraction``), with no Test split.
+    """
     if cfg.data:
         splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     elif cfg.real_dirs and cfg.fake_dirs:
@@ -102,7 +104,7 @@ def build_splits(cfg: TrainConfig) -> Splits:
         train, val = split_by_group(samples, cfg.val_fraction, seed=cfg.seed)
         splits = Splits(train, val, [])
     else:
-        raise ValueError("give a dataset root (--data) or both --real-dir and --fake-dir")
+        raise ValueError("give a dataset root or a Fake/Real folder (--data), or both --real-dir and --fake-dir")
     if not splits.train:
         raise ValueError("no training images found")
     if not splits.validation:
@@ -140,22 +142,12 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def make_optimizer(cfg: TrainConfig, model):
-    """The model's own optimiser where it brings one (a torch model: ``torch.optim`` with the
-    engine's rules), else the engine's optimiser over ``model.parameters()``."""
-    if hasattr(model, "make_optimizer"):
-        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
-        return model.make_optimizer(cfg.optimizer, cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return nn.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer in ("adam", "adamw"):
-        return nn.OPTIMIZERS[cfg.optimizer](params, cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {sorted(nn.OPTIMIZERS)}")
-
-
-def _dropouts(model: Model):
-    """The from-scratch engine's dropout layers (a torch model reseeds through ``model.reseed``)."""
-    return [layer for layer in getattr(model.net, "layers", ()) if isinstance(layer, nn.Dropout)]
+    """The model's own optimiser (the engine's, or ``torch.optim`` for a torch model) with the
+    config's rule; a model that cannot be trained says so."""
+    if not model.abilities.trainable:
+        raise ValueError(f"a {model.kind} model cannot be trained")
+    momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+    return model.make_optimizer(cfg.optimizer, cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
 
 def make_synthesizer(cfg: TrainConfig):
@@ -173,31 +165,6 @@ def validation_scores(model: Model, images: np.ndarray, batch_size: int = 128):
     """Logit differences z_fake - z_real (N,) in evaluation mode."""
     z = model.decision_logits(images, batch_size).astype(np.float64)
     return z[:, 1] - z[:, 0]
-
-
-def _write_curves(run: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.6))
-    ax1, ax2, ax3 = fig.subplots(1, 3)
-    ep = [h["epoch"] + 1 for h in history]
-    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
-    ax1.set(title="loss", xlabel="epoch")
-    ax1.legend()
-    ax2.plot(ep, [h["train_accuracy"] for h in history], "o-", label="train")
-    ax2.plot(ep, [h["val_accuracy"] for h in history], "o-", label="validation")
-    ax2.set(title="accuracy", xlabel="epoch")
-    ax2.legend()
-    ax3.plot(ep, [h["val_roc_auc"] for h in history], "o-", color="C2")
-    ax3.set(title="validation ROC-AUC", xlabel="epoch")
-    for ax in (ax1, ax2, ax3):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run / "curves.png", dpi=100)
 
 
 def _read_history(run: Path, before_epoch: int) -> list[dict]:
@@ -222,6 +189,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     after that many optimiser steps in this call, as if it were killed there (for tests).
     """
     from tqdm.auto import tqdm
+
+    from .report import plot_training_curves  # matplotlib: loaded by a run, not by the import
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -262,7 +231,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     val_images, val_labels, val_errors = load_arrays(splits.validation, S, workers=cfg.workers)
     if val_errors:
         log.warning("validation: %d unreadable files skipped", len(val_errors))
-    dropouts = _dropouts(model)
 
     def checkpoint(path, epoch, batch, extra=None):
         progress_state = {"epoch": epoch, "batch": batch, "step": step, "best_auc": best_auc,
@@ -279,24 +247,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, unit="batch", dynamic_ncols=True)
         for b, batch in enumerate(loader.epoch(epoch, start_batch=first), start=first):
-            for i, d in enumerate(dropouts):
-                d.reseed([rng_seed, step, i])
-            if hasattr(model, "reseed"):  # torch engine: dropout / drop-connect from torch's generator
-                model.reseed([rng_seed, step])
+            model.reseed([rng_seed, step])  # dropout masks: a function of (seed, step), so resumes match
             x = model.normalize(batch.images)
             model.zero_grad()
             logits = model.forward(x, training=True)
             loss, dz = nn.softmax_cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
             model.backward(dz)
-            if hasattr(opt, "clip_grad_norm"):  # a torch model's own optimiser: gradients stay in torch
-                if cfg.clip_norm:
-                    opt.clip_grad_norm(cfg.clip_norm)
-                opt.step(lr=schedule(step))
-            else:
-                grads = model.grads()
-                if cfg.clip_norm:
-                    nn.clip_grad_norm(grads, cfg.clip_norm)
-                opt.step(grads, lr=schedule(step))
+            if cfg.clip_norm:
+                opt.clip_grad_norm(cfg.clip_norm)
+            opt.step(lr=schedule(step))
             step += 1
             steps_this_call += 1
             n = len(batch.labels)
@@ -326,7 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                "skipped_files": len(loader.skipped)}
         history.append(row)
         _write_history(run, history)
-        _write_curves(run, history)
+        plot_training_curves(history, run / "curves.png")
         auc = vm["roc_auc"] if vm["roc_auc"] is not None else -math.inf
         improved = auc > best_auc
         if improved:
@@ -352,103 +311,3 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
 
 __all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
-
-
-def release(run_dir, out_path, test_data=None, workers: int = 2, calibrate_on=None, tta: str | None = None,
-            half: bool = False) -> dict:
-    """Ship a run's best checkpoint: weights and metadata only (no optimiser state), with
-    its Test metrics measured once here (at the validation-chosen threshold) and stored.
-    An ``out_path`` ending in .onnx ships an ONNX export (runs without torch; ``half``:
-    float16 weights, half the file); calibration and Test then run on that file itself.
-    ``calibrate_on``: a Validation folder to refit temperature and threshold on first (for
-    a run validated on a re-encoded copy of the data, say). ``tta="flip"``: the shipped
-    model averages each image with its mirror image; this changes its scores, so it needs
-    ``calibrate_on``."""
-    from .evaluate import calibrate, evaluate
-    from .models import load_model
-
-    if check_tta(tta) and not calibrate_on:
-        raise ValueError("test-time augmentation changes the scores: give a Validation folder to "
-                         "recalibrate on (calibrate_on / --calibrate-on)")
-    onnx_out = str(out_path).lower().endswith(".onnx")
-    if half and not onnx_out:
-        raise ValueError("half weights are an ONNX export option: give an --out ending in .onnx")
-    model = load_model(Path(run_dir) / "best.npz")
-    for key in ("progress", "optim_t"):
-        model.meta.pop(key, None)
-    if tta:
-        model.meta["tta"] = tta
-    shipped = model
-    if onnx_out:
-        from .export import export_onnx, rewrite_metadata
-        from .runtime import OnnxModel
-
-        shipped = OnnxModel(export_onnx(model, out_path, half=half))
-    if calibrate_on:
-        calibrate(shipped, calibrate_on, workers=workers)
-        model.meta.update({k: shipped.meta[k] for k in ("temperature", "threshold", "validation", "calibrated_on")})
-    if test_data:
-        r = evaluate(shipped, test_data, workers=workers)
-        model.meta["test"] = {k: r[k] for k in ("n", "accuracy", "roc_auc", "average_precision", "eer",
-                                                "f1", "log_loss", "ece", "confusion_matrix", "split")}
-        model.meta["test"]["accuracy_at_0.5"] = r["at_0.5"]["accuracy"]
-    if onnx_out:
-        rewrite_metadata(out_path, model)
-    else:
-        save_model(model, out_path)
-    kind = "an ONNX file run by onnxruntime (no torch needed)" + (", float16 weights" if half else "")
-    Path(out_path).with_name("MODEL_CARD.md").write_text(model_card(model, kind if onnx_out else "a .npz checkpoint"))
-    return model.meta
-
-
-def model_card(model, shipped: str = "a .npz checkpoint") -> str:
-    """A model card from the checkpoint's own metadata: data, recipe, metrics, limits, terms."""
-    m, r = model.meta, model.meta.get("recipe", {})
-    augment = "off" if r.get("augment") is None else f"default settings {r['augment'] or ''}".strip()
-    weights = re.sub(r"/\S*/", "", m.get("weights_source") or "random initialisation (from scratch)")  # file names
-    val, test = m.get("validation", {}), m.get("test", {})
-
-    def row(name, d):
-        if not d:
-            return f"| {name} | - | - | - | - | - |"
-        return (f"| {name} | {d.get('n')} | {d.get('roc_auc', 0):.4f} | {d.get('accuracy', 0):.4f} | "
-                f"{d.get('average_precision', 0):.4f} | {d.get('eer', 0):.4f} |")
-
-    counts = m.get("data", {})
-    tta_note = (" Test-time augmentation: each image is scored with its mirror image, logits "
-                "averaged (twice the inference cost)." if m.get("tta") == "flip" else "")
-    return f"""# Model card: `{m.get('version', model.arch)}`
-
-**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), trained on the
-{model.engine} engine, shipped as {shipped}; input {model.input_size}x{model.input_size} RGB, normalised with mean
-{list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
-Decision threshold {model.threshold:.4f} (chosen on Validation, Youden's J), temperature
-{model.temperature:.4f} (fitted on Validation).{tta_note}
-
-**Data.** DFDC face crops (`dfdc-faces`, one 224-px crop per video, split by source video):
-train {counts.get('train')}, validation {counts.get('validation')}. Test was evaluated once,
-at release. Crops are tight around the face; `--faces` crops new images the same way
-(margin {model.face_margin}).{(" " + m["data_note"]) if m.get("data_note") else ""}
-
-**Recipe.** {r.get('epochs')} epochs, batch {r.get('batch_size')}, {r.get('optimizer')} lr
-{r.get('lr')} (weight decay {r.get('weight_decay')}), schedule {r.get('schedule')}, gradient
-clipping at {r.get('clip_norm')}, balance {r.get('balance')}, augmentation {augment}
-(flip, random resized crop, colour jitter, Gaussian blur, JPEG), seed {r.get('seed')}.
-Initial weights: {weights}. Best epoch by validation ROC-AUC: {m.get('epoch')}. Config
-`{r.get('arch')}` as in `configs/`; the shipped default is reproduced by
-`scripts/train_default_model.sh`.
-
-| split | n | ROC-AUC | accuracy at threshold | AP | EER |
-| --- | --- | --- | --- | --- | --- |
-{row('Validation', val)}
-{row('Test', test)}
-
-**Known limits.** Trained on one dataset (DFDC face swaps) at low resolution; expect lower
-scores on other manipulations (other face-swap methods, GAN-generated faces, hand-made
-composites), on heavily compressed or very small faces, and on faces framed differently
-from the training crops. One crop per video was seen in training. Use the score as
-evidence to weigh, not as proof.
-
-**Terms.** The training data is DFDC's, released for research use under its own terms;
-the weights inherit that restriction.
-"""

@@ -68,9 +68,10 @@ def main(argv=None) -> int:
     if not folder:
         ap.error("give --photos DIR or --fetch DIR")
 
-    from deepfake_detector.predict import get_model, predict_paths
+    from deepfake_detector.models import load
+    from deepfake_detector.predict import predict_paths
 
-    model = get_model(args.model, threads=1)
+    model = load(args.model, threads=1)
     faces = []
     for row in predict_paths([folder], model, faces=True, all_faces=True):
         if row.get("error"):

@@ -15,9 +15,12 @@ from deepfake_detector.data import (
     class_counts,
     discover,
     find_split,
+    is_split_dir,
     list_images,
     load_split,
+    load_split_dir,
     read_groups,
+    resolve_split,
     samples_from_dirs,
     split_by_group,
 )
@@ -158,6 +161,49 @@ def test_read_groups_needs_the_columns(tmp_path):
     (tmp_path / "metadata.csv").write_text("file,label\na.jpg,Real\n")
     with pytest.raises(ValueError, match="group"):
         read_groups(tmp_path / "metadata.csv")
+
+
+# --- one rule: a dataset root or a Fake/Real folder ---------------------------------------------
+def test_resolve_split_on_a_root_and_on_a_bare_folder(tmp_path):
+    for rel in ["Train/Real/a.jpg", "Train/Fake/b.jpg", "val/real/c.jpg", "val/fake/d.jpg", "Test/Fake/e.jpg"]:
+        touch(tmp_path / "ds" / rel)
+    root = tmp_path / "ds"
+    assert resolve_split(root) == (root / "Test", "ds/Test")  # a root: its Test split by default
+    assert resolve_split(root, "validation") == (root / "val", "ds/val")
+    assert resolve_split(root, "train") == (root / "Train", "ds/Train")
+    split = root / "Train"
+    for name in ("test", "train", "validation"):  # a Fake/Real folder is the split, whatever is asked
+        assert resolve_split(split, name) == (split, "Train")
+    assert resolve_split(root / "Test") == (root / "Test", "Test")  # one class folder is enough
+    assert is_split_dir(split) and not is_split_dir(root)
+    assert [x.label for x in load_split_dir(split)] == [0, 1]
+
+
+def test_resolve_split_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        resolve_split(tmp_path / "missing")
+    touch(tmp_path / "Train" / "Real" / "a.jpg")
+    (tmp_path / "Test" / "junk").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="neither a Real nor a Fake"):
+        resolve_split(tmp_path, "test")
+    with pytest.raises(FileNotFoundError, match="Validation split.*its folders: Test, Train"):
+        resolve_split(tmp_path, "val")
+    with pytest.raises(ValueError, match="unknown split"):
+        resolve_split(tmp_path, "holdout")
+
+
+def test_discover_on_a_bare_fake_real_folder_trains_on_it_with_a_grouped_carve_out(tmp_path):
+    rows = grouped_tree(tmp_path / "root", n_groups=30)
+    train_dir = tmp_path / "root" / "Train"
+    (train_dir / "metadata.csv").write_text(  # groups of the bare folder: its own metadata.csv
+        "file,group\n" + "".join(f"{rel.split('/', 1)[1]},{g}\n" for rel, g in rows.items()))
+    s = discover(train_dir, val_fraction=0.2, seed=1)
+    assert s.test == [] and s.validation
+    assert len(s.train) + len(s.validation) == len(rows)
+    assert {x.group for x in s.train} | {x.group for x in s.validation} == set(rows.values())
+    check_disjoint(s)  # groups kept whole
+    as_root = discover(tmp_path / "root", val_fraction=0.2, seed=1)  # the same carve-out as the root's
+    assert [x.path for x in as_root.validation] == [x.path for x in s.validation]
 
 
 # --- the real data ----------------------------------------------------------------------------

@@ -11,18 +11,19 @@ from sklearn.metrics import accuracy_score, average_precision_score, confusion_m
 
 from deepfake_detector.cli import main
 from deepfake_detector.evaluate import evaluate, resolve_eval_dir
-from deepfake_detector.models import create_model, save_model
-from deepfake_detector.predict import confidence_level, predict_paths
+from deepfake_detector.models import Predictor, create_model, save_model
+from deepfake_detector.predict import predict_paths
+from deepfake_detector.results import confidence_level
 
 from .synthetic import make_dataset
 
 
-class MeanModel:
+class MeanModel(Predictor):
     """A stand-in whose score is a known function of the pixels: P(fake) = mean / 255."""
 
     input_size, threshold, arch = 32, 0.45, "mean"
 
-    def predict_proba(self, images):
+    def predict_proba(self, images, batch_size=64):
         return images.reshape(len(images), -1).mean(1) / 255
 
     def describe(self):
@@ -140,12 +141,12 @@ def test_cli_gpu_without_cupy_is_a_clear_error(checkpoint, synthetic, capsys):
 
 
 def test_the_shipped_default_model_loads_and_predicts(dfdc_faces):
-    from deepfake_detector.predict import default_model_path, get_model
+    from deepfake_detector.models import default_model_path, load
 
     path = default_model_path()
     if not path.exists():
         pytest.skip(f"no default model shipped at {path}")
-    model = get_model()
+    model = load()
     assert model.meta.get("test", {}).get("n") == 3250  # tested once on dfdc-faces/Test at release
     real = sorted((dfdc_faces / "Test" / "Real").iterdir())[:8]
     fake = sorted((dfdc_faces / "Test" / "Fake").iterdir())[:8]
@@ -162,14 +163,16 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
     model.meta["tta"] = "flip"
     z = (model.logits(images) + model.logits(images[:, :, ::-1].copy())).astype(np.float64) / 2 / 1.7
     expected = np.exp(z[:, 1]) / np.exp(z).sum(1)
-    assert model.predict_proba(images) == pytest.approx(expected, rel=1e-6)
+    # float32 logits carry ~1e-6 absolute error; P(fake) = sigmoid(z_f - z_r) inherits it as relative
+    # error where P is small (dP/P = d(z_f - z_r) for P << 1), so compare to 1e-5 relative
+    assert model.predict_proba(images) == pytest.approx(expected, rel=1e-5)
     assert model.describe()["tta"] == "flip"
     assert not np.allclose(model.decision_logits(images), model.logits(images), atol=1e-3)  # mirroring mattered
     symmetric = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
     model.meta["tta"] = None
     alone = model.predict_proba(symmetric)
     model.meta["tta"] = "flip"
-    assert model.predict_proba(symmetric) == pytest.approx(alone, rel=1e-6)  # its own mirror image
+    assert model.predict_proba(symmetric) == pytest.approx(alone, rel=1e-5)  # its own mirror image
     model.meta["tta"] = "rotate"
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         model.predict_proba(images)

@@ -7,8 +7,7 @@ import pytest
 
 from deepfake_detector import nn
 from deepfake_detector.explain import explain, gradcam, occlusion, overlay
-from deepfake_detector.models import Model, create_model
-from deepfake_detector.models.base import Preprocess
+from deepfake_detector.models import Model, Predictor, Preprocess, create_model
 
 S = 32
 
@@ -36,7 +35,7 @@ def left_share(heat: np.ndarray) -> float:
     return float(heat[:, : heat.shape[1] // 2].sum() / max(heat.sum(), 1e-12))
 
 
-class RegionStub:
+class RegionStub(Predictor):
     """No network, no gradients: P(fake) is the brightness of one square region."""
 
     input_size = S
@@ -46,7 +45,7 @@ class RegionStub:
         self.region = (slice(y0, y0 + side), slice(x0, x0 + side))
         self.calls = 0
 
-    def predict_proba(self, images):
+    def predict_proba(self, images, batch_size=64):
         self.calls += 1
         images = np.asarray(images)
         return images[:, self.region[0], self.region[1]].mean(axis=(1, 2, 3)) / 255.0

@@ -10,8 +10,14 @@ pytest.importorskip("onnxruntime")
 
 from deepfake_detector import nn  # noqa: E402
 from deepfake_detector.export import ExportError, UnsupportedLayerError, export_onnx  # noqa: E402
-from deepfake_detector.models import Model, Preprocess, create_model, save_model  # noqa: E402
-from deepfake_detector.runtime import OnnxModel, OnnxModelError, load_any  # noqa: E402
+from deepfake_detector.models import (  # noqa: E402
+    Model,
+    Preprocess,
+    create_model,
+    load,  # noqa: E402
+    save_model,
+)
+from deepfake_detector.models.onnx_model import OnnxModel, OnnxModelError  # noqa: E402
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
@@ -116,15 +122,15 @@ def test_unsupported_layer_is_a_clear_error(tmp_path):
         export_onnx(model, tmp_path / "x.onnx")
 
 
-def test_load_any_dispatches_on_extension(tmp_path, exported):
+def test_load_dispatches_on_the_file_kind(tmp_path, exported):
     model, om = exported
     save_model(model, tmp_path / "m.npz")
-    loaded = load_any(tmp_path / "m.npz")
+    loaded = load(tmp_path / "m.npz")
     assert isinstance(loaded, Model) and loaded.engine == "numpy"
-    assert isinstance(load_any(om.path), OnnxModel)
+    assert isinstance(load(om.path), OnnxModel)
     upper = tmp_path / "M.ONNX"
     upper.write_bytes(om.path.read_bytes())
-    assert isinstance(load_any(upper, threads=1), OnnxModel)
+    assert isinstance(load(upper, threads=1), OnnxModel)
 
 
 def test_onnx_without_our_metadata_is_refused(tmp_path):
@@ -201,7 +207,8 @@ def test_half_weights_halve_the_file_and_keep_the_logits_close(tmp_path):
 
 def test_release_to_onnx_measures_test_on_the_shipped_file(tmp_path):
     from deepfake_detector.evaluate import evaluate
-    from deepfake_detector.train import TrainConfig, release, train
+    from deepfake_detector.release import release
+    from deepfake_detector.train import TrainConfig, train
 
     from .synthetic import make_dataset
 

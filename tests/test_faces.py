@@ -9,16 +9,21 @@ import numpy as np
 import pytest
 
 from deepfake_detector.faces import (
+    DEFAULT_DETECTOR,
     DetectorUnavailable,
     Face,
+    FaceDetector,
     HaarDetector,
     RetinaFaceDetector,
     crop_faces,
+    detect,
     get_detector,
     iou,
+    list_detectors,
     square_box,
     square_crop,
 )
+from deepfake_detector.faces.detect import DETECTORS
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -152,6 +157,36 @@ def test_get_detector_cached_and_errors(monkeypatch):
         monkeypatch.setitem(sys.modules, mod, None)  # as if not installed
     with pytest.raises(DetectorUnavailable, match="pip install"):
         RetinaFaceDetector()
+
+
+def test_detector_registry(monkeypatch):
+    assert sorted(list_detectors()) == sorted(DETECTORS) and list_detectors()[0] == DEFAULT_DETECTOR
+    assert set(list_detectors()) == {"retinaface", "haar"}  # aliases are accepted but not listed
+    assert get_detector() is get_detector(None) is get_detector(DEFAULT_DETECTOR) is get_detector("RetinaFace")
+    with pytest.raises(ValueError, match="unknown face detector 'mtcnn'; known: retinaface, haar"):
+        get_detector("mtcnn")
+    monkeypatch.setattr(detect, "DETECTORS", dict(detect.DETECTORS))
+    monkeypatch.setattr(detect, "DETECTOR_ALIASES", dict(detect.DETECTOR_ALIASES))
+    monkeypatch.setattr(detect, "_CACHE", {})
+
+    @detect.register_detector("nothing", aliases=("none",))
+    class NoFaces:
+        name = "nothing"
+
+        def __init__(self, **options):
+            self.options = options
+
+        def detect(self, image):
+            return []
+
+    assert detect.list_detectors() == [DEFAULT_DETECTOR, "haar", "nothing"]
+    det = get_detector("none", max_side=100)
+    assert isinstance(det, NoFaces) and det.options == {"max_side": 100} and isinstance(det, FaceDetector)
+    assert get_detector("nothing", max_side=100) is det
+    with pytest.raises(ValueError, match="already registered: haar"):
+        detect.register_detector("haar", NoFaces)
+    detect.register_detector("nothing", lambda **o: NoFaces(replaced=True), replace=True)
+    assert get_detector("nothing").options == {"replaced": True}
 
 
 # --- square_crop geometry --------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deepfake_detector.faces import get_detector
+from deepfake_detector.models import Predictor
 from deepfake_detector.video import VideoError, format_summary, format_update, parse_source, watch
 
 skdata = pytest.importorskip("skimage.data")
@@ -17,14 +18,14 @@ skdata = pytest.importorskip("skimage.data")
 W, H = 400, 300
 
 
-class StubModel:
+class StubModel(Predictor):
     input_size = 32
     threshold = 0.5
 
     def __init__(self, value=0.8, delay=0.0):
         self.value, self.delay, self.calls = value, delay, 0
 
-    def predict_proba(self, images):
+    def predict_proba(self, images, batch_size=64):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)

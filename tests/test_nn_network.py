@@ -142,6 +142,23 @@ def test_small_network_overfits_64_random_images():
     assert acc == 1.0
 
 
+def test_flat_layers_walks_a_nested_sequential_in_execution_order():
+    conv, bn, relu = nn.Conv2D(2, 3, 3, padding=1), nn.BatchNorm2D(3), nn.ReLU()
+    pool, flat, drop, dense = nn.MaxPool2D(2), nn.Flatten(), nn.Dropout(0.5), nn.Dense(12, 2)
+    inner = nn.Sequential(bn, nn.Sequential(relu, pool, names=["act", "pool"]))  # names "0", "1"
+    net = nn.Sequential(conv, inner, flat, nn.Sequential(drop, dense, names=["drop", "fc"]),
+                        names=["stem", "block", "flatten", "head"])
+    expected = [("stem", conv), ("block.0", bn), ("block.1.act", relu), ("block.1.pool", pool),
+                ("flatten", flat), ("head.drop", drop), ("head.fc", dense)]
+    got = list(nn.flat_layers(net))
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    assert all(a is b for (_, a), (_, b) in zip(got, expected, strict=True))
+    assert [n for n, _ in nn.flat_layers(inner, "block.")] == ["block.0", "block.1.act", "block.1.pool"]
+    # the names are the prefixes of the parameter names
+    assert {k.rsplit(".", 1)[0] for k in net.named_parameters()} == {"stem", "block.0", "head.fc"}
+    assert list(nn.flat_layers(nn.Sequential())) == []
+
+
 def test_float64_end_to_end():
     m = create_model("seed-cnn").to(DEVICE)
     m.net.astype(np.float64)

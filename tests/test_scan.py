@@ -19,7 +19,7 @@ pd = pytest.importorskip("pandas")
 
 from deepfake_detector.models import create_model, save_model  # noqa: E402
 from deepfake_detector.scan import ScanInterrupted, read_results, scan  # noqa: E402
-from deepfake_detector.scan.core import ResultsStore  # noqa: E402
+from deepfake_detector.scan.store import ResultsStore  # noqa: E402
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 

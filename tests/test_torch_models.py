@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 from deepfake_detector import nn  # noqa: E402
 from deepfake_detector.data import Sample, load_arrays  # noqa: E402
 from deepfake_detector.models import create_model, load_model, save_model  # noqa: E402
-from deepfake_detector.models import torch_models as tm  # noqa: E402  (registers the architectures)
+from deepfake_detector.models import torch as tm  # noqa: E402  (registers the architectures)
+from deepfake_detector.models.torch import weights as tm_weights  # noqa: E402
 from deepfake_detector.nn.io import CheckpointError  # noqa: E402
 
 HAS_EFFNET_CODE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
@@ -84,7 +85,7 @@ def state(model) -> dict:
 
 # --- import and errors ---------------------------------------------------------------------------
 def test_importing_the_models_imports_no_torch():
-    code = ("import sys, deepfake_detector.nn, deepfake_detector.models, deepfake_detector.models.torch_models, "
+    code = ("import sys, deepfake_detector.nn, deepfake_detector.models, deepfake_detector.models.torch, "
             "deepfake_detector.data.sbi; print(any(m.split('.')[0] in ('torch', 'cupy') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -212,7 +213,7 @@ def test_mobilenet_v2_is_torchvision_s_network():
     skimage_data = pytest.importorskip("skimage.data")
     import cv2
 
-    net = tm._nets().MobileNetV2(num_classes=1000)
+    net = tm.mobilenet_v2.net_class()(num_classes=1000)
     net.load_state_dict(tm.load_state_dict_file(tm.packaged_weights("mobilenet-v2")[0]), strict=True)
     img = cv2.resize(skimage_data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     x = (img - np.array(tm.IMAGENET_MEAN)) / np.array(tm.IMAGENET_STD)
@@ -241,7 +242,7 @@ def test_pretrained_name_goes_through_the_torch_hub_cache(tmp_path, monkeypatch)
         def no_package(arch):
             raise tm.TorchUnavailableError("package missing")
 
-        monkeypatch.setattr(tm, "packaged_weights", no_package)  # pretrained=True falls back to the URL
+        monkeypatch.setattr(tm_weights, "packaged_weights", no_package)  # pretrained=True falls back to the URL
         model = create_model("mobilenet-v2", input_size=32, pretrained=True)
         _check_backbone_equals_file_named(model, path)
     finally:

@@ -123,7 +123,7 @@ def test_train_with_faces_crops_whole_photos_first(tmp_path):
 
 def test_release_ships_weights_only_with_test_metrics(synthetic, tmp_path):
     train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
-    from deepfake_detector.train import release
+    from deepfake_detector.release import release
 
     meta = release(tmp_path / "run", tmp_path / "ship" / "model.npz", test_data=synthetic)
     groups, saved = load_arrays(tmp_path / "ship" / "model.npz")
@@ -138,7 +138,7 @@ def test_release_calibrate_on_refits_threshold_and_temperature_on_that_folder(sy
     from deepfake_detector.data import load_arrays as load_images
     from deepfake_detector.data import load_split
     from deepfake_detector.metrics import choose_threshold, fit_temperature
-    from deepfake_detector.train import release
+    from deepfake_detector.release import release
 
     val = synthetic / "Validation"
     meta = release(tmp_path / "run", tmp_path / "ship.npz", calibrate_on=val)
@@ -183,7 +183,7 @@ def test_release_with_flip_tta_recalibrates_with_it_and_ships_it(synthetic, tmp_
     from deepfake_detector.data import load_arrays as load_images
     from deepfake_detector.data import load_split
     from deepfake_detector.metrics import fit_temperature
-    from deepfake_detector.train import release
+    from deepfake_detector.release import release
 
     with pytest.raises(ValueError, match="calibrate_on"):
         release(tmp_path / "run", tmp_path / "ship.npz", tta="flip")

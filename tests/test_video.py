@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from deepfake_detector.faces import get_detector, iou
+from deepfake_detector.models import Predictor
+from deepfake_detector.results import confidence_level
 from deepfake_detector.video import (
     VideoError,
     aggregate,
     analyze_video,
     annotate_video,
-    confidence_level,
     confident_strategy,
     flicker,
     open_video,
@@ -79,7 +80,7 @@ def index_frames(n=40):
     return [np.full((48, 64, 3), 5 * i, np.uint8) for i in range(n)]
 
 
-class StubModel:
+class StubModel(Predictor):
     """The classifier interface, scoring each crop by a fixed value or its mean brightness."""
 
     input_size = 32
@@ -89,7 +90,7 @@ class StubModel:
         self.value = value
         self.calls = []
 
-    def predict_proba(self, images):
+    def predict_proba(self, images, batch_size=64):
         images = np.asarray(images)
         assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (32, 32, 3)
         self.calls.append(images.shape)

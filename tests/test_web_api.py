@@ -19,8 +19,12 @@ requests = pytest.importorskip("requests", reason="the tests need requests")
 
 from deepfake_detector import __version__  # noqa: E402
 from deepfake_detector.cli import main as cli_main  # noqa: E402
-from deepfake_detector.models import create_model, save_model  # noqa: E402
-from deepfake_detector.predict import get_model, predict_paths  # noqa: E402
+from deepfake_detector.models import (  # noqa: E402
+    create_model,
+    load,  # noqa: E402
+    save_model,
+)
+from deepfake_detector.predict import predict_paths  # noqa: E402
 from deepfake_detector.web.api import create_api  # noqa: E402
 from deepfake_detector.web.uploads import UnsupportedType, sniff  # noqa: E402
 
@@ -38,7 +42,7 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    return get_model(model_path)
+    return load(model_path)
 
 
 @pytest.fixture(scope="module")

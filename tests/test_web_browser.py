@@ -54,17 +54,16 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, tmp_path_factory):
-    from deepfake_detector.models import create_model, save_model
-    from deepfake_detector.predict import default_model_path, get_model
+    from deepfake_detector.models import create_model, default_model_path, load, save_model
     from deepfake_detector.web import create_app
 
     shown = os.environ.get("DFD_SCREENSHOT_MODEL") or (default_model_path() if default_model_path().exists() else None)
     if UPDATE_DOCS and shown:
-        model = get_model(shown)  # the screenshot in the docs shows a trained model
+        model = load(shown)  # the screenshot in the docs shows a trained model
     else:
         path = tmp_path_factory.mktemp("model") / "small.npz"
         save_model(create_model("seed-cnn", input_size=64), path)
-        model = get_model(path)
+        model = load(path)
     with BackgroundServer(create_app(model, max_upload_mb=MAX_UPLOAD_MB, n_frames=6)) as srv:
         yield srv
 

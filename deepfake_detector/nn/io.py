@@ -79,3 +79,16 @@ def load_arrays(path) -> tuple[dict[str, dict], dict]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}")
     return groups, meta
+
+
+def read_meta(path) -> dict:
+    """The JSON header of a checkpoint, without reading its arrays (CheckpointError if none)."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as z, z.open("__meta__.npy") as f:
+            meta = json.loads(np.lib.format.read_array(f, allow_pickle=False).tobytes().decode("utf-8"))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a deepfake-detector checkpoint ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}")
+    return meta

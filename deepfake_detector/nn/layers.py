@@ -3,44 +3,19 @@
 Every layer has ``forward(x, training)`` and ``backward(grad) -> grad_x`` side by side.
 Parameters and their gradients live in parallel dicts (``params``/``grads``); running
 statistics live in ``buffers``. Each layer caches only what its backward needs, and only
-while gradients are enabled (see :func:`no_grad`). Gradients accumulate with ``+=``.
+while gradients are enabled (see :mod:`.grad`). Gradients accumulate with ``+=``.
 The array module comes from the input (NumPy or CuPy), so no layer has a copy per backend.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 from .backend import get_array_module, over_batch, to_device
-
-_GRAD_ENABLED = True
-
-
-@contextlib.contextmanager
-def _grad_mode(enabled: bool):
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, enabled
-    try:
-        yield
-    finally:
-        _GRAD_ENABLED = previous
-
-
-def no_grad():
-    """Inference without caches: forward passes inside keep nothing for backward."""
-    return _grad_mode(False)
-
-
-def enable_grad():
-    """Caches on inside, even within a :func:`no_grad` block (for saliency maps)."""
-    return _grad_mode(True)
-
-
-def grad_enabled() -> bool:
-    return _GRAD_ENABLED
+from .grad import enable_grad, grad_enabled, no_grad  # noqa: F401  (nn.layers.no_grad etc. still work)
+from .im2col import _pad, _swap01, _windows, col2im, im2col
 
 
 class Layer:
@@ -94,80 +69,6 @@ class Layer:
 # --- convolution -------------------------------------------------------------------------
 
 
-def _pad(x, p, value=0.0):
-    """(N, C, H, W) -> (N, C, H+2p, W+2p), borders filled with ``value``."""
-    if p == 0:
-        return x
-    xp = get_array_module(x)
-    N, C, H, W = x.shape
-    out = xp.full((N, C, H + 2 * p, W + 2 * p), value, dtype=x.dtype)
-
-    def copy(s):
-        out[s, :, p:-p, p:-p] = x[s]
-
-    over_batch(copy, N, xp)
-    return out
-
-
-def _windows(x, kh, kw, stride, Ho, Wo):
-    """Yield (i, j, view) for every kernel offset; view is (N, C, Ho, Wo), strided."""
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, x[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
-
-
-def im2col(x, kh: int, kw: int, stride: int, padding: int):
-    """(N, C, H, W) -> columns (C*kh*kw, N*Ho*Wo) and (Ho, Wo).
-
-    Row index of a column is c*kh*kw + i*kw + j, the order of a PyTorch weight
-    (C_out, C_in, kh, kw) flattened, so ``W.reshape(C_out, -1) @ cols`` is the whole
-    batch's convolution in one GEMM (one large GEMM beats N small ones several times over).
-    """
-    N, C, H, W = x.shape
-    Ho = (H + 2 * padding - kh) // stride + 1
-    Wo = (W + 2 * padding - kw) // stride + 1
-    xp = get_array_module(x)
-    xt = _pad(x, padding).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-
-    def fill(s):  # images s of the batch
-        for i, j, view in _windows(xt[:, s], kh, kw, stride, Ho, Wo):
-            cols[:, i, j, s] = view
-
-    over_batch(fill, N, xp)
-    return cols.reshape(C * kh * kw, N * Ho * Wo), Ho, Wo  # (C*kh*kw, N*Ho*Wo)
-
-
-def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, Ho: int, Wo: int):
-    """Adjoint of :func:`im2col`: (C*kh*kw, N*Ho*Wo) -> (N, C, H, W), overlaps summed."""
-    N, C, H, W = x_shape
-    xp = get_array_module(cols)
-    cols = cols.reshape(C, kh, kw, N, Ho, Wo)  # (C, kh, kw, N, Ho, Wo)
-    dx = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
-    dxt = dx.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view into dx
-
-    def add(s):
-        for i, j, view in _windows(dxt[:, s], kh, kw, stride, Ho, Wo):
-            view += cols[:, i, j, s]
-
-    over_batch(add, N, xp)
-    if padding:
-        dx = dx[:, :, padding:-padding, padding:-padding]
-    return dx
-
-
-def _swap01(a, out=None):
-    """(A, B, ...) -> contiguous (B, A, ...), the copy spread over the cores along B."""
-    xp = get_array_module(a)
-    out = xp.empty((a.shape[1], a.shape[0]) + a.shape[2:], a.dtype) if out is None else out
-
-    def copy(s):
-        out[s] = a[:, s].swapaxes(0, 1)
-
-    over_batch(copy, a.shape[1], xp)
-    return out
-
-
 class Conv2D(Layer):
     """2-D convolution by im2col + one GEMM for the batch. Weight (C_out, C_in, kh, kw).
 
@@ -198,7 +99,7 @@ class Conv2D(Layer):
         out = w @ cols  # (C_out, N*Ho*Wo)
         if "bias" in self.params:
             out += self.params["bias"][:, None]
-        if _GRAD_ENABLED:  # the columns are kh*kw times the input: keep them only if asked
+        if grad_enabled():  # the columns are kh*kw times the input: keep them only if asked
             self._cache = (cols if self.cache_columns else x, x.shape, Ho, Wo)
         return _swap01(out.reshape(self.out_channels, N, Ho, Wo))  # (N, C_out, Ho, Wo)
 
@@ -211,10 +112,10 @@ class Conv2D(Layer):
         if "bias" in self.params:
             self._accumulate("bias", g.sum(axis=1))
         dw = (cols @ g.T).T  # (C_out, C_in*kh*kw); this operand order is the faster GEMM
-        self._accumulate("weight", dw.reshape(self.params["weight"].shape))
+        self._accumulate("weight", dw.reshape(self.params["weight"].shape))  # (C_out, C_in, kh, kw)
         if not need_input_grad:
             return None
-        w = self.params["weight"].reshape(self.out_channels, -1)
+        w = self.params["weight"].reshape(self.out_channels, -1)  # (C_out, C_in*kh*kw)
         dcols = w.T @ g  # (C_in*kh*kw, N*Ho*Wo)
         return col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
 
@@ -277,7 +178,7 @@ class _BatchNorm(Layer):
             out[s] += sh(self.params["bias"])
 
         over_batch(scale, N, xp)
-        self._cache = (xhat, inv_std, training) if _GRAD_ENABLED else None
+        self._cache = (xhat, inv_std, training) if grad_enabled() else None
         return out
 
     def _sumsq(self, a, b=None):
@@ -338,7 +239,7 @@ class ReLU(Layer):
         xp = get_array_module(x)
         out = x if self.inplace else xp.empty_like(x)
         over_batch(lambda s: xp.maximum(x[s], 0, out=out[s]), x.shape[0], xp)
-        self._out = out if _GRAD_ENABLED else None
+        self._out = out if grad_enabled() else None
         return out
 
     def backward(self, grad, need_input_grad=True):
@@ -356,7 +257,7 @@ class LeakyReLU(Layer):
 
     def forward(self, x, training=False):
         xp = get_array_module(x)
-        self._x = x if _GRAD_ENABLED else None
+        self._x = x if grad_enabled() else None
         return xp.where(x > 0, x, x * self.negative_slope)
 
     def backward(self, grad, need_input_grad=True):
@@ -398,7 +299,7 @@ class MaxPool2D(Layer):
                     xp.maximum(out[b], view, out=out[b])
 
         over_batch(run, N, xp)
-        self._cache = (x, out) if _GRAD_ENABLED else None  # x is the ReLU's cached output anyway
+        self._cache = (x, out) if grad_enabled() else None  # x is the ReLU's cached output anyway
         return out
 
     def backward(self, grad, need_input_grad=True):
@@ -452,7 +353,7 @@ class AvgPool2D(Layer):
         for _, _, view in _windows(x, k, k, s, Ho, Wo):
             out = view.copy() if out is None else out.__iadd__(view)
         out *= 1.0 / (k * k)
-        self._cache = ((N, C, H + 2 * p, W + 2 * p), Ho, Wo) if _GRAD_ENABLED else None
+        self._cache = ((N, C, H + 2 * p, W + 2 * p), Ho, Wo) if grad_enabled() else None
         return out
 
     def backward(self, grad, need_input_grad=True):
@@ -489,7 +390,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)  # (N, C*H*W)
 
     def backward(self, grad, need_input_grad=True):
-        return grad.reshape(self._shape)
+        return grad.reshape(self._shape)  # (N, C, H, W)
 
 
 # --- dense and dropout -------------------------------------------------------------------
@@ -508,7 +409,7 @@ class Dense(Layer):
             self.params["bias"] = np.zeros(out_features, dtype=dtype)
 
     def forward(self, x, training=False):
-        self._x = x if _GRAD_ENABLED else None
+        self._x = x if grad_enabled() else None
         out = x @ self.params["weight"].T  # (N, out)
         if "bias" in self.params:
             out += self.params["bias"]
@@ -516,7 +417,7 @@ class Dense(Layer):
 
     def backward(self, grad, need_input_grad=True):
         x, self._x = self._x, None
-        self._accumulate("weight", grad.T @ x)
+        self._accumulate("weight", grad.T @ x)  # (out, in)
         if "bias" in self.params:
             self._accumulate("bias", grad.sum(axis=0))
         return grad @ self.params["weight"] if need_input_grad else None
@@ -558,93 +459,3 @@ class Dropout(Layer):
 
     def extra_repr(self):
         return f"p={self.p}"
-
-
-# --- container ---------------------------------------------------------------------------
-
-
-class Sequential(Layer):
-    """Layers run in order; names are '<index or given name>.<param>' as in PyTorch."""
-
-    def __init__(self, *layers, names=None):
-        super().__init__()
-        self.layers = list(layers)
-        self.names = list(names) if names is not None else [str(i) for i in range(len(layers))]
-
-    def forward(self, x, training=False):
-        for layer in self.layers:
-            x = layer.forward(x, training)
-        return x
-
-    def backward(self, grad, need_input_grad=True):
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            grad = self.layers[i].backward(grad, need_input_grad or i > 0)
-        return grad
-
-    def children(self):
-        return zip(self.names, self.layers)
-
-    def _named(self, attr):
-        for name, layer in self.children():
-            if isinstance(layer, Sequential):
-                for k, v in layer._named(attr):
-                    yield f"{name}.{k}", v
-            else:
-                for k, v in getattr(layer, attr).items():
-                    yield f"{name}.{k}", v
-
-    def named_parameters(self):
-        return dict(self._named("params"))
-
-    def named_grads(self):
-        return dict(self._named("grads"))
-
-    def named_buffers(self):
-        return dict(self._named("buffers"))
-
-    def _owners(self, attr):
-        """(layer, dict attr, key) for each named entry, to write values back."""
-        for name, layer in self.children():
-            if isinstance(layer, Sequential):
-                for k, (owner, key) in layer._owners(attr):
-                    yield f"{name}.{k}", (owner, key)
-            else:
-                for key in getattr(layer, attr):
-                    yield f"{name}.{key}", (layer, key)
-
-    def load_arrays(self, attr, arrays: dict, strict=True):
-        owners = dict(self._owners(attr))
-        missing = set(owners) - set(arrays)
-        if strict and missing:
-            raise KeyError(f"missing {attr}: {sorted(missing)}")
-        for k, (layer, key) in owners.items():
-            if k not in arrays:
-                continue
-            cur = getattr(layer, attr)[key]
-            new = arrays[k]
-            if tuple(new.shape) != tuple(cur.shape):
-                raise ValueError(f"{k}: shape {tuple(new.shape)} in file, {tuple(cur.shape)} in model")
-            xp = get_array_module(cur)
-            getattr(layer, attr)[key] = xp.asarray(new, dtype=cur.dtype)
-
-    def zero_grad(self):
-        for layer in self.layers:
-            layer.zero_grad()
-
-    def to(self, device):
-        for layer in self.layers:
-            layer.to(device)
-        return self
-
-    def astype(self, dtype):
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
-
-    def num_parameters(self) -> int:
-        return int(sum(p.size for p in self.named_parameters().values()))
-
-    def __repr__(self):
-        inner = "\n".join(f"  ({n}): {l!r}".replace("\n", "\n  ") for n, l in self.children())
-        return f"Sequential(\n{inner}\n)"

@@ -14,7 +14,7 @@ One row per distinct file content: ``path``, ``sha256`` (of the bytes), ``size``
 Rules:
 
 * RESULTS is a folder of part files, Parquet or CSV by the name's extension (``x.csv`` ->
-  CSV, anything else Parquet), each part committed atomically (see :mod:`.core`);
+  CSV, anything else Parquet), each part committed atomically (see :mod:`.store`);
 * a file whose content hash is in RESULTS is skipped: a scan stopped at any moment (Ctrl-C,
   SIGKILL, a crash) and started again does only what is left, and a second run over the same
   collection scans nothing;
@@ -29,10 +29,12 @@ Rules:
 
 from __future__ import annotations
 
-from .core import COLUMNS, ScanInterrupted, format_summary, iter_sources, read_results
-from .core import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
-from .core import DEFAULT_PART_ROWS as DEFAULT_PART_ROWS
-from .core import DEFAULT_PART_SECONDS as DEFAULT_PART_SECONDS
+from .collector import ScanInterrupted, format_summary
+from .infer import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from .infer import DEFAULT_PART_ROWS as DEFAULT_PART_ROWS
+from .infer import DEFAULT_PART_SECONDS as DEFAULT_PART_SECONDS
+from .sources import iter_sources
+from .store import COLUMNS, read_results
 
 __all__ = ["COLUMNS", "ScanInterrupted", "format_summary", "iter_sources", "read_results", "scan"]
 
@@ -40,7 +42,8 @@ __all__ = ["COLUMNS", "ScanInterrupted", "format_summary", "iter_sources", "read
 def scan(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
          ray_address: str | None = None, faces: bool = False, progress: bool = True, *,
          part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32,
-         device: str = "cpu", runtime: str = "numpy") -> dict:
+         device: str = "cpu", runtime: str = "auto", threads: int | None = None,
+         detector: str | None = None) -> dict:
     """Classify every image and video of ``sources`` into the RESULTS folder ``out``; resumable.
 
     ``sources``: a path or a list of them: folders (walked recursively), image / video files,
@@ -53,13 +56,15 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     a running Ray cluster (needs ``pip install 'deepfake-detector[ray]'``).
     ``faces``: detect and crop the largest face of each image first (videos always do).
     ``part_rows`` / ``part_seconds``: a part is committed every so many rows or seconds.
-    ``n_frames``: frames sampled per video. ``device`` / ``runtime``: as ``predict.get_model``
-    (local scans only).
+    ``n_frames``: frames sampled per video. ``device`` / ``runtime`` / ``threads``: as
+    :func:`deepfake_detector.models.load` (local scans only); ``detector``: a face detector's name.
 
     Returns the summary: ``files`` (seen), ``scanned``, ``images``, ``videos``, ``skipped``
     (already in RESULTS), ``duplicates`` (same content as another file of this run),
-    ``failed`` with ``failure_reasons`` (reason -> count) and ``failures`` (the first 100:
-    path, error), ``fake`` / ``real`` / ``no_verdict`` (of the scanned files), ``rows_total``,
+    ``ignored`` (files a folder walk or a pattern found that are neither images nor
+    videos, with ``ignored_examples``), ``failed`` with ``failure_reasons`` (reason -> count)
+    and ``failures`` (the first 100: path, error), ``fake`` / ``real`` / ``no_verdict`` (of the
+    scanned files), ``rows_total``,
     ``elapsed_s``, ``files_per_s`` (scanned files), ``workers``, ``model``, ``out``, ``format``.
     Ctrl-C commits the finished rows and raises :class:`ScanInterrupted` (a
     ``KeyboardInterrupt`` whose ``summary`` says how far it got).
@@ -71,11 +76,11 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     common = dict(model_path=model_path, workers=workers, batch_size=batch_size, faces=faces, progress=progress,
                   part_rows=part_rows, part_seconds=part_seconds, n_frames=n_frames)
     if ray_address:
-        if device != "cpu" or runtime != "numpy":
-            raise ValueError("a Ray scan runs the model on CPU with the numpy runtime (or an .onnx model)")
+        if device != "cpu" or runtime != "auto" or detector:
+            raise ValueError("a Ray scan runs the model file as it is, on CPU, with the default face detector")
         from .ray_scan import scan_ray
 
         return scan_ray(sources, out, address=ray_address, **common)
     from .local import scan_local
 
-    return scan_local(sources, out, device=device, runtime=runtime, **common)
+    return scan_local(sources, out, device=device, runtime=runtime, threads=threads, detector=detector, **common)

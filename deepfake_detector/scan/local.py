@@ -8,7 +8,7 @@ once, runs single-threaded (BLAS, the engine's thread pool, OpenCV and onnxrunti
 one thread, so N workers use N cores and do not oversubscribe them) and classifies a task
 with :func:`deepfake_detector.predict.predict_paths`, the function behind
 ``deepfake-detector predict``. The main process turns the answers into rows and commits
-them as part files (see :mod:`deepfake_detector.scan.core`).
+them as part files (see :mod:`deepfake_detector.scan.store`).
 
 A worker that dies (a decoder crash on a hostile file) takes the pool down with it: the pool
 is restarted and the files of the unfinished tasks are tried again one at a time, so the
@@ -22,29 +22,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from .core import (
+from ..results import error_row
+from .collector import Collector, ScanInterrupted
+from .infer import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PART_ROWS,
     DEFAULT_PART_SECONDS,
-    Collector,
-    ResultsStore,
-    ScanInterrupted,
-    check_sources,
-    error_result,
-    file_digest,
     infer_files,
-    iter_sources,
     model_identity,
-    require_pyarrow,
-    resolve_model_path,
+    slim,
 )
+from .sources import check_sources, file_digest, iter_sources
+from .store import ResultsStore, require_pyarrow
 
 TASKS_PER_WORKER = 2  # tasks queued per worker: one running, one waiting
 WAIT_S = 1.0  # the longest the main process waits for a task before looking at the clock
@@ -60,7 +55,8 @@ def default_workers() -> int:
 
 
 def limit_threads(n: int) -> None:
-    """One process, ``n`` threads: BLAS and OpenMP (threadpoolctl), the engine's pool, OpenCV, torch."""
+    """One process, ``n`` threads: BLAS and OpenMP (threadpoolctl), the engine's pool, OpenCV
+    (the model's own runtime is set by ``load(threads=n)``)."""
     from threadpoolctl import threadpool_limits
 
     from ..nn.backend import set_num_threads
@@ -73,8 +69,6 @@ def limit_threads(n: int) -> None:
         cv2.setNumThreads(n)
     except ImportError:
         pass
-    if "torch" in sys.modules:  # a torch-engine model
-        sys.modules["torch"].set_num_threads(n)
 
 
 def _watch_parent(parent: int) -> None:
@@ -87,15 +81,16 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
-def _init_worker(model_path: str, device: str, runtime: str, threads: int, parent: int) -> None:
+def _init_worker(model_path: str, device: str, runtime: str, detector: str | None, threads: int,
+                 parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
     _watch_parent(parent)
     limit_threads(threads)
-    from ..predict import get_model
+    from ..models import load
 
-    _WORKER.update(model=get_model(model_path, device, runtime=runtime, threads=threads), threads=threads,
-                   detector=None)
-    limit_threads(threads)  # again, for libraries the model brought in (torch...)
+    _WORKER.update(model=load(model_path, runtime, device, threads), threads=threads, detector=None,
+                   detector_name=detector)
+    limit_threads(threads)  # again, for libraries the model brought in (torch's OpenMP...)
 
 
 def _detector():
@@ -103,7 +98,7 @@ def _detector():
     if _WORKER.get("detector") is None:
         from ..faces import get_detector
 
-        _WORKER["detector"] = get_detector(threads=_WORKER["threads"])
+        _WORKER["detector"] = get_detector(_WORKER.get("detector_name"), threads=_WORKER["threads"])
     return _WORKER["detector"]
 
 
@@ -113,7 +108,7 @@ def _ping() -> bool:
 
 def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> list[dict]:
     """In a worker: one slim result per path."""
-    from ..predict import kind_of
+    from ..data.media import kind_of
 
     needs_detector = faces or any(kind_of(p) == "video" for p in paths)
     return infer_files(_WORKER["model"], paths, faces=faces, batch_size=batch_size, n_frames=n_frames,
@@ -123,17 +118,18 @@ def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> 
 def scan_local(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                faces: bool = False, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
                part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32, device: str = "cpu",
-               runtime: str = "numpy") -> dict:
+               runtime: str = "auto", threads: int | None = None, detector: str | None = None) -> dict:
     """Scan ``sources`` into ``out`` on this machine; see :func:`deepfake_detector.scan.scan`."""
     require_pyarrow()
-    from ..predict import get_model
+    from ..models import load
+    from ..models import model_path as find_model
 
     sources = list(sources)
     check_sources(sources)
     workers = default_workers() if workers is None else max(0, int(workers))
     batch_size = max(1, int(batch_size))
-    model_path = resolve_model_path(model_path)
-    model = get_model(model_path, device, runtime=runtime)  # fails here, once, if the model is unusable
+    model_path = find_model(model_path)
+    model = load(model_path, runtime, device, threads)  # fails here, once, if the model is unusable
     info = model_identity(model, model_path)
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
@@ -141,10 +137,10 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
     try:
         try:
             if workers == 0:
-                _scan_in_process(col, sources, model, opts)
+                _scan_in_process(col, sources, model, opts, detector)
             else:
                 del model
-                _scan_pool(col, sources, workers, (str(model_path), device, runtime), opts)
+                _scan_pool(col, sources, workers, (str(model_path), device, runtime, detector), opts)
         except KeyboardInterrupt:
             col.flush()  # keep every finished row
             col.close()
@@ -160,7 +156,7 @@ def _tasks(col: Collector, sources, batch_size: int):
     """Lists of (path, sha256 hex, size) to scan, ``batch_size`` at a time, from the streamed
     sources: files already in RESULTS or seen earlier in this run are counted and left out."""
     task = []
-    for path in iter_sources(sources):
+    for path in iter_sources(sources, col.ignored):
         try:
             digest, size = file_digest(path)
         except OSError as e:
@@ -178,11 +174,16 @@ def _tasks(col: Collector, sources, batch_size: int):
         yield task
 
 
-def _scan_in_process(col: Collector, sources, model, opts) -> None:
+def _scan_in_process(col: Collector, sources, model, opts, detector: str | None = None) -> None:
     faces, batch_size, n_frames = opts
+    if detector:
+        from ..faces import get_detector
+
+        detector = get_detector(detector)
     for task in _tasks(col, sources, batch_size):
         for (path, h, size), result in zip(task, infer_files(model, [p for p, _, _ in task], faces=faces,
-                                                              batch_size=batch_size, n_frames=n_frames)):
+                                                              batch_size=batch_size, n_frames=n_frames,
+                                                              detector=detector)):
             col.add(path, h, size, result)
 
 
@@ -237,7 +238,7 @@ def _scan_pool(col: Collector, sources, workers: int, model_args: tuple, opts) -
             try:
                 result = fut.result()[0]
             except BrokenProcessPool as e:
-                result = error_result(item[0], f"the worker process died analysing this file ({e})")
+                result = slim(error_row(item[0], f"the worker process died analysing this file ({e})"))
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = new_pool()
             col.add(*item, result)

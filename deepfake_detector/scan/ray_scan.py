@@ -31,23 +31,19 @@ import os
 import tempfile
 from itertools import islice
 
-from .core import (
+from ..results import error_row
+from .collector import Collector, ScanInterrupted
+from .infer import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PART_ROWS,
     DEFAULT_PART_SECONDS,
     RESULT_KEYS,
-    Collector,
-    ResultsStore,
-    ScanInterrupted,
-    check_sources,
-    error_result,
-    file_digest,
     infer_files,
-    iter_sources,
     model_identity,
-    require_pyarrow,
-    resolve_model_path,
+    slim,
 )
+from .sources import check_sources, file_digest, iter_sources
+from .store import ResultsStore, require_pyarrow
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +73,7 @@ class RayScanner:
     def __init__(self, model_ref: list, model_suffix: str, faces: bool, batch_size: int, n_frames: int):
         import ray
 
-        from ..predict import get_model
+        from ..models import load
         from .local import limit_threads
 
         limit_threads(1)  # one actor per CPU
@@ -86,13 +82,13 @@ class RayScanner:
         path = os.path.join(self._dir.name, "model" + model_suffix)
         with open(path, "wb") as f:
             f.write(data)
-        self.model = get_model(path, "cpu", threads=1)
+        self.model = load(path, threads=1)
         limit_threads(1)  # again, for libraries the model brought in
         self.faces, self.batch_size, self.n_frames = faces, batch_size, n_frames
         self.detector = None
 
     def __call__(self, batch: dict) -> dict:
-        from ..predict import kind_of
+        from ..data.media import kind_of
 
         paths = [str(p) for p in batch["path"]]
         if self.detector is None and (self.faces or any(kind_of(p) == "video" for p in paths)):
@@ -112,7 +108,7 @@ def _arrow(columns: dict):
     """A batch as an Arrow table with the RESULTS types (so that all-None columns keep theirs)."""
     import pyarrow as pa
 
-    from .core import schema
+    from .store import schema
 
     sch = schema()
     return pa.table({k: pa.array(v, type=sch.field(k).type) for k, v in columns.items()})
@@ -131,13 +127,14 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
         import ray.data
     except ImportError as e:
         raise ImportError("--ray needs Ray Data: pip install 'deepfake-detector[ray]'") from e
-    from ..predict import get_model
+    from ..models import load
+    from ..models import model_path as find_model
 
     sources = list(sources)
     check_sources(sources)
     batch_size = max(1, int(batch_size))
-    model_path = resolve_model_path(model_path)
-    info = model_identity(get_model(model_path), model_path)
+    model_path = find_model(model_path)
+    info = model_identity(load(model_path), model_path)
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     started = not ray.is_initialized()
     col = None
@@ -153,7 +150,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
         ctor = {"model_ref": [ray.put(model_path.read_bytes())], "model_suffix": model_path.suffix,
                 "faces": bool(faces), "batch_size": batch_size, "n_frames": int(n_frames)}
         col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
-        paths = iter_sources(sources)
+        paths = iter_sources(sources, col.ignored)
         try:
             while window_paths := list(islice(paths, max(1, int(window)))):
                 todo = _hash_and_filter(ray, col, window_paths, batch_size)
@@ -166,7 +163,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
                                            "deepfake-detector installed on every node, are the files there?")
                     for item in still:
                         col.add(item["path"], item["sha256"], item["size"],
-                                error_result(item["path"], "the Ray worker died analysing this file"))
+                                slim(error_row(item["path"], "the Ray worker died analysing this file")))
         except KeyboardInterrupt:
             col.flush()
             col.close()

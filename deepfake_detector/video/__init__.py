@@ -4,7 +4,6 @@ from .analyze import (
     AGGREGATIONS,
     aggregate,
     analyze_video,
-    confidence_level,
     confident_strategy,
     flicker,
     smooth,
@@ -24,6 +23,6 @@ from .read import (
 from .render import annotate_video, plot_timeline
 
 __all__ = ["AGGREGATIONS", "VIDEO_EXTENSIONS", "Video", "VideoError", "VideoInfo", "aggregate",
-           "analyze_video", "annotate_video", "confidence_level", "confident_strategy", "flicker",
+           "analyze_video", "annotate_video", "confident_strategy", "flicker",
            "format_summary", "format_update", "is_video_path", "open_video", "parse_source",
            "plot_timeline", "sample_frames", "sample_indices", "smooth", "video_info", "watch"]

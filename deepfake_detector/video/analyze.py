@@ -12,28 +12,19 @@ a result with ``error`` set instead of an exception, so a batch of files goes on
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 
 import numpy as np
 
 from ..faces.crop import crop_faces, model_margin
 from ..faces.detect import get_detector
+from ..results import NO_FACE, confidence_level, mark_error, rounded, verdict, video_row
 from .read import DEFAULT_N_FRAMES, VideoError, iter_sampled, open_video, prefetch
 
 log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("confident", "mean")
 DEFAULT_AGGREGATION = "confident"
-
-
-def confidence_level(p: float | None) -> str | None:
-    """HIGH if max(p, 1 - p) > 0.8, MEDIUM if > 0.6, else LOW (None for no score)."""
-    if p is None or not math.isfinite(p):
-        return None
-    c = max(p, 1.0 - p)
-    return "HIGH" if c > 0.8 else "MEDIUM" if c > 0.6 else "LOW"
 
 
 def confident_strategy(scores, t: float = 0.8, low: float = 0.2, min_fakes: int = 11) -> float:
@@ -91,24 +82,6 @@ def flicker(scores) -> float | None:
     return float(np.mean(np.abs(np.diff(s)))) if s.size >= 2 else None
 
 
-def _label(p: float | None, threshold: float) -> str:
-    return "NoFace" if p is None else ("Fake" if p >= threshold else "Real")
-
-
-def _r(x, nd=6):
-    return None if x is None else round(float(x), nd)
-
-
-def empty_result(path, error: str | None = None) -> dict:
-    """The result skeleton every analysis returns (fields filled as far as it got)."""
-    return {"path": os.fspath(path), "kind": "video", "p_fake": None, "label": "Error" if error else None,
-            "confidence": None, "aggregation": None, "threshold": None, "p_fake_mean": None,
-            "p_fake_confident": None, "n_frames": 0, "n_frames_with_faces": 0, "n_faces": 0,
-            "fps": None, "duration": None, "width": None, "height": None, "frame_count": None,
-            "flicker": None, "timeline_smoothed": [], "frames": [], "model": None, "detector": None,
-            "timings": {}, "message": error, "error": error}
-
-
 def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_FRAMES,
                   every: int | None = None, margin: float | None = None, all_faces: bool = False,
                   smooth_window: int = 5, aggregation: str = DEFAULT_AGGREGATION,
@@ -143,14 +116,13 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
     if detector is None:  # a missing detector package is a set-up error: raise it, once
         detector = get_detector()
     t_start = time.perf_counter()
-    res = empty_result(path)
+    res = video_row(path)
     res["aggregation"] = aggregation
     timings = {"decode_s": 0.0, "decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
     try:
-        threshold = float(getattr(model, "threshold", 0.5))
+        threshold = float(model.threshold)
         res["threshold"] = threshold
-        describe = getattr(model, "describe", None)
-        res["model"] = describe() if callable(describe) else None
+        res["model"] = model.describe()
         res["detector"] = getattr(detector, "name", type(detector).__name__)
         size = int(model.input_size)
 
@@ -158,7 +130,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
         t = time.perf_counter()
         with open_video(path) as video:
             info = video.info
-            res.update(fps=_r(info.fps, 4), duration=_r(info.duration, 4), width=info.width,
+            res.update(fps=rounded(info.fps, 4), duration=rounded(info.duration, 4), width=info.width,
                        height=info.height, frame_count=info.frame_count)
             timings["decode_s"] += time.perf_counter() - t
             # decode in a background thread, a few frames ahead of detection
@@ -176,7 +148,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                     t = time.perf_counter()
                     pairs = crop_faces(rgb, detector, size, margin=model_margin(model, margin), all_faces=all_faces)
                     timings["detect_s"] += time.perf_counter() - t
-                    frames.append({"index": int(index), "time": _r(t_s, 4), "faces": [], "score": None})
+                    frames.append({"index": int(index), "time": rounded(t_s, 4), "faces": [], "score": None})
                     for face, crop in pairs:
                         crops.append(crop)
                         owners.append((len(frames) - 1, face))
@@ -189,15 +161,14 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
 
         if crops:
             t = time.perf_counter()
-            probs = np.asarray(model.predict_proba(np.stack(crops), batch_size=batch_size)
-                               if _accepts_batch_size(model) else model.predict_proba(np.stack(crops)),
+            probs = np.asarray(model.predict_proba(np.stack(crops), batch_size=batch_size),
                                dtype=np.float64).reshape(-1)
             timings["classify_s"] += time.perf_counter() - t
             if probs.shape[0] != len(crops):
                 raise ValueError(f"model returned {probs.shape[0]} scores for {len(crops)} faces")
             for (fi, face), p in zip(owners, probs, strict=True):
                 d = face.to_dict()
-                frames[fi]["faces"].append({"box": d["box"], "score": _r(p), "det_score": d["det_score"]})
+                frames[fi]["faces"].append({"box": d["box"], "score": rounded(p), "det_score": d["det_score"]})
             for fr in frames:
                 if fr["faces"]:
                     fr["score"] = max(f["score"] for f in fr["faces"])
@@ -206,7 +177,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
         face_frames = [fr for fr in frames if fr["score"] is not None]
         res["n_frames_with_faces"] = len(face_frames)
         if not face_frames:
-            res["label"] = "NoFace"
+            res["label"] = NO_FACE
             res["message"] = (f"no face found in any of the {len(frames)} sampled frames; "
                               f"no verdict (try more frames, or a video where a face is visible)")
             res["timeline_smoothed"] = [None] * len(frames)
@@ -216,15 +187,15 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
         p_mean = aggregate(scores, "mean")
         p_conf = aggregate(scores, "confident")
         p = p_conf if aggregation == "confident" else p_mean
-        res.update(p_fake=_r(p), label=_label(p, threshold), confidence=confidence_level(p),
-                   p_fake_mean=_r(p_mean), p_fake_confident=_r(p_conf), flicker=_r(flicker(scores)))
+        res.update(p_fake=rounded(p), label=verdict(p, threshold), confidence=confidence_level(p),
+                   p_fake_mean=rounded(p_mean), p_fake_confident=rounded(p_conf), flicker=rounded(flicker(scores)))
         sm = iter(smooth(scores, smooth_window, "median"))
-        res["timeline_smoothed"] = [_r(next(sm)) if fr["score"] is not None else None for fr in frames]
+        res["timeline_smoothed"] = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]
     except Exception as e:  # noqa: BLE001 - a batch of files must go on; the error is reported
         msg = str(e) if isinstance(e, VideoError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, VideoError):
             log.warning("analysis of %s failed: %s", path, msg, exc_info=True)
-        res.update(p_fake=None, label="Error", confidence=None, error=msg, message=msg)
+        mark_error(res, msg)
     finally:
         timings["total_s"] = time.perf_counter() - t_start
         res["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -242,12 +213,3 @@ def _timed(iterator, timings: dict, key: str):
             return
         timings[key] += time.perf_counter() - t
         yield item
-
-
-def _accepts_batch_size(model) -> bool:
-    import inspect
-
-    try:
-        return "batch_size" in inspect.signature(model.predict_proba).parameters
-    except (TypeError, ValueError):
-        return False

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..faces.crop import model_margin, square_crop
 from ..faces.detect import get_detector, largest_face
+from ..results import confidence_level, verdict
 from .read import FALLBACK_FPS, VideoError
 
 
@@ -124,8 +125,6 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
     ("end" | "max_seconds" | "stop_event" | "interrupt"), "error"}``. Raises
     :class:`VideoError` when the source cannot be opened.
     """
-    from .analyze import confidence_level
-
     target, kind = parse_source(source)
     cap = cv2.VideoCapture(target)
     if not cap.isOpened():
@@ -140,7 +139,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
         realtime = kind == "file"
     detector = detector if detector is not None else get_detector()
     size = int(model.input_size)
-    threshold = float(getattr(model, "threshold", 0.5))
+    threshold = float(model.threshold)
 
     reader = _LatestFrame(cap, fps if realtime else None)
     scores: deque[float] = deque(maxlen=max(1, int(window)))
@@ -181,7 +180,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
                 on_update({"frame_index": index, "time": round(index / fps, 3),
                            "face": None if face is None else [round(v, 1) for v in face.box],
                            "frame_score": frame_score, "p_fake": p,
-                           "label": "NoFace" if p is None else ("Fake" if p >= threshold else "Real"),
+                           "label": verdict(p, threshold),
                            "n_scores": len(scores), "fps": analysed / elapsed if elapsed > 0 else 0.0,
                            "frames_read": reader.frames_read, "frames_analysed": analysed,
                            "frames_dropped": reader.frames_dropped})
@@ -199,7 +198,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             "frames_analysed": analysed, "frames_with_face": with_face,
             "frames_dropped": max(0, reader.frames_read - analysed), "seconds": round(seconds, 3),
             "analysed_fps": round(analysed / seconds, 2) if seconds > 0 else 0.0,
-            "label": "NoFace" if p is None else ("Fake" if p >= threshold else "Real"),
+            "label": verdict(p, threshold),
             "p_fake": None if p is None else round(p, 6),
             "p_fake_mean": round(float(np.mean(all_scores)), 6) if all_scores else None,
             "confidence": confidence_level(p), "threshold": threshold, "window": int(window),

@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+from ..data.media import VIDEO_EXTENSIONS, kind_of  # noqa: F401  the one extension table, re-exported
+
 DEFAULT_N_FRAMES = 32
 FALLBACK_FPS = 25.0
 
@@ -47,7 +48,8 @@ class VideoInfo:
 
 
 def is_video_path(path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    """Whether ``path``'s extension (any case) is one of VIDEO_EXTENSIONS."""
+    return kind_of(path) == "video"
 
 
 def _fourcc(cap) -> str:

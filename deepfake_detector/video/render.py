@@ -152,3 +152,20 @@ def plot_timeline(result: dict, out_png, title: str | None = None) -> str:
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(os.fspath(out_png), format="png")
     return os.fspath(out_png)
+
+
+def numbered(path: str, video: str, n: int) -> str:
+    """The first video writes to ``path``; later ones to ``path`` with the video's name added."""
+    if n == 0:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{Path(video).stem}{p.suffix}"))
+
+
+def write_video_outputs(result: dict, annotate: str | None = None, timeline: str | None = None, n: int = 0) -> None:
+    """``predict --annotate / --timeline`` for the ``n``-th video of a run: the annotated copy
+    and the score plot, numbered after the first so that several videos do not collide."""
+    if annotate:
+        annotate_video(result["path"], result, numbered(annotate, result["path"], n))
+    if timeline:
+        plot_timeline(result, numbered(timeline, result["path"], n))

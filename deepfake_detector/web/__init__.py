@@ -6,7 +6,7 @@ UI at ``/``); ``serve(...)`` runs it with uvicorn (``deepfake-detector serve``).
 neither Gradio nor FastAPI.
 """
 
-from .app import DEFAULT_HOST, DEFAULT_PORT, create_app, load, serve
+from .app import DEFAULT_HOST, DEFAULT_PORT, create_app, serve
 from .uploads import DEFAULT_MAX_UPLOAD_MB
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_UPLOAD_MB", "DEFAULT_PORT", "create_app", "load", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_UPLOAD_MB", "DEFAULT_PORT", "create_app", "serve"]

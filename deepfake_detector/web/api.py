@@ -10,21 +10,21 @@ an empty file or a type that is not a supported image or video, judged by conten
 (``{"error": ...}``); 422 when the file has a supported type but cannot be decoded (the
 result object, with ``error`` set); 400 for a request that is not a multipart upload.
 
-Each request gets its own temporary folder, removed when the answer is ready. Model calls
-are serialised (one lock per model: the engine's layers keep per-call caches); face
-detection and decoding run in parallel in the worker threads.
+Each request gets its own temporary folder, removed when the answer is ready. Calls into a
+model that is not thread-safe (its ``abilities`` say) are serialised; face detection and
+decoding run in parallel in the worker threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import tempfile
 import threading
 from pathlib import Path
 
 from .. import __version__
+from ..results import is_error
 from .uploads import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -43,19 +43,15 @@ FALSE = {"0", "false", "no", "off"}
 
 
 class SerialModel:
-    """A model shared by threads: ``predict_proba`` and :meth:`explain` hold one lock.
+    """A model shared by threads: ``predict_proba`` and :meth:`explain` hold one lock unless
+    the model declares itself thread-safe.
 
     Everything else (``input_size``, ``threshold``, ``describe()``...) is the wrapped model's.
     """
 
     def __init__(self, model):
         self.inner = model
-        # the NumPy engine's layers keep per-call state; onnxruntime sessions are thread-safe
-        self.lock = threading.RLock() if hasattr(model, "net") else contextlib.nullcontext()
-        try:
-            self._batch_kw = "batch_size" in inspect.signature(model.predict_proba).parameters
-        except (TypeError, ValueError):
-            self._batch_kw = False
+        self.lock = contextlib.nullcontext() if model.abilities.thread_safe else threading.RLock()
 
     def __getattr__(self, name):  # only for names not defined here
         if name == "inner":
@@ -64,9 +60,7 @@ class SerialModel:
 
     def predict_proba(self, images, batch_size: int = 64):
         with self.lock:
-            if self._batch_kw:
-                return self.inner.predict_proba(images, batch_size=batch_size)
-            return self.inner.predict_proba(images)
+            return self.inner.predict_proba(images, batch_size=batch_size)
 
     def explain(self, face_crop, method: str = "auto"):
         from ..explain import explain
@@ -100,7 +94,7 @@ def rename_path(row: dict, path: str, display_name: str) -> dict:
 
 def status_of(row: dict) -> int:
     """200, or 422 when the file could not be decoded (a face-less file is a result, not an error)."""
-    return 422 if row.get("error") is not None and row.get("label") != "NoFace" else 200
+    return 422 if is_error(row) else 200
 
 
 def parse_bool(value, default: bool = True) -> bool:
@@ -115,17 +109,18 @@ def parse_bool(value, default: bool = True) -> bool:
 
 
 def health(model) -> dict:
-    describe = getattr(model, "describe", None)
-    return {"status": "ok", "model": describe() if callable(describe) else None, "version": __version__}
+    return {"status": "ok", "model": model.describe(), "version": __version__}
 
 
 def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,
-                   n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                   n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS,
+                   detector=None) -> None:
     """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
 
     ``max_upload_mb``: the largest file accepted (413 above); ``max_pixels``: the largest image
     (by its header) accepted; ``temp_dir``: where each request's temporary folder is made
-    (default: the system's); ``n_frames``: frames sampled per video (as ``predict --frames``).
+    (default: the system's); ``n_frames``: frames sampled per video (as ``predict --frames``);
+    ``detector``: a face detector (default: the default one).
     """
     from fastapi import Request
     from fastapi.responses import JSONResponse
@@ -152,7 +147,7 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
             path = Path(tmp) / ("upload" + ftype.ext)  # the library reads by extension: use the sniffed one
             got.path.rename(path)
             try:
-                row = await run_in_threadpool(predict_file, model, path, name, faces, n_frames)
+                row = await run_in_threadpool(predict_file, model, path, name, faces, n_frames, detector)
             except Exception as e:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
                 log.exception("predict failed for %s", name)
                 return error(500, f"{type(e).__name__}: {e}")

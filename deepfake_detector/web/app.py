@@ -15,7 +15,6 @@ app deletes cached files older than 15 minutes every 5 minutes.
 
 from __future__ import annotations
 
-import csv
 import html
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..results import error_row, write_csv
 from .api import SerialModel, add_api_routes, predict_file, serial, status_of
 from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, check_file, max_bytes, safe_name
 
@@ -41,7 +41,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DISPLAY_MAX_SIDE = 1024  # the annotated photo is shown at most this large
 HEATMAP_SIDE = 256
-CSV_COLUMNS = ("path", "kind", "p_fake", "label", "confidence", "error")  # as predict --format csv
 TABLE_COLUMNS = ("file", "label", "p_fake", "confidence", "face", "message", "error")
 COLOURS = {"Fake": (220, 38, 38), "Real": (22, 163, 74)}  # RGB
 CSS = """
@@ -166,27 +165,21 @@ def analyse_images(model, paths, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, o
                 rows.append(predict_file(model, _with_extension(path, ftype.ext, tmp), name, faces=True,
                                          detector=detector))
         except UploadError as e:
-            from ..predict import image_row
-
-            rows.append(image_row(name, None, model, e.message))
+            rows.append(error_row(name, e.message, "image", model.threshold))
     csv_path = None
     if out_dir is not None and rows:
-        csv_path = str(Path(out_dir) / f"predictions-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv")
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: r.get(k) for k in CSV_COLUMNS})
+        csv_path = write_csv(rows, Path(out_dir) / f"predictions-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                  f"{uuid.uuid4().hex[:6]}.csv")
     return rows, csv_path
 
 
 def table_rows(rows: list[dict]) -> list[list]:
-    return [[r["path"], r.get("label") or "Error", r.get("p_fake"), r.get("confidence"),
+    return [[r["path"], r.get("label"), r.get("p_fake"), r.get("confidence"),
              None if r.get("face") is None else str(r["face"]), r.get("message"), r.get("error")] for r in rows]
 
 
 def analyse_video(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, n_frames: int = 32,
-                  name: str | None = None) -> tuple[dict, np.ndarray | None]:
+                  name: str | None = None, detector=None) -> tuple[dict, np.ndarray | None]:
     """A video file -> (the CLI's video result, the timeline plot as an RGB array)."""
     from ..data import load_image
     from ..video.render import plot_timeline
@@ -197,7 +190,7 @@ def analyse_video(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, n_f
         raise UploadError(f"this is a {ftype.name} image: use the Image tab", 415)
     name = name or safe_name(os.path.basename(str(path)))
     with tempfile.TemporaryDirectory(prefix="dfd-ui-") as tmp:
-        res = predict_file(model, _with_extension(path, ftype.ext, tmp), name, n_frames=n_frames)
+        res = predict_file(model, _with_extension(path, ftype.ext, tmp), name, n_frames=n_frames, detector=detector)
         if status_of(res) != 200:
             raise UploadError(res.get("error") or "the video could not be read", 422)
         png = Path(tmp) / "timeline.png"
@@ -214,13 +207,13 @@ def video_summary(res: dict) -> str:
 
 # --- the Gradio UI -------------------------------------------------------------------------
 def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None, n_frames: int = 32,
-             explain_method: str = "auto"):
+             explain_method: str = "auto", detector=None):
     """The Gradio Blocks (not yet mounted)."""
     import gradio as gr
 
     model = serial(model)
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="dfd-web-"))
-    desc = model.describe() if callable(getattr(model, "describe", None)) else {}
+    desc = model.describe()
 
     def refused(e: UploadError):
         return gr.Error(e.message, title="File refused" if e.status in (413, 415) else "Cannot read the file")
@@ -229,7 +222,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
         if not path:
             raise gr.Error("Upload a photo first.")
         try:
-            out = analyse_image(model, path, max_upload_mb, explain_method)
+            out = analyse_image(model, path, max_upload_mb, explain_method, detector=detector)
         except UploadError as e:
             raise refused(e) from None
         return verdict_html(out["row"]), out["annotated"], out["overlay"], out["row"]
@@ -238,14 +231,14 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
         if not files:
             raise gr.Error("Upload one or more photos first.")
         paths = [getattr(f, "name", f) for f in files]
-        rows, csv_path = analyse_images(model, paths, max_upload_mb, out_dir=work_dir)
+        rows, csv_path = analyse_images(model, paths, max_upload_mb, out_dir=work_dir, detector=detector)
         return table_rows(rows), csv_path
 
     def on_video(path):
         if not path:
             raise gr.Error("Upload a video first.")
         try:
-            res, plot = analyse_video(model, path, max_upload_mb, n_frames)
+            res, plot = analyse_video(model, path, max_upload_mb, n_frames, detector=detector)
         except UploadError as e:
             raise refused(e) from None
         return video_summary(res), plot, res
@@ -295,12 +288,12 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
 
 
 def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, ui: bool = True,
-               n_frames: int = 32, explain_method: str = "auto"):
+               n_frames: int = 32, explain_method: str = "auto", detector=None):
     """The FastAPI app: ``/api/predict``, ``/api/health`` and (with ``ui``) the Gradio UI at ``/``.
 
-    ``model``: a loaded model (``Model`` or ``OnnxModel``); ``temp_dir``: where the API's
-    per-request temporary folders go (default: the system's); ``max_upload_mb``: the limit for
-    the API and the UI alike.
+    ``model``: a loaded :class:`~deepfake_detector.models.Predictor`; ``temp_dir``: where the
+    API's per-request temporary folders go (default: the system's); ``max_upload_mb``: the
+    limit for the API and the UI alike; ``detector``: a face detector (default: the default one).
     """
     from fastapi import FastAPI
 
@@ -310,7 +303,8 @@ def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=Non
     model = serial(model)
     app = FastAPI(title="deepfake-detector", version=__version__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
-    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames)  # before the UI: "/" catches the rest
+    # the API before the UI: "/" catches the rest
+    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames, detector=detector)
     app.state.model = model
     app.state.max_upload_mb = max_upload_mb
     if ui:
@@ -318,7 +312,7 @@ def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=Non
 
         work_dir = tempfile.mkdtemp(prefix="dfd-web-")
         app.state.work_dir = work_dir
-        blocks = build_ui(model, max_upload_mb, work_dir, n_frames, explain_method)
+        blocks = build_ui(model, max_upload_mb, work_dir, n_frames, explain_method, detector)
         app = gr.mount_gradio_app(app, blocks, path="/", server_name=DEFAULT_HOST, footer_links=[], ssr_mode=False,
                                   max_file_size=max_bytes(max_upload_mb), allowed_paths=[work_dir], show_error=True,
                                   mcp_server=False, enable_monitoring=False, css=CSS, pwa=False)
@@ -343,23 +337,16 @@ def _cleanup_on_shutdown(app, *dirs):
     app.router.lifespan_context = lifespan
 
 
-def load(model_path=None, runtime: str | None = None, device: str = "cpu", threads: int | None = None):
-    """The model to serve, as the CLI loads it (:func:`deepfake_detector.predict.get_model`):
-    an .onnx file runs on onnxruntime; ``runtime="onnx"`` exports a .npz checkpoint first."""
-    from ..predict import get_model
-
-    return get_model(model_path, device, runtime=runtime or "numpy", threads=threads)
-
-
 def serve(model_path=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, runtime: str | None = None, model=None,
-          device: str = "cpu", log_level: str = "info", threads: int | None = None) -> None:
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, runtime: str = "auto", model=None,
+          device: str = "cpu", log_level: str = "info", threads: int | None = None,
+          detector: str | None = None) -> None:
     """Run the web app until interrupted (``deepfake-detector serve``). Listens on 127.0.0.1
     unless ``host`` says otherwise; no share link, no analytics.
 
-    ``model_path``: .npz checkpoint or .onnx export (default: the packaged model); ``runtime``:
-    see :func:`load`; ``model``: an already loaded model instead (then ``model_path`` and
-    ``runtime`` are ignored).
+    ``model_path`` / ``runtime``: as :func:`deepfake_detector.models.load` (default: the packaged
+    model); ``model``: an already loaded model instead (then ``model_path`` and ``runtime`` are
+    ignored).
     """
     import signal
     import sys
@@ -377,8 +364,14 @@ def serve(model_path=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         # so that the clean-up below runs (the default handler would kill the process first)
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        model = model if model is not None else load(model_path, runtime, device, threads)
-        app = create_app(model, max_upload_mb=max_upload_mb)
+        if model is None:
+            from ..models import load
+
+            model = load(model_path, runtime, device, threads)
+        from ..faces import get_detector
+
+        chosen = {"detector": get_detector(detector)} if detector else {}  # else create_app's default
+        app = create_app(model, max_upload_mb=max_upload_mb, **chosen)
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: the app is reachable from other machines", host)
         print(f"deepfake-detector web app on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
@@ -397,4 +390,4 @@ def _exit_on_sigterm(signum, frame):
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "SerialModel", "analyse_image", "analyse_images", "analyse_video",
-           "build_ui", "create_app", "load", "serve"]
+           "build_ui", "create_app", "serve"]

@@ -1,14 +1,10 @@
-"""An evaluation report: plots, ``metrics.json`` and one self-contained ``index.html``.
-
-Plots are drawn on bare :class:`matplotlib.figure.Figure` objects rendered by the Agg
-canvas, never through ``pyplot``: no display is needed, no global backend is switched
-and no figure is left registered (nothing leaks between calls).
-"""
+"""Every figure: the evaluation plots (ROC, PR, confusion matrix, score histogram,
+reliability), the sample grid and the training curves. Drawn on bare :class:`Figure`
+objects rendered by the Agg canvas, never through ``pyplot``: no display is needed, no
+global backend is switched and no figure is left registered (nothing leaks between calls)."""
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,35 +14,13 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .metrics import CLASS_NAMES, compute_metrics, reliability_curve
+from ..metrics import CLASS_NAMES, reliability_curve
 
 PLOTS = ("roc.png", "pr.png", "confusion_matrix.png", "score_histogram.png", "reliability.png")
 SAMPLES = "samples.png"
 PER_GROUP = 6  # tiles per row of the sample grid
 TILE_PX = 104  # tile side in the sample grid, pixels
 COLORS = ("tab:blue", "tab:red")  # Real, Fake
-
-# rows of metrics.json / index.html: (key, label)
-ROWS = (
-    ("n", "samples"),
-    ("n_real", "real"),
-    ("n_fake", "fake"),
-    ("threshold", "threshold"),
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("precision", "precision (fake)"),
-    ("recall", "recall (fake)"),
-    ("f1", "F1 (fake)"),
-    ("accuracy_real", "accuracy on real"),
-    ("accuracy_fake", "accuracy on fake"),
-    ("roc_auc", "ROC AUC"),
-    ("average_precision", "average precision"),
-    ("eer", "EER"),
-    ("eer_threshold", "EER threshold"),
-    ("log_loss", "log loss"),
-    ("brier", "Brier score"),
-    ("ece", "ECE (15 bins)"),
-)
 
 
 # --- figures --------------------------------------------------------------------------
@@ -274,154 +248,23 @@ def plot_samples(
     return True
 
 
-# --- JSON and HTML --------------------------------------------------------------------
-def _jsonable(v):
-    """``json.dumps`` fallback for numpy values and paths."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=_jsonable)
-    return str(v)
-
-
-def _cm_html(m: dict) -> str:
-    (tn, fp), (fn, tp) = m["confusion_matrix"]
-    return (
-        f"<table><caption>threshold {m['threshold']:.4f}</caption>"
-        "<tr><th>true \\ predicted</th><th>Real</th><th>Fake</th></tr>"
-        f"<tr><th>Real</th><td>{tn}</td><td>{fp}</td></tr>"
-        f"<tr><th>Fake</th><td>{fn}</td><td>{tp}</td></tr></table>"
-    )
-
-
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 1.5em 1em 0; display: inline-table; vertical-align: top; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; }
-td { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f4f4f4; text-align: left; }
-caption { font-weight: bold; padding: 0.3em; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-img { max-width: 100%; border: 1px solid #ddd; }
-"""
-
-
-def _html(report: dict, images: list[str]) -> str:
-    m05, mt = report["at_0.5"], report["at_threshold"]
-    e = html.escape
-    rows = "".join(
-        f"<tr><th>{e(label)}</th><td>{e(_fmt(m05[k]))}</td><td>{e(_fmt(mt[k]))}</td></tr>"
-        for k, label in ROWS
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(report['title'])}</title><style>{CSS}</style></head><body>",
-        f"<h1>{e(report['title'])}</h1>",
-        "<h2>Metrics</h2>",
-        "<table><tr><th>metric</th><th>threshold 0.5</th>"
-        f"<th>threshold {report['threshold']:.4f}</th></tr>{rows}</table>",
-        _cm_html(m05),
-        _cm_html(mt),
-        "<p>Fake is the positive class; a sample is called Fake when P(fake) &ge; threshold. "
-        "ROC AUC, average precision, EER, log loss, Brier score and ECE do not depend on it.</p>",
-    ]
-    if report["extra"]:
-        extra = "".join(
-            f"<tr><th>{e(str(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in report["extra"].items()
-        )
-        parts += ["<h2>Details</h2>", f"<table>{extra}</table>"]
-    parts.append("<h2>Plots</h2>")
-    parts += [f'<figure><img src="{e(name)}" alt="{e(name)}"></figure>' for name in images]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-# --- entry point ----------------------------------------------------------------------
-def write_report(
-    out_dir: str | Path,
-    y_true,
-    p_fake,
-    *,
-    paths: Sequence[str | Path] | None = None,
-    thumbnails: np.ndarray | None = None,
-    threshold: float = 0.5,
-    title: str = "Evaluation",
-    extra: dict | None = None,
-) -> dict:
-    """Write plots, ``metrics.json`` and ``index.html`` for one evaluation into ``out_dir``.
-
-    Parameters
-    ----------
-    out_dir : str or Path
-        Created if missing; files in it with the same names are overwritten.
-    y_true : array-like, shape (N,)
-        0 = Real, 1 = Fake.
-    p_fake : array-like, shape (N,)
-        P(fake) in [0, 1].
-    paths : sequence of str or Path, length N, optional
-        Image files, loaded with Pillow for the sample grid when ``thumbnails`` is None.
-    thumbnails : uint8 array, shape (N, H, W, 3), optional
-        Images aligned with ``y_true`` for the sample grid.
-    threshold : float
-        The chosen decision threshold (``p_fake >= threshold`` => Fake).
-    title : str
-        Page title.
-    extra : dict, optional
-        JSON-serialisable extra information (model, dataset, temperature...), stored
-        in ``metrics.json`` and shown in the page.
-
-    Returns
-    -------
-    dict
-        What ``metrics.json`` holds: ``title``, ``threshold``, ``at_0.5`` and
-        ``at_threshold`` (:func:`~deepfake_detector.metrics.compute_metrics` at 0.5 and at
-        ``threshold``), ``extra`` and ``files`` (names written, relative to ``out_dir``).
-        Files: roc.png, pr.png, confusion_matrix.png, score_histogram.png,
-        reliability.png, samples.png (only when ``thumbnails`` or ``paths`` is given),
-        metrics.json, index.html.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    m05 = compute_metrics(y_true, p_fake, 0.5)
-    mt = compute_metrics(y_true, p_fake, threshold)
-    y = np.asarray(y_true).reshape(-1).astype(np.int64)
-    p = np.asarray(p_fake, dtype=np.float64).reshape(-1)
-    for name, seq in (("thumbnails", thumbnails), ("paths", paths)):
-        if seq is not None and len(seq) != y.size:
-            raise ValueError(f"{name} has {len(seq)} entries for {y.size} labels")
-
-    plot_roc(out / "roc.png", y, p, m05)
-    plot_pr(out / "pr.png", y, p, m05)
-    plot_confusion(out / "confusion_matrix.png", mt)
-    plot_histogram(out / "score_histogram.png", y, p, threshold)
-    plot_reliability(out / "reliability.png", y, p, m05["ece"])
-    images = list(PLOTS)
-    if plot_samples(out / SAMPLES, y, p, threshold, thumbnails, paths):
-        images.append(SAMPLES)
-
-    report = {
-        "title": title,
-        "threshold": float(threshold),
-        "at_0.5": m05,
-        "at_threshold": mt,
-        "extra": dict(extra or {}),
-        "files": [*images, "metrics.json", "index.html"],
-    }
-    text = json.dumps(report, indent=2, default=_jsonable)
-    (out / "metrics.json").write_text(text + "\n", encoding="utf-8")
-    report = json.loads(text)  # exactly what the file holds (numpy values made plain)
-    (out / "index.html").write_text(_html(report, images), encoding="utf-8")
-    return report
+# --- training ------------------------------------------------------------------------
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    """Loss, accuracy (train and validation) and validation ROC-AUC per epoch, from the rows
+    of a run's ``metrics.jsonl``."""
+    fig = _figure(10, 3.6)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ep = [h["epoch"] + 1 for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set(title="loss", xlabel="epoch")
+    ax1.legend()
+    ax2.plot(ep, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax2.plot(ep, [h["val_accuracy"] for h in history], "o-", label="validation")
+    ax2.set(title="accuracy", xlabel="epoch")
+    ax2.legend()
+    ax3.plot(ep, [h["val_roc_auc"] for h in history], "o-", color="C2")
+    ax3.set(title="validation ROC-AUC", xlabel="epoch")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -1,36 +1,30 @@
-"""Run an exported model with onnxruntime, behind the interface of :class:`~deepfake_detector.models.Model`.
+"""An exported model run by onnxruntime, behind the :class:`Predictor` interface.
 
-:class:`OnnxModel` loads a .onnx file written by :func:`deepfake_detector.export.export_onnx`
-and reads its metadata back (architecture, config, preprocessing, class names, ``meta``),
-so ``predict``, ``evaluate``, the video code and the web app can take it in place of a
-``Model``: same ``normalize``, ``logits``, ``predict_proba``, ``threshold``,
-``temperature``, ``face_margin`` and ``describe``. It has no gradients (no ``backward``;
-``supports_gradients`` is False), so explanations use occlusion sensitivity with it.
-
-:func:`load_any` picks the loader from the file's extension. Only onnxruntime is needed
-here, not the ``onnx`` package.
+:class:`OnnxModel` reads a .onnx file written by :func:`deepfake_detector.export.export_onnx`
+(graph plus metadata: architecture, preprocessing, threshold, temperature...), so the file
+alone predicts, with onnxruntime only. It gives no gradients (heatmaps use occlusion).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from . import export as _fmt
-from .models.base import CLASS_NAMES, Predictor, Preprocess
-from .nn.backend import DeviceError
-from .nn.io import CheckpointError
-
-INPUT_NAME, OUTPUT_NAME = _fmt.INPUT_NAME, _fmt.OUTPUT_NAME
+from ..nn.backend import DeviceError
+from ..nn.io import CheckpointError
+from . import onnx_format as fmt
+from .predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
 
 
 class OnnxModelError(CheckpointError):
     """The file is not an ONNX model exported by this program (or cannot be read)."""
 
 
-def _session(path: Path, threads: int | None, device: str):
+def _session(source, threads: int | None, device: str, name: str):
+    """An onnxruntime session over ``source`` (a path or the model's bytes)."""
     import onnxruntime as ort  # noqa: PLC0415 - keeps importing this module cheap
 
     if device == "cpu":
@@ -49,46 +43,63 @@ def _session(path: Path, threads: int | None, device: str):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
     try:
-        return ort.InferenceSession(str(path), so, providers=providers)
+        return ort.InferenceSession(source if isinstance(source, bytes) else str(source), so, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise OnnxModelError(f"{path}: onnxruntime cannot load it ({e})") from e
+        raise OnnxModelError(f"{name}: onnxruntime cannot load it ({e})") from e
 
 
 class OnnxModel(Predictor):
-    """An exported model run by onnxruntime; the inference half of ``Model``'s interface."""
+    """An exported model run by onnxruntime: inference only, thread-safe."""
 
+    kind = "onnx"
     engine = "onnxruntime"
-    supports_gradients = False
 
-    def __init__(self, path, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, path, threads: int | None = None, device: str = "cpu", *, data: bytes | None = None):
+        """``path``: the .onnx file; or ``data``: its bytes (then ``path`` only names it)."""
         self.path = Path(path)
-        if not self.path.is_file():
+        if data is None and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: model file not found")
+        self._source = data if data is not None else self.path
         self.threads = threads
         self.device = device
-        self.session = _session(self.path, threads, device)
+        self.session = _session(self._source, threads, device, str(self.path))
         props = dict(self.session.get_modelmeta().custom_metadata_map)
-        if props.get(_fmt.META_FORMAT) != _fmt.FORMAT:
+        if props.get(fmt.META_FORMAT) != fmt.FORMAT:
             raise OnnxModelError(f"{self.path}: an ONNX file without deepfake_detector metadata "
                                  "(export it with `deepfake-detector export` / export_onnx)")
         try:
-            self.arch: str = props[_fmt.META_ARCH]
-            self.config: dict = json.loads(props.get(_fmt.META_CONFIG, "{}"))
-            pp = json.loads(props[_fmt.META_PREPROCESS])
+            self.arch: str = props[fmt.META_ARCH]
+            self.config: dict = json.loads(props.get(fmt.META_CONFIG, "{}"))
+            pp = json.loads(props[fmt.META_PREPROCESS])
             self.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
-            names = json.loads(props.get(_fmt.META_CLASS_NAMES, "null"))
+            names = json.loads(props.get(fmt.META_CLASS_NAMES, "null"))
             self.class_names: tuple = tuple(names) if names else CLASS_NAMES
-            self.meta: dict = json.loads(props.get(_fmt.META_META, "{}"))
-            self._num_parameters = int(props[_fmt.META_PARAMETERS]) if _fmt.META_PARAMETERS in props else None
+            self.meta: dict = json.loads(props.get(fmt.META_META, "{}"))
+            self._num_parameters = int(props[fmt.META_PARAMETERS]) if fmt.META_PARAMETERS in props else None
         except (KeyError, ValueError, TypeError) as e:
             raise OnnxModelError(f"{self.path}: unreadable deepfake_detector metadata ({e})") from e
         self.metadata = props
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise OnnxModelError(f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
-        dim0 = inputs[INPUT_NAME].shape[0]
+        if fmt.INPUT_NAME not in inputs or fmt.OUTPUT_NAME not in outputs:
+            raise OnnxModelError(f"{self.path}: expected input {fmt.INPUT_NAME!r} and output {fmt.OUTPUT_NAME!r}")
+        dim0 = inputs[fmt.INPUT_NAME].shape[0]
         self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+
+    @classmethod
+    def exported_from(cls, model, threads: int | None = None, device: str = "cpu") -> OnnxModel:
+        """``model`` exported to ONNX and run by onnxruntime; the export's temporary folder
+        is removed before this returns (the session keeps the graph in memory)."""
+        from ..export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="dfd-onnx-") as tmp:
+            path = export_onnx(model, Path(tmp) / f"{model.arch}.onnx")
+            data = path.read_bytes()
+        return cls(f"{model.arch} (exported on the fly)", threads, device, data=data)
+
+    @property
+    def abilities(self) -> Abilities:
+        return Abilities(thread_safe=True, threads=self.threads)
 
     # --- the network ---------------------------------------------------------------
     def forward(self, x, training: bool = False) -> np.ndarray:
@@ -98,14 +109,14 @@ class OnnxModel(Predictor):
         x = np.ascontiguousarray(x, dtype=np.float32)
         b = self._fixed_batch
         if b is None:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            return self.session.run([fmt.OUTPUT_NAME], {fmt.INPUT_NAME: x})[0]
         out = []  # a graph exported with a fixed batch: run it in chunks of that size, pad the last
         for i in range(0, len(x), b):
             chunk = x[i : i + b]
             n = len(chunk)
             if n < b:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
-            out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0][:n])
+            out.append(self.session.run([fmt.OUTPUT_NAME], {fmt.INPUT_NAME: chunk})[0][:n])
         return np.concatenate(out)
 
     def num_parameters(self) -> int | None:
@@ -113,9 +124,14 @@ class OnnxModel(Predictor):
 
     def to(self, device: str):
         if device != self.device:
-            self.session = _session(self.path, self.threads, device)
+            self.session = _session(self._source, self.threads, device, str(self.path))
             self.device = device
         return self
+
+    def set_threads(self, n: int | None) -> None:
+        if n != self.threads:
+            self.session = _session(self._source, n, self.device, str(self.path))
+            self.threads = n
 
     # --- pixels in, probabilities out: normalize, predict_proba, describe from Predictor
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
@@ -126,12 +142,3 @@ class OnnxModel(Predictor):
 
     def __repr__(self):
         return f"OnnxModel({str(self.path)!r}, arch={self.arch!r}, input_size={self.input_size})"
-
-
-def load_any(path, device: str = "cpu", threads: int | None = None):
-    """``.onnx`` -> :class:`OnnxModel` (onnxruntime); anything else -> ``models.load_model`` (.npz)."""
-    if Path(path).suffix.lower() == ".onnx":
-        return OnnxModel(path, threads=threads, device=device)
-    from .models import load_model
-
-    return load_model(path, device)

@@ -1,0 +1,123 @@
+"""One way to get a model from a file: :func:`load`, over a registry of model kinds.
+
+A kind (from-scratch, torch, ONNX, ...) says which files are its own, which runtime runs
+them and how to load one; :func:`register_kind` adds one. The default model shipped in the
+package and the error message when it is missing live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .predictor import Predictor
+
+DEFAULT_MODELS = ("default.onnx", "default.npz")  # inside deepfake_detector/assets, first found wins
+RUNTIMES = ("auto", "numpy", "torch", "onnx")  # auto: the runtime the file's kind runs on
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model file: ``claims(path)`` says whether a file is one, ``load(path, device,
+    threads)`` returns its :class:`Predictor`, which runs on ``runtime``."""
+
+    name: str
+    runtime: str
+    claims: Callable[[Path], bool]
+    load: Callable[..., Predictor]
+
+
+KINDS: dict[str, ModelKind] = {}
+
+
+def register_kind(kind: ModelKind) -> ModelKind:
+    if kind.name in KINDS:
+        raise ValueError(f"model kind {kind.name!r} registered twice")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package."""
+    assets = Path(str(resources.files("deepfake_detector") / "assets"))
+    for name in DEFAULT_MODELS:
+        if (assets / name).exists():
+            return assets / name
+    return assets / DEFAULT_MODELS[-1]
+
+
+def model_path(path=None) -> Path:
+    """``path``, or the default model's; FileNotFoundError (saying which) where it is missing."""
+    default = default_model_path()
+    path = Path(path) if path else default
+    if not path.exists():
+        hint = " (the package ships without its default model; pass --model)" if path == default else ""
+        raise FileNotFoundError(f"{path}: model file not found{hint}")
+    return path
+
+
+def kind_of_file(path) -> ModelKind:
+    path = Path(path)
+    for kind in KINDS.values():
+        if kind.claims(path):
+            return kind
+    raise ValueError(f"{path}: not a model file this program knows; known kinds: {', '.join(KINDS)}")
+
+
+def load(path=None, runtime: str = "auto", device: str = "cpu", threads: int | None = None) -> Predictor:
+    """The model at ``path``, or the default one shipped in the package, as a :class:`Predictor`.
+
+    ``runtime``: ``auto`` (what the file's kind runs on), or one of :data:`RUNTIMES`. A model
+    that can be exported runs on ``onnx`` after an export to a temporary file, removed at
+    once; any other runtime that cannot run the file is a ValueError, never a fallback.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    path = model_path(path)
+    kind = kind_of_file(path)
+    if runtime in ("auto", kind.runtime):
+        return kind.load(path, device=device, threads=threads)
+    if runtime == "onnx":
+        model = kind.load(path, device="cpu", threads=threads)
+        if model.abilities.exportable:
+            from .onnx_model import OnnxModel
+
+            return OnnxModel.exported_from(model, threads=threads, device=device)
+    raise ValueError(f"{path} is a {kind.name} model, which runs on {kind.runtime}"
+                     f"{' (or on onnx, exported on the fly)' if kind.runtime != 'onnx' else ''}; "
+                     f"runtime {runtime!r} cannot run it")
+
+
+# --- the kinds this package brings ---------------------------------------------------------
+def _engine_of(path: Path) -> str | None:
+    """The ``engine`` a .npz checkpoint names, or None for any other file."""
+    if path.suffix.lower() != ".npz":
+        return None
+    from ..nn.io import CheckpointError, read_meta
+
+    try:
+        return read_meta(path).get("engine", "numpy")
+    except CheckpointError:
+        return "numpy"  # let the checkpoint loader give its precise error
+
+
+def _load_checkpoint(path, device: str = "cpu", threads: int | None = None) -> Predictor:
+    from .scratch import load_model
+
+    model = load_model(path, device)
+    if threads is not None:
+        model.set_threads(threads)
+    return model
+
+
+def _load_onnx(path, device: str = "cpu", threads: int | None = None) -> Predictor:
+    from .onnx_model import OnnxModel
+
+    return OnnxModel(path, threads=threads, device=device)
+
+
+register_kind(ModelKind("numpy", "numpy", lambda p: _engine_of(p) == "numpy", _load_checkpoint))
+register_kind(ModelKind("torch", "torch", lambda p: _engine_of(p) == "torch", _load_checkpoint))
+register_kind(ModelKind("onnx", "onnx", lambda p: p.suffix.lower() == ".onnx", _load_onnx))

@@ -1,0 +1,68 @@
+"""What every torch architecture's builder shares: a seeded network, its ``pretrained=`` and
+``weights=`` loaded into it, the linear-probe freeze, and the :class:`TorchModel` with a
+config that rebuilds it from its checkpoint alone. An architecture file calls :func:`_build`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from deepfake_detector.models.predictor import Preprocess
+from deepfake_detector.models.torch.engine import ARCH_SPECS, MODES, TorchModel, require_torch
+from deepfake_detector.models.torch.weights import _load_into, _resolve_pretrained, load_state_dict_file
+
+log = logging.getLogger(__name__)
+
+
+def _finish(arch: str, net, heads: tuple, config: dict, mean_std, sources: list, input_size: int,
+            mode: str) -> TorchModel:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "linear-probe":
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.split(".")[0] in heads)
+    rebuild = dict(config, pretrained=False, weights=None)  # the checkpoint holds every weight
+    model = TorchModel(net, arch, rebuild, Preprocess(int(input_size), tuple(mean_std[0]), tuple(mean_std[1])),
+                       heads=heads, mode=mode, meta={"weights_source": "; ".join(sources)})
+    log.info("%s (%s): %s", arch, mode, model.meta["weights_source"])
+    return model
+
+
+def _build(arch, make_net, *, seed, input_size, mode, pretrained, weights, config, mean=None, std=None,
+           adapt=None) -> TorchModel:
+    """``make_net()`` under ``seed``, initialised from ``pretrained`` then ``weights``, as a TorchModel.
+
+    ``arch``'s :class:`~deepfake_detector.models.torch.engine.TorchArch` (in ``ARCH_SPECS``)
+    gives its head and default normalisation; weights loaded from ``pretrained`` bring the
+    normalisation they were trained with, and an explicit ``mean``/``std`` wins over both.
+    ``adapt(name, value, target)`` may reshape loaded tensors of another shape. Files are
+    read with ``torch.load(..., weights_only=True)`` (or as safetensors): never unpickled as
+    objects. The model's stored ``config`` has ``pretrained=False, weights=None`` (its
+    checkpoint holds every weight: rebuilding needs neither the package nor the network) and
+    the sources are kept in ``meta["weights_source"]``.
+    """
+    torch = require_torch()
+    spec = ARCH_SPECS[arch]
+    heads = spec.heads
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, the global generator left as it was
+        torch.manual_seed(int(seed))
+        net = make_net()
+    mean_std = (spec.mean, spec.std)
+    sources = []
+    sd, desc, pre_norm = _resolve_pretrained(arch, pretrained)
+    if sd is not None:
+        rep = _load_into(net, sd, heads, desc, adapt)
+        what = "backbone; new 2-way head" if rep["skipped"] else "every weight, the head included"
+        sources.append(f"{desc} ({what})")
+        mean_std = pre_norm or mean_std  # the normalisation those weights were trained with
+    else:
+        sources.append(desc)
+    if weights:
+        path = os.fspath(weights)
+        rep = _load_into(net, load_state_dict_file(path), heads, path, adapt)
+        sources.append(f"weights file {os.path.abspath(path)}" + (" (head kept new)" if rep["skipped"] else ""))
+    if mean is not None and std is not None:  # asked for explicitly: wins
+        mean_std = (tuple(mean), tuple(std))
+    config = dict(config, mean=list(mean_std[0]), std=list(mean_std[1]))
+    return _finish(arch, net, heads, config, mean_std, sources, input_size, mode)
