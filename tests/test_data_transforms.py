@@ -210,3 +210,28 @@ def test_augment_config_validation():
     with pytest.raises(TypeError):
         AugmentConfig.from_dict({"no_such_option": 1})
     assert AugmentConfig.from_dict({"crop_scale": [0.5, 0.9]}).crop_scale == (0.5, 0.9)
+
+
+def test_rescale_keeps_the_size_and_removes_fine_detail():
+    import cv2
+
+    from deepfake_detector.data.transforms import rescale
+
+    img = np.random.default_rng(0).integers(0, 256, (64, 48, 3), np.uint8)
+    assert np.array_equal(rescale(img, 1.0), img)  # same size down and up: nothing changes
+    small = rescale(img, 0.25)
+    assert small.shape == img.shape and small.dtype == np.uint8
+    detail = lambda a: cv2.Laplacian(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()  # noqa: E731
+    assert detail(small) < 0.2 * detail(img)
+
+
+def test_rescale_is_off_by_default_and_draws_nothing_then():
+    img = np.random.default_rng(1).integers(0, 256, (80, 80, 3), np.uint8)
+    a = augment(img, 64, np.random.default_rng(3), AugmentConfig())
+    b = augment(img, 64, np.random.default_rng(3), AugmentConfig(rescale_p=0.0))
+    assert AugmentConfig().rescale_p == 0.0 and np.array_equal(a, b)
+    only_rescale = AugmentConfig(flip_p=0, crop_p=0, jitter_p=0, blur_p=0, jpeg_p=0, rescale_p=1.0,
+                                 rescale_range=(0.3, 0.3))
+    c = augment(img, 64, np.random.default_rng(3), only_rescale)
+    assert c.shape == (64, 64, 3) and not np.array_equal(c, augment(img, 64, np.random.default_rng(3),
+                                                                     AugmentConfig.none()))

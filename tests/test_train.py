@@ -114,7 +114,7 @@ def test_train_with_faces_crops_whole_photos_first(tmp_path):
     Image.fromarray(frames[0] * 0 + 90).save(tmp_path / "photos" / "Train" / "Real" / "noface.png")
     cfg = cfg_for(tmp_path / "photos", tmp_path / "run", epochs=1, faces=True, batch_size=2)
     summary = train(cfg, progress=False)
-    crops = sorted((tmp_path / "run" / "faces" / "train").rglob("*.jpg"))
+    crops = sorted((tmp_path / "run" / "faces" / "train").rglob("*.png"))
     assert len(crops) == 6 and summary["epochs_run"] == 1  # the faceless photo was left out
     w, h = Image.open(crops[0]).size
     x1, y1, x2, y2 = boxes[0]
@@ -141,7 +141,8 @@ def test_release_calibrate_on_refits_threshold_and_temperature_on_that_folder(sy
     from deepfake_detector.release import release
 
     val = synthetic / "Validation"
-    meta = release(tmp_path / "run", tmp_path / "ship.npz", calibrate_on=val)
+    # the rule this test checks (release's default is now a 5 % false-alarm budget)
+    meta = release(tmp_path / "run", tmp_path / "ship.npz", calibrate_on=val, threshold_rule="youden")
     # the expectation, computed here from the model's logits on that folder
     model = load_model(tmp_path / "run" / "best.npz")
     images, labels, _ = load_images(load_split(synthetic, "Validation"), model.input_size)
@@ -207,3 +208,14 @@ def test_every_shipped_config_is_a_valid_recipe(path):
     cfg = TrainConfig.from_file(path)
     assert cfg.arch in list_models() and cfg.epochs >= 1
     make_synthesizer(cfg)  # an unknown synthesizer or SBI field is an error here
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "heads").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_shipped_head_config_is_a_valid_recipe(path):
+    from deepfake_detector.models import create_model
+    from deepfake_detector.train_heads import HeadConfig
+
+    cfg = HeadConfig.from_file(path)
+    assert cfg.epochs >= 1 and cfg.data
+    create_model(cfg.arch, **cfg.model_config)  # an unknown head or builder argument is an error here

@@ -19,8 +19,12 @@ from .datasets import (
     load_split,
     load_split_dir,
     read_groups,
+    read_sources,
+    resolve_samples,
     resolve_split,
+    root_name,
     samples_from_dirs,
+    source_counts,
     split_by_group,
 )
 from .decode import ImageDecodeError, decode_bytes, load_image, resize
@@ -32,4 +36,5 @@ __all__ = ["CLASS_NAMES", "IMAGE_EXTENSIONS", "MEDIA_KINDS", "VIDEO_EXTENSIONS",
            "DataLoader", "IgnoredFiles", "ImageDecodeError", "MediaWalk", "Sample", "Splits", "augment",
            "check_disjoint", "class_counts", "decode_bytes", "discover", "eval_transform", "find_split",
            "is_split_dir", "kind_of", "list_images", "load_arrays", "load_image", "load_split", "load_split_dir",
-           "read_groups", "resize", "resolve_split", "samples_from_dirs", "split_by_group", "walk_media"]
+           "read_groups", "read_sources", "resize", "resolve_samples", "resolve_split", "root_name",
+           "samples_from_dirs", "source_counts", "split_by_group", "walk_media"]

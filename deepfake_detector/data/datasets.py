@@ -6,12 +6,15 @@ Layout::
       Train/{Real,Fake}/...        (any depth below the class folder)
       Validation/{Real,Fake}/...   (optional: carved from Train when missing)
       Test/{Real,Fake}/...         (optional)
-      metadata.csv                 (optional: columns ``file`` (relative to root), ``group``)
+      metadata.csv                 (optional: columns ``file`` (relative to root), ``group``,
+                                    ``source``)
 
 Folder names are matched case-insensitively, with aliases (``val``, ``valid``...).
 A *group* ties together files that must never sit on both sides of a split: frames of
 one video, or a real video and the fakes made from it. Files without a group in
-metadata.csv are their own group.
+metadata.csv are their own group. A *source* names where a sample comes from (a generator,
+a photo collection): the ``source`` column of metadata.csv where there is one, else the
+name of the dataset root (:func:`root_name`, or the name given to :func:`discover`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .media import IMAGE_EXTENSIONS, walk_media
 
 __all__ = ["CLASS_NAMES", "IMAGE_EXTENSIONS", "Sample", "Splits", "check_disjoint", "class_counts",
            "discover", "find_class_dir", "find_split", "is_split_dir", "list_images", "load_split",
-           "load_split_dir", "read_groups", "resolve_split", "samples_from_dirs", "split_by_group"]
+           "load_split_dir", "read_groups", "read_sources", "resolve_samples", "resolve_split", "root_name",
+           "samples_from_dirs", "source_counts", "split_by_group"]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +43,21 @@ SPLIT_ALIASES = {
     "validation": ("validation", "val", "valid"),
     "test": ("test",),
 }
+_SPLIT_NAMES = frozenset(a for al in SPLIT_ALIASES.values() for a in al)
 CLASS_ALIASES = {0: ("real",), 1: ("fake",)}
 METADATA_FILE = "metadata.csv"
 
 
 class Sample(NamedTuple):
-    """One labelled image. ``label``: 0 = Real, 1 = Fake."""
+    """One labelled image. ``label``: 0 = Real, 1 = Fake. ``source``: where it comes from
+    (metadata.csv's ``source`` column, else its root's name); ``root``: the name of the
+    dataset root it was found in ("" for samples made by hand)."""
 
     path: str
     label: int
     group: str
+    source: str = ""
+    root: str = ""
 
 
 class Splits(NamedTuple):
@@ -167,23 +176,52 @@ def read_groups(metadata_csv: str | os.PathLike) -> dict[str, str]:
         return {_key(base / row["file"]): row["group"] for row in reader if row["file"] and row["group"]}
 
 
-def _samples(pairs: Iterable[tuple[Path, int]], groups: Mapping[str, str] | None) -> list[Sample]:
+def read_sources(metadata_csv: str | os.PathLike) -> dict[str, str]:
+    """Map each file listed in a metadata.csv to its ``source`` column, keyed like
+    :func:`read_groups` (the ``file`` column is relative to the csv's folder). {} when the
+    csv has no ``source`` column; rows with an empty source are left out."""
+    metadata_csv = Path(metadata_csv)
+    base = metadata_csv.parent
+    with open(metadata_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"file", "source"} <= set(reader.fieldnames or ()):
+            return {}
+        return {_key(base / row["file"]): row["source"] for row in reader if row["file"] and row["source"]}
+
+
+def root_name(path: str | os.PathLike) -> str:
+    """The name a dataset root goes by (the default source of its samples): the folder's
+    name, or its parent's when the folder is one split of a root (``faces-wild/Test`` ->
+    ``faces-wild``)."""
+    p = Path(os.path.abspath(path))
+    if p.name.lower() in _SPLIT_NAMES and p.parent != p:
+        return p.parent.name
+    return p.name
+
+
+def _samples(pairs: Iterable[tuple[Path, int]], groups: Mapping[str, str] | None,
+             sources: Mapping[str, str] | None = None, source: str = "", root: str = "") -> list[Sample]:
+    """The one place a sample gets its group (metadata.csv's, else its own path) and its
+    source (metadata.csv's, else ``source``: the root's name)."""
     out = []
     for path, label in pairs:
         key = _key(path)
-        out.append(Sample(str(path), label, (groups or {}).get(key, key)))
+        out.append(Sample(str(path), label, (groups or {}).get(key, key), (sources or {}).get(key, source), root))
     return out
 
 
 def samples_from_dirs(real_dirs: Iterable[str | os.PathLike] = (),
                       fake_dirs: Iterable[str | os.PathLike] = (),
-                      groups: Mapping[str, str] | None = None) -> list[Sample]:
+                      groups: Mapping[str, str] | None = None, sources: Mapping[str, str] | None = None,
+                      source: str = "", root: str = "") -> list[Sample]:
     """Samples from explicit folders of real and of fake images (recursive), reals first.
 
     ``groups`` is an optional :func:`read_groups` mapping; unlisted files are their own group.
+    ``sources`` an optional :func:`read_sources` mapping; unlisted files get ``source``.
+    ``root`` is stored in every sample.
     """
     pairs = [(p, 0) for d in real_dirs for p in _listed(d)] + [(p, 1) for d in fake_dirs for p in _listed(d)]
-    return _samples(pairs, groups)
+    return _samples(pairs, groups, sources, source, root)
 
 
 def _listed(d) -> list[Path]:
@@ -192,10 +230,12 @@ def _listed(d) -> list[Path]:
     return list_images(d)
 
 
-def load_split(root: str | os.PathLike, split: str, groups: Mapping[str, str] | None = None) -> list[Sample]:
+def load_split(root: str | os.PathLike, split: str, groups: Mapping[str, str] | None = None,
+               name: str | None = None) -> list[Sample]:
     """Samples of one split: ``root/<split>/{Real,Fake}/**``; [] when the split folder is absent.
 
-    ``groups`` defaults to ``root/metadata.csv`` when present.
+    ``groups`` defaults to ``root/metadata.csv`` when present; sources come from its
+    ``source`` column, else ``name`` (default :func:`root_name`), also each sample's root.
     """
     root = Path(root)
     if groups is None:
@@ -203,23 +243,56 @@ def load_split(root: str | os.PathLike, split: str, groups: Mapping[str, str] | 
     sdir = find_split(root, split)
     if sdir is None:
         return []
-    return load_split_dir(sdir, groups)
+    name = name or root_name(root)
+    return load_split_dir(sdir, groups, _root_sources(root), source=name, root=name)
 
 
-def load_split_dir(split_dir: str | os.PathLike, groups: Mapping[str, str] | None = None) -> list[Sample]:
+def load_split_dir(split_dir: str | os.PathLike, groups: Mapping[str, str] | None = None,
+                   sources: Mapping[str, str] | None = None, source: str = "", root: str = "") -> list[Sample]:
     """Samples of one split folder: ``split_dir/{Real,Fake}/**`` (one of the two may be absent).
 
-    ``groups``: an optional :func:`read_groups` mapping. Raises FileNotFoundError when
+    ``groups``, ``sources``: optional :func:`read_groups` / :func:`read_sources` mappings
+    (``source`` for unlisted files, ``root`` for all). Raises FileNotFoundError when
     ``split_dir`` holds neither a Real nor a Fake folder.
     """
     real, fake = find_class_dir(split_dir, 0), find_class_dir(split_dir, 1)
     if real is None and fake is None:
         raise FileNotFoundError(f"{split_dir} has neither a Real nor a Fake folder")
-    return samples_from_dirs([real] if real else [], [fake] if fake else [], groups)
+    return samples_from_dirs([real] if real else [], [fake] if fake else [], groups, sources, source, root)
+
+
+def resolve_samples(path: str | os.PathLike, split: str = "test",
+                    name: str | None = None) -> tuple[list[Sample], str]:
+    """The samples of ``path`` by the rule of :func:`resolve_split` (a Fake/Real folder, or a
+    dataset root's ``split``), with their sources and root filled in: from the
+    ``metadata.csv`` of the split folder, else of the root it is a split of, else ``name``
+    (default :func:`root_name`). Returns ``(samples, display_name)``; groups are not read
+    (evaluation needs none)."""
+    folder, display = resolve_split(path, split)
+    name = name or root_name(path)
+    csvs = [folder / METADATA_FILE]
+    if folder.name.lower() in _SPLIT_NAMES:
+        csvs.append(folder.parent / METADATA_FILE)
+    sources = next((read_sources(c) for c in csvs if c.is_file()), {})
+    return load_split_dir(folder, None, sources, source=name, root=name), display
+
+
+def _columns(metadata_csv: Path) -> set[str]:
+    with open(metadata_csv, newline="", encoding="utf-8") as f:
+        return set(next(csv.reader(f), ()))
 
 
 def _root_groups(root: Path) -> dict[str, str]:
-    return read_groups(root / METADATA_FILE) if (root / METADATA_FILE).is_file() else {}
+    """The groups of ``root/metadata.csv``; {} without the file or without a ``group`` column (a
+    csv that only names sources, as faces-wild's: every file is then its own group)."""
+    path = root / METADATA_FILE
+    if not path.is_file() or "group" not in _columns(path):
+        return {}
+    return read_groups(path)
+
+
+def _root_sources(root: Path) -> dict[str, str]:
+    return read_sources(root / METADATA_FILE) if (root / METADATA_FILE).is_file() else {}
 
 
 # --- splits ---------------------------------------------------------------------------------
@@ -253,32 +326,35 @@ def split_by_group(samples: Sequence[Sample], fraction: float,
     return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
 
 
-def discover(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> Splits:
+def discover(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0, name: str | None = None) -> Splits:
     """Find the train / validation / test samples under ``root``.
 
     ``root`` is a dataset root or, by the rule of :func:`resolve_split`, a bare Fake/Real
     folder: that folder is then the training set, with no Test split. Without a
     validation folder (always, for a bare folder), ``val_fraction`` of the training set
     is held out by group (:func:`split_by_group`, seeded). A missing Test folder gives an
-    empty list. Groups come from ``root/metadata.csv`` when present. Call
-    :func:`check_disjoint` on the result before trusting any score.
+    empty list. Groups and sources come from ``root/metadata.csv`` when present; a sample
+    without a listed source gets ``name`` (default :func:`root_name` of ``root``), which is
+    also every sample's ``root``. Call :func:`check_disjoint` on the result before trusting
+    any score.
     """
     root = Path(root)
     train_dir, _ = resolve_split(root, "train")
-    groups = _root_groups(root)
+    groups, name = _root_groups(root), name or root_name(root)
+    tag = {"sources": _root_sources(root), "source": name, "root": name}
     if train_dir == root:  # a bare Fake/Real folder: all of it is for training (and validation)
-        train, val = split_by_group(load_split_dir(root, groups), val_fraction, seed)
+        train, val = split_by_group(load_split_dir(root, groups, **tag), val_fraction, seed)
         log.info("%s is a Fake/Real folder, not a dataset root: training on it, %d of %d images held "
                  "out by group for validation, no Test split", root, len(val), len(train) + len(val))
         return Splits(train, val, [])
-    train = load_split_dir(train_dir, groups)
+    train = load_split_dir(train_dir, groups, **tag)
     if find_split(root, "validation") is not None:
-        val = load_split(root, "validation", groups)
+        val = load_split(root, "validation", groups, name=name)
     else:
         train, val = split_by_group(train, val_fraction, seed)
         log.info("no validation folder in %s: held out %d of %d training images by group",
                  root, len(val), len(train) + len(val))
-    return Splits(train, val, load_split(root, "test", groups))
+    return Splits(train, val, load_split(root, "test", groups, name=name))
 
 
 def check_disjoint(splits: Splits | Mapping[str, Sequence[Sample]]) -> None:
@@ -296,6 +372,15 @@ def check_disjoint(splits: Splits | Mapping[str, Sequence[Sample]]) -> None:
                     problems.append(f"{len(common)} {what}(s) in both {a} and {b} (e.g. {ex})")
     if problems:
         raise ValueError("splits overlap: " + "; ".join(problems))
+
+
+def source_counts(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
+    """{source: {"Real": n_real, "Fake": n_fake}}, sources in order of first appearance."""
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = out.setdefault(s.source, {CLASS_NAMES[0]: 0, CLASS_NAMES[1]: 0})
+        row[CLASS_NAMES[s.label]] += 1
+    return out
 
 
 def class_counts(samples: Iterable[Sample]) -> dict[str, int]:

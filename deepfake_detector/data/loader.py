@@ -7,6 +7,11 @@ nothing, and ``loader.epoch(e, start_batch=b)`` yields exactly the batches an
 uninterrupted epoch would have yielded from batch ``b`` on: that is how training
 resumes mid-epoch.
 
+Balance ``"cells"`` draws every epoch with replacement so that each (source x class) cell
+(:func:`cell_key`) has an expected share of the epoch of ``weight_c / sum(weights)``,
+uniform within the cell: several datasets and generators trained on at once, none of them
+drowning the others by its size.
+
 Unreadable files are dropped from their batch (which comes out smaller; a batch left
 empty is not yielded), logged once and recorded in ``loader.skipped``.
 """
@@ -30,11 +35,11 @@ from .decode import ImageDecodeError, load_image, resize
 from .sbi import SBIConfig, maybe_sbi
 from .transforms import AugmentConfig, augment, eval_transform
 
-__all__ = ["Batch", "DataLoader", "load_arrays"]
+__all__ = ["Batch", "DataLoader", "cell_key", "load_arrays"]
 
 log = logging.getLogger(__name__)
 
-BALANCE_MODES = ("undersample", "weighted", None)
+BALANCE_MODES = ("undersample", "weighted", "cells", None)
 _ORDER, _SAMPLE, _SYNTH = 0, 1, 2  # stream tags: order [seed, epoch, 0], sample [seed, epoch, 1, k],
 # pseudo-fake synthesis [seed, epoch, 2, k] (its own stream: turning it on changes no augmentation draw)
 
@@ -66,6 +71,12 @@ def _cv2_single_threaded():
                 cv2.setNumThreads(_cv2_saved)
 
 
+def cell_key(sample: Sample) -> tuple[str, str, int]:
+    """The balancing cell of a sample: ``(root, source, label)``, its (source x class) cell
+    (the root keeps two datasets' sources of one name apart)."""
+    return (sample.root, sample.source, int(sample.label))
+
+
 class Batch(NamedTuple):
     images: np.ndarray  # uint8 (B, S, S, 3) RGB
     labels: np.ndarray  # int64 (B,)
@@ -84,7 +95,10 @@ class DataLoader:
     augment : training augmentation; None (evaluation) resizes only
     balance : "undersample": each epoch draws the minority-class count from every class
         (without replacement; the original tool's way); "weighted": draws ``len(samples)``
-        with replacement, class weights 1 / count; None: every sample once
+        with replacement, class weights 1 / count; "cells": draws ``len(samples)`` with
+        replacement, each (source x class) cell (:func:`cell_key`) with expected share
+        ``cell_weights[c] / sum(cell_weights)`` (1 for a cell not listed), uniform within
+        the cell, whatever the cell sizes; None: every sample once
     seed : the root of all randomness
     workers : decoding threads (0: decode in the calling thread)
     prefetch : batches kept in flight ahead of the consumer
@@ -95,13 +109,14 @@ class DataLoader:
     drop_last : drop a final partial batch
     synthesize : self-blended pseudo-fakes (:mod:`.sbi`): each real sample drawn becomes a
         pseudo-fake (label 1) with probability ``synthesize.probability``; None: off
+    cell_weights : with ``balance="cells"``: ``{(root, source, label): weight}``
     """
 
     def __init__(self, samples: Sequence[Sample], input_size: int, batch_size: int, *,
                  shuffle: bool = True, augment: AugmentConfig | None = None, balance: str | None = None,
                  seed: int = 0, workers: int = 2, prefetch: int = 2, cache: bool = False,
                  batches_per_epoch: int | None = None, drop_last: bool = False,
-                 synthesize: SBIConfig | None = None):
+                 synthesize: SBIConfig | None = None, cell_weights=None):
         if balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
         if batch_size < 1 or input_size < 1 or workers < 0 or prefetch < 0:
@@ -120,6 +135,20 @@ class DataLoader:
         self.skipped: dict[str, str] = {}  # path -> reason, for every unreadable file met
         self._lock = threading.Lock()
         self._by_class = [np.flatnonzero(self.labels == c) for c in range(2)]
+        self.cells: dict[tuple[str, str, int], int] = {}  # cell -> samples in it, first-seen order
+        for smp in self.samples:
+            k = cell_key(smp)
+            self.cells[k] = self.cells.get(k, 0) + 1
+        self.cell_weights = {k: float((cell_weights or {}).get(k, 1.0)) for k in self.cells}
+        if any(w < 0 or not math.isfinite(w) for w in self.cell_weights.values()) or (
+                balance == "cells" and not sum(self.cell_weights.values()) > 0):
+            raise ValueError(f"cell weights must be finite, >= 0 and not all 0: {self.cell_weights}")
+        self._p_cells = None
+        if balance == "cells":
+            keys = [cell_key(smp) for smp in self.samples]
+            total = sum(self.cell_weights.values())
+            p = np.array([self.cell_weights[k] / (total * self.cells[k]) for k in keys])
+            self._p_cells = p / p.sum()
         self._stored = self.input_size
         if augment is not None:
             self._stored = math.ceil(self.input_size * augment.margin)
@@ -138,12 +167,20 @@ class DataLoader:
         if self.balance == "weighted":
             w = 1.0 / np.bincount(self.labels, minlength=2)[self.labels]
             return rng.choice(n, n, replace=True, p=w / w.sum())
+        if self.balance == "cells":
+            return rng.choice(n, n, replace=True, p=self._p_cells)
         return rng.permutation(n) if self.shuffle else np.arange(n)
 
     def _natural_length(self) -> int:
         if self.balance == "undersample":
             return 2 * min(len(ix) for ix in self._by_class)
         return len(self.samples)
+
+    def cell_shares(self) -> dict[tuple[str, str, int], float]:
+        """Each cell's expected share of an epoch under ``balance="cells"``:
+        ``weight / sum(weights)``."""
+        total = sum(self.cell_weights.values())
+        return {k: w / total for k, w in self.cell_weights.items()}
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """int64 positions into ``samples`` for every image of epoch ``epoch``, in batch order."""

@@ -1,25 +1,8 @@
-"""Self-Blended Images (Shiohara & Yamasaki, CVPR 2022): pseudo-fakes made from real faces.
-
-A real face is blended with a slightly altered copy of itself, so the only evidence left
-is what every face swap leaves: a blending boundary, a colour / sharpness mismatch between
-the inner face and its surroundings, a small misalignment. A detector trained on them
-learns those generic artefacts instead of one generator's fingerprints.
-
-Steps of :func:`self_blend` (the paper's source-target generator and mask generator):
-
-1. source = a copy of the face with colour jitter (sometimes a per-channel RGB shift; hue,
-   saturation, brightness, contrast), then a quality change (down-and-up scaling or sharpening), then
-   a geometry jitter (independent x/y scale and a translation of a few per cent);
-   the target is the face itself, untouched;
-2. mask = a face region (given, e.g. a landmark hull; else an ellipse roughly covering the
-   centred face of a tight crop), randomly scaled, shifted, rotated and deformed (random
-   low-order harmonics of its radius), its edge Gaussian-blurred, times a blend ratio
-   drawn from {0.25, 0.5, 0.75, 1, 1, 1};
-3. blended = mask * source + (1 - mask) * target. Pixels where the mask is 0 are exactly
-   the input's.
-
-Every random draw comes from the ``rng`` passed in, so a seeded generator reproduces the
-output. Images are uint8 (H, W, 3) RGB throughout.
+"""Self-Blended Images (Shiohara & Yamasaki, CVPR 2022): pseudo-fakes made by blending a real face
+with a slightly altered copy of itself, so a detector learns what every face swap leaves (a blending
+boundary, a colour / sharpness mismatch, a small misalignment) instead of one generator's fingerprints.
+Main names: :func:`self_blend`, :func:`maybe_sbi` (for the loader), :class:`SBIConfig` (the ranges),
+:func:`ellipse_mask`. Every random draw comes from the ``rng`` passed in; images are uint8 RGB.
 """
 
 from __future__ import annotations
@@ -171,6 +154,19 @@ def _soft(region: np.ndarray, rng: np.random.Generator, cfg: SBIConfig) -> np.nd
 def self_blend(face: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None,
                cfg: SBIConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Blend ``face`` with an altered copy of itself.
+
+    The paper's source-target generator and mask generator:
+
+    1. source = a copy of the face with colour jitter (sometimes a per-channel RGB shift; hue,
+       saturation, brightness, contrast), then a quality change (down-and-up scaling or
+       sharpening), then a geometry jitter (independent x/y scale and a translation of a few
+       per cent); the target is the face itself, untouched;
+    2. mask = a face region (``mask``; else :func:`ellipse_mask`), randomly scaled, shifted,
+       rotated and deformed (random low-order harmonics of its radius), its edge
+       Gaussian-blurred, times a blend ratio drawn from {0.25, 0.5, 0.75, 1, 1, 1};
+    3. blended = mask * source + (1 - mask) * target.
+
+    A seeded ``rng`` reproduces the output.
 
     Parameters
     ----------

@@ -37,6 +37,8 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian sigma in pixels of the loaded image
     jpeg_p: float = 0.2  # CNNDetection's recipe; social media re-compresses everything
     jpeg_quality: tuple[int, int] = (60, 100)  # inclusive; below ~60 the faces themselves degrade
+    rescale_p: float = 0.0  # down- then up-scale: every source's resolution, so size is no shortcut
+    rescale_range: tuple[float, float] = (0.4, 1.0)  # side factor of the down-scaled copy
 
     def __post_init__(self):
         for f in fields(self):
@@ -85,6 +87,8 @@ def augment(img: np.ndarray, size: int, rng: np.random.Generator,
     uint8 (size, size, 3), C-contiguous.
     """
     cfg = cfg or AugmentConfig()
+    if cfg.rescale_p and rng.random() < cfg.rescale_p:
+        img = rescale(img, float(rng.uniform(*cfg.rescale_range)), up_linear=bool(rng.random() < 0.5))
     if cfg.blur_p and rng.random() < cfg.blur_p:
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=float(rng.uniform(*cfg.blur_sigma)))
     if cfg.jpeg_p and rng.random() < cfg.jpeg_p:
@@ -123,6 +127,13 @@ def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.6
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def rescale(img: np.ndarray, factor: float, up_linear: bool = True) -> np.ndarray:
+    """Down-scale (H, W, 3) by ``factor`` (area) and back up to (H, W) (linear or cubic)."""
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(4, round(w * factor)), max(4, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if up_linear else cv2.INTER_CUBIC)
 
 
 def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:

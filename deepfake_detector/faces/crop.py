@@ -1,14 +1,7 @@
-"""Square face crops for the classifier.
-
-Geometry: the square is centred on the face box, its side is the box's longer side times
-``1 + 2 * margin`` (``margin`` is the fraction of the box added on *each* side, as the DFDC
-winner padded each side by a third of the box). Where the square leaves the image it is
-**padded** (black by default, or by repeating the edge pixels), not shifted or clipped, so
-the face stays centred and at the same scale whatever its position in the frame.
-
-Note on the margin: the ``dfdc-faces`` training crops are tight -- RetinaFace's box on
-them is ~0.86 of the crop wide and ~1.0 high (docs/faces.md) -- so ``margin=0`` reproduces
-their framing; larger margins show the classifier more background than it was trained on.
+"""Square face crops for the classifier: :func:`square_box` / :func:`square_crop` (the geometry:
+centred on the face box, padded where it leaves the image), :func:`crop_faces` (detect and crop),
+:func:`crop_samples` (training crops cached on disk), :func:`frame_image` (a source framed for a
+model) and :func:`model_margin` (which margin to use).
 """
 
 from __future__ import annotations
@@ -23,7 +16,12 @@ DEFAULT_MARGIN = 0.3
 
 def model_margin(model, margin: float | None = None) -> float:
     """The crop margin: ``margin`` as asked, else the model's ``face_margin`` (the framing of
-    its training crops), else :data:`DEFAULT_MARGIN`."""
+    its training crops), else :data:`DEFAULT_MARGIN`.
+
+    The ``dfdc-faces`` training crops are tight -- RetinaFace's box on them is ~0.86 of the
+    crop wide and ~1.0 high (docs/faces.md) -- so ``margin=0`` reproduces their framing;
+    larger margins show the classifier more background than it was trained on.
+    """
     return float(getattr(model, "face_margin", DEFAULT_MARGIN)) if margin is None else margin
 BORDERS = {"constant": cv2.BORDER_CONSTANT, "edge": cv2.BORDER_REPLICATE}
 
@@ -31,7 +29,11 @@ BORDERS = {"constant": cv2.BORDER_CONSTANT, "edge": cv2.BORDER_REPLICATE}
 def square_box(box, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int]:
     """The integer square (x1, y1, x2, y2) around ``box`` enlarged by ``margin`` per side.
 
-    May extend beyond the image; :func:`square_crop` pads there.
+    The square is centred on the box; its side is the box's longer side times ``1 + 2 * margin``
+    (``margin`` is the fraction of the box added on *each* side, as the DFDC winner padded each
+    side by a third of the box). It may extend beyond the image: :func:`square_crop` pads
+    there rather than shifting or clipping, so the face stays centred and at the same scale
+    whatever its position in the frame.
     """
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
@@ -101,17 +103,18 @@ def crop_samples(samples, out_dir, detector: FaceDetector | None = None, margin:
                  whole_if_no_face: bool = False, max_side: int = 512):
     """Crop the largest face of every sample's image once, for training with ``--faces``.
 
-    Crops are written as JPEG (quality 95) under ``out_dir/<label>/`` and reused when present,
-    so an interrupted run does not detect twice. Returns ``(samples, problems)``: samples now
-    pointing at the crops (same label and group), and ``{path: reason}`` for the images left
-    out (unreadable, or no face found unless ``whole_if_no_face``).
+    Crops are written losslessly (PNG: no re-encoding that prediction would not do) under
+    ``out_dir/<label>/`` and reused when present, so an interrupted run does not detect twice.
+    Returns ``(samples, problems)``: samples now pointing at the crops (same label, group,
+    source and root), and ``{path: reason}`` for the images left out (unreadable, or no face
+    found unless ``whole_if_no_face``).
     """
     import hashlib
     from pathlib import Path
 
     from PIL import Image
 
-    from ..data import ImageDecodeError, Sample, load_image
+    from ..data import ImageDecodeError, load_image
     from .detect import get_detector
 
     out_dir = Path(out_dir)
@@ -119,7 +122,7 @@ def crop_samples(samples, out_dir, detector: FaceDetector | None = None, margin:
     kept, problems = [], {}
     for s in samples:
         digest = hashlib.sha1(str(Path(s.path).resolve()).encode()).hexdigest()[:10]
-        dst = out_dir / ("Fake" if s.label else "Real") / f"{Path(s.path).stem}-{digest}.jpg"
+        dst = out_dir / ("Fake" if s.label else "Real") / f"{Path(s.path).stem}-{digest}.png"
         if not dst.exists():
             try:
                 image = load_image(s.path)
@@ -138,7 +141,28 @@ def crop_samples(samples, out_dir, detector: FaceDetector | None = None, margin:
                 crop = cv2.resize(crop, (max_side, max_side), interpolation=cv2.INTER_AREA)
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_suffix(".tmp")
-            Image.fromarray(crop).save(tmp, format="JPEG", quality=95)
+            Image.fromarray(crop).save(tmp, format="PNG", compress_level=1)
             tmp.replace(dst)
-        kept.append(Sample(str(dst), s.label, s.group))
+        kept.append(s._replace(path=str(dst)))  # same label, group, source and root
     return kept, problems
+
+
+FRAMINGS = ("as-is", "face")  # a file as it is (already a face crop), or its largest face cut out first
+
+
+def frame_image(image: np.ndarray, framing: str, size: int, detector: FaceDetector | None = None,
+                margin: float = 0.0) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3) as a source is framed for a model: ``"as-is"``
+    resizes the whole image; ``"face"`` crops the largest face as ``predict --faces`` does
+    (the whole image where no face is found, as ``--whole-if-no-face``)."""
+    from ..data import eval_transform
+
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; choose from {', '.join(FRAMINGS)}")
+    if framing == "face":
+        from .detect import get_detector
+
+        found = crop_faces(image, detector or get_detector(), size, margin=margin)
+        if found:
+            return found[0][1]
+    return eval_transform(image, size)

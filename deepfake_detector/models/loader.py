@@ -14,19 +14,22 @@ from pathlib import Path
 
 from .predictor import Predictor
 
-DEFAULT_MODELS = ("default.onnx", "default.npz")  # inside deepfake_detector/assets, first found wins
+DEFAULT_MODELS = ("default.zip", "default.onnx", "default.npz")  # inside deepfake_detector/assets, first found wins
 RUNTIMES = ("auto", "numpy", "torch", "onnx")  # auto: the runtime the file's kind runs on
 
 
 @dataclass(frozen=True)
 class ModelKind:
     """A kind of model file: ``claims(path)`` says whether a file is one, ``load(path, device,
-    threads)`` returns its :class:`Predictor`, which runs on ``runtime``."""
+    threads)`` returns its :class:`Predictor`, which runs on ``runtime``; ``light``, where the
+    kind has one, loads a faster model from the same file (``--fast``, and the default's
+    fallback when the full model needs something that is not installed)."""
 
     name: str
     runtime: str
     claims: Callable[[Path], bool]
     load: Callable[..., Predictor]
+    light: Callable[..., Predictor] | None = None
 
 
 KINDS: dict[str, ModelKind] = {}
@@ -66,19 +69,33 @@ def kind_of_file(path) -> ModelKind:
     raise ValueError(f"{path}: not a model file this program knows; known kinds: {', '.join(KINDS)}")
 
 
-def load(path=None, runtime: str = "auto", device: str = "cpu", threads: int | None = None) -> Predictor:
+def load(path=None, runtime: str = "auto", device: str = "cpu", threads: int | None = None,
+         fast: bool = False) -> Predictor:
     """The model at ``path``, or the default one shipped in the package, as a :class:`Predictor`.
 
     ``runtime``: ``auto`` (what the file's kind runs on), or one of :data:`RUNTIMES`. A model
     that can be exported runs on ``onnx`` after an export to a temporary file, removed at
     once; any other runtime that cannot run the file is a ValueError, never a fallback.
+    ``fast``: the file's light model (the default's CNN alone). The default model falls back
+    to its light model, with ``meta["note"]`` saying why, where its full form cannot load.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     path = model_path(path)
     kind = kind_of_file(path)
+    if fast:
+        if kind.light is None:
+            raise ValueError(f"{path}: a {kind.name} model has no fast variant")
+        return kind.light(path, device=device, threads=threads)
     if runtime in ("auto", kind.runtime):
-        return kind.load(path, device=device, threads=threads)
+        try:
+            return kind.load(path, device=device, threads=threads)
+        except FileNotFoundError as e:  # a part the full model needs (the CLIP encoder) is missing
+            if kind.light is None or path != default_model_path():
+                raise
+            model = kind.light(path, device=device, threads=threads)
+            model.meta["note"] = f"{e}. Until then the default model runs its fast CNN part alone."
+            return model
     if runtime == "onnx":
         model = kind.load(path, device="cpu", threads=threads)
         if model.abilities.exportable:
@@ -120,4 +137,19 @@ def _load_onnx(path, device: str = "cpu", threads: int | None = None) -> Predict
 
 register_kind(ModelKind("numpy", "numpy", lambda p: _engine_of(p) == "numpy", _load_checkpoint))
 register_kind(ModelKind("torch", "torch", lambda p: _engine_of(p) == "torch", _load_checkpoint))
+register_kind(ModelKind("clip", "onnx", lambda p: _engine_of(p) == "clip-onnx+numpy", _load_checkpoint))
+def _load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
+    from .fusion import load_bundle
+
+    return load_bundle(path, device, threads, only=only)
+
+
+def _is_bundle(path: Path) -> bool:
+    from .fusion import is_bundle
+
+    return is_bundle(path)
+
+
+register_kind(ModelKind("fused", "onnx", _is_bundle, _load_bundle,
+                        light=lambda path, device="cpu", threads=None: _load_bundle(path, device, threads, "cnn")))
 register_kind(ModelKind("onnx", "onnx", lambda p: p.suffix.lower() == ".onnx", _load_onnx))

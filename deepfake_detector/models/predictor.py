@@ -123,6 +123,32 @@ class Predictor:
              "engine": self.engine, "version": self.meta.get("version", "untrained")}
         return {**d, "tta": self.tta} if self.tta else d
 
+    def file_logits(self, paths, framing: str = "as-is", size: int | None = None, detector=None,
+                    batch_size: int = 64) -> tuple[np.ndarray, dict[str, str]]:
+        """Decision logits (N, 2) of image files, each framed as ``framing`` says
+        (:func:`~deepfake_detector.faces.crop.frame_image`) at ``size`` (default: the model's
+        input size; resized to it after), as ``predict`` would frame them; and ``{path: error}``
+        for the files that failed (their rows are NaN)."""
+        from ..data import ImageDecodeError, load_image, resize
+        from ..faces.crop import frame_image
+
+        size = size or self.input_size
+        out = np.full((len(paths), 2), np.nan, np.float32)
+        errors: dict[str, str] = {}
+        for i in range(0, len(paths), batch_size):
+            crops, rows = [], []
+            for j, p in enumerate(paths[i : i + batch_size], start=i):
+                try:
+                    crop = frame_image(load_image(p), framing, size, detector, self.face_margin)
+                except ImageDecodeError as e:
+                    errors[str(p)] = str(e)
+                    continue
+                crops.append(crop if size == self.input_size else resize(crop, self.input_size))
+                rows.append(j)
+            if crops:
+                out[rows] = self.decision_logits(np.stack(crops), batch_size)
+        return out, errors
+
     # --- abilities (each declared in ``abilities``) -------------------------------------
     def set_threads(self, n: int | None) -> None:
         """Run with ``n`` intra-op threads (None: the runtime's default)."""

@@ -8,22 +8,10 @@ from .backend import DeviceError, device_of, get_array_module, reuse_freed_memor
 from .containers import Sequential, flat_layers
 from .grad import enable_grad, no_grad
 from .im2col import col2im, im2col
-from .layers import (
-                     AvgPool2D,
-                     BatchNorm1D,
-                     BatchNorm2D,
-                     Conv2D,
-                     Dense,
-                     Dropout,
-                     Flatten,
-                     GlobalAvgPool2D,
-                     Layer,
-                     LeakyReLU,
-                     MaxPool2D,
-                     ReLU,
-)
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU
 from .losses import log_softmax, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, SGD, Adam, AdamW, clip_grad_norm, global_norm
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .schedules import SCHEDULES, Constant, ExponentialDecay, StepDecay, WarmupCosine
 
 __all__ = [

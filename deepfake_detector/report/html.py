@@ -45,6 +45,17 @@ ROWS = (
 )
 
 
+# columns of the per-source table: (key, label)
+SOURCE_ROWS = (
+    ("n", "n"),
+    ("n_real", "real"),
+    ("n_fake", "fake"),
+    ("roc_auc", "ROC AUC"),
+    ("fake_recall", "fake recall"),
+    ("false_alarm", "false-alarm rate"),
+)
+
+
 # --- JSON and HTML --------------------------------------------------------------------
 def _jsonable(v):
     """``json.dumps`` fallback for numpy values and paths."""
@@ -89,6 +100,24 @@ img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
+def _sources_html(report: dict) -> list[str]:
+    """The per-source table (one row per source), or nothing."""
+    if not report.get("sources"):
+        return []
+    e = html.escape
+    head = "".join(f"<th>{e(label)}</th>" for _, label in SOURCE_ROWS)
+    body = "".join(
+        f"<tr><th>{e(str(r['source']))}</th>" + "".join(f"<td>{e(_fmt(r.get(k)))}</td>" for k, _ in SOURCE_ROWS)
+        + "</tr>" for r in report["sources"]
+    )
+    return [
+        "<h2>Per source</h2>",
+        f"<table><caption>threshold {report['threshold']:.4f}</caption><tr><th>source</th>{head}</tr>{body}</table>",
+        "<p>Fake recall: the share of a source's fakes called Fake; false-alarm rate: the share of its reals "
+        "called Fake. A source of one class is ranked (ROC AUC) against the other class of its own dataset.</p>",
+    ]
+
+
 def _html(report: dict, images: list[str]) -> str:
     m05, mt = report["at_0.5"], report["at_threshold"]
     e = html.escape
@@ -108,6 +137,7 @@ def _html(report: dict, images: list[str]) -> str:
         _cm_html(mt),
         "<p>Fake is the positive class; a sample is called Fake when P(fake) &ge; threshold. "
         "ROC AUC, average precision, EER, log loss, Brier score and ECE do not depend on it.</p>",
+        *_sources_html(report),
     ]
     if report["extra"]:
         extra = "".join(
@@ -131,6 +161,7 @@ def write_report(
     threshold: float = 0.5,
     title: str = "Evaluation",
     extra: dict | None = None,
+    sources: Sequence[dict] | None = None,
 ) -> dict:
     """Write plots, ``metrics.json`` and ``index.html`` for one evaluation into ``out_dir``.
 
@@ -153,13 +184,17 @@ def write_report(
     extra : dict, optional
         JSON-serialisable extra information (model, dataset, temperature...), stored
         in ``metrics.json`` and shown in the page.
+    sources : list of dict, optional
+        :func:`~deepfake_detector.metrics.per_source_metrics` rows (at ``threshold``): stored
+        as ``sources`` in ``metrics.json`` and shown as a table, one row per source.
 
     Returns
     -------
     dict
         What ``metrics.json`` holds: ``title``, ``threshold``, ``at_0.5`` and
         ``at_threshold`` (:func:`~deepfake_detector.metrics.compute_metrics` at 0.5 and at
-        ``threshold``), ``extra`` and ``files`` (names written, relative to ``out_dir``).
+        ``threshold``), ``extra``, ``sources`` (only when given) and ``files`` (names
+        written, relative to ``out_dir``).
         Files: roc.png, pr.png, confusion_matrix.png, score_histogram.png,
         reliability.png, samples.png (only when ``thumbnails`` or ``paths`` is given),
         metrics.json, index.html.
@@ -191,6 +226,8 @@ def write_report(
         "extra": dict(extra or {}),
         "files": [*images, "metrics.json", "index.html"],
     }
+    if sources:
+        report["sources"] = [dict(r) for r in sources]
     text = json.dumps(report, indent=2, default=_jsonable)
     (out / "metrics.json").write_text(text + "\n", encoding="utf-8")
     report = json.loads(text)  # exactly what the file holds (numpy values made plain)

@@ -263,7 +263,12 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     ax2.plot(ep, [h["val_accuracy"] for h in history], "o-", label="validation")
     ax2.set(title="accuracy", xlabel="epoch")
     ax2.legend()
-    ax3.plot(ep, [h["val_roc_auc"] for h in history], "o-", color="C2")
+    ax3.plot(ep, [h["val_roc_auc"] for h in history], "o-", color="C2", label="pooled")
+    if any(len(h.get("val_sources") or ()) > 1 for h in history):  # several sources: what selection reads
+        nan = lambda key: [np.nan if h.get(key) is None else h[key] for h in history]
+        ax3.plot(ep, nan("val_mean_source_auc"), "o-", color="C0", label="mean per source")
+        ax3.plot(ep, nan("val_worst_source_auc"), "o--", color="C3", label="worst source")
+        ax3.legend()
     ax3.set(title="validation ROC-AUC", xlabel="epoch")
     for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)

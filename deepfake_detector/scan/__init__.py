@@ -1,30 +1,12 @@
-"""Scan a collection of images and videos into a results table, resumably.
+"""Scan a collection of images and videos into a RESULTS table, resumably: :func:`scan` (on this
+machine or a Ray cluster), :func:`read_results` (RESULTS as a DataFrame), :func:`iter_sources`.
 
-    from deepfake_detector.scan import scan, read_results
-
-    summary = scan(["photos/", "clips/*.mp4", "more.txt"], "results.parquet", workers=4)
-    df = read_results("results.parquet")          # a pandas DataFrame, one row per file content
-
-One row per distinct file content: ``path``, ``sha256`` (of the bytes), ``size``, ``kind``
-(image / video), ``p_fake``, ``label`` (Real / Fake / NoFace / Error), ``confidence``,
-``threshold``, ``error``, ``message``, ``model`` and ``model_version``, the per-video summary
-(``n_frames``, ``n_frames_with_faces``, ``n_faces``, ``p_fake_mean``, ``p_fake_confident``,
-``flicker``, ``fps``, ``duration``, ``width``, ``height``; empty for images) and ``scanned_at``.
-
-Rules:
-
-* RESULTS is a folder of part files, Parquet or CSV by the name's extension (``x.csv`` ->
-  CSV, anything else Parquet), each part committed atomically (see :mod:`.store`);
-* a file whose content hash is in RESULTS is skipped: a scan stopped at any moment (Ctrl-C,
-  SIGKILL, a crash) and started again does only what is left, and a second run over the same
-  collection scans nothing;
-* a file with the same bytes as another one is scanned once: the row names the first path
-  seen, the others are counted as duplicates in the summary and get no row;
-* a file that cannot be decoded or analysed gets a row with ``error`` set (and is not retried);
-  a file that cannot be read at all (missing, no permission) gets none: it is listed in the
-  summary and tried again by the next scan;
-* RESULTS remember the model (its file's SHA-256) and the settings (``faces``, ``n_frames``);
-  resuming with a different model or settings is refused: use another RESULTS folder.
+* one row per distinct content (SHA-256 of the bytes); a file with another's bytes is a ``duplicate``;
+* RESULTS is a folder of atomically committed part files: CSV if its name ends ``.csv``, else Parquet;
+* resumable: hashes already in RESULTS are skipped, so a scan stopped at any moment (even SIGKILL)
+  and rerun does only what is left;
+* an undecodable file gets a row with ``error`` set (not retried); an unreadable one gets none (retried);
+* RESULTS remember the model (its SHA-256) and ``faces`` / ``n_frames``: resuming with others is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +25,7 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
          ray_address: str | None = None, faces: bool = False, progress: bool = True, *,
          part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32,
          device: str = "cpu", runtime: str = "auto", threads: int | None = None,
-         detector: str | None = None) -> dict:
+         detector: str | None = None, fast: bool = False) -> dict:
     """Classify every image and video of ``sources`` into the RESULTS folder ``out``; resumable.
 
     ``sources``: a path or a list of them: folders (walked recursively), image / video files,
@@ -57,7 +39,15 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     ``faces``: detect and crop the largest face of each image first (videos always do).
     ``part_rows`` / ``part_seconds``: a part is committed every so many rows or seconds.
     ``n_frames``: frames sampled per video. ``device`` / ``runtime`` / ``threads``: as
-    :func:`deepfake_detector.models.load` (local scans only); ``detector``: a face detector's name.
+    :func:`deepfake_detector.models.load` (local scans only); ``detector``: a face detector's name;
+    ``fast``: the model file's fast variant (``load(fast=True)``).
+
+    Columns (:data:`COLUMNS`): ``path`` (the first path seen with that content), ``sha256``,
+    ``size``, ``kind`` (image / video), ``p_fake``, ``label`` (Real / Fake / NoFace / Error),
+    ``confidence``, ``threshold``, ``error``, ``message``, ``model`` and ``model_version``, the
+    per-video summary (``n_frames``, ``n_frames_with_faces``, ``n_faces``, ``p_fake_mean``,
+    ``p_fake_confident``, ``flicker``, ``fps``, ``duration``, ``width``, ``height``; empty for
+    images) and ``scanned_at``.
 
     Returns the summary: ``files`` (seen), ``scanned``, ``images``, ``videos``, ``skipped``
     (already in RESULTS), ``duplicates`` (same content as another file of this run),
@@ -74,7 +64,7 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     common = dict(model_path=model_path, workers=workers, batch_size=batch_size, faces=faces, progress=progress,
-                  part_rows=part_rows, part_seconds=part_seconds, n_frames=n_frames)
+                  part_rows=part_rows, part_seconds=part_seconds, n_frames=n_frames, fast=fast)
     if ray_address:
         if device != "cpu" or runtime != "auto" or detector:
             raise ValueError("a Ray scan runs the model file as it is, on CPU, with the default face detector")

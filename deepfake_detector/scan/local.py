@@ -1,20 +1,8 @@
-"""A scan on this machine: a pool of worker processes, each with its own copy of the model.
-
-The main process streams the file list, hashes each file (SHA-256 of its bytes), drops the
-ones whose hash RESULTS already hold or that another file of this run has, and hands the
-rest to the workers in tasks of ``batch_size`` files, at most two tasks per worker queued at
-a time, so memory stays bounded whatever the collection size. Each worker loads the model
-once, runs single-threaded (BLAS, the engine's thread pool, OpenCV and onnxruntime limited to
-one thread, so N workers use N cores and do not oversubscribe them) and classifies a task
-with :func:`deepfake_detector.predict.predict_paths`, the function behind
-``deepfake-detector predict``. The main process turns the answers into rows and commits
-them as part files (see :mod:`deepfake_detector.scan.store`).
-
-A worker that dies (a decoder crash on a hostile file) takes the pool down with it: the pool
-is restarted and the files of the unfinished tasks are tried again one at a time, so the
-culprit is found and gets an error row, and the others are scanned.
-
-``workers=0`` runs everything in this process (no pool, the engine's default threads).
+"""A scan on this machine, :func:`scan_local`: a pool of single-threaded worker processes, each
+loading the model once and classifying tasks of ``batch_size`` files with
+:func:`deepfake_detector.predict.predict_paths`; the main process hashes and filters the files and
+commits the rows as part files (:mod:`deepfake_detector.scan.store`). A worker that crashes on a
+hostile file does not end the scan (see :func:`scan_local`).
 """
 
 from __future__ import annotations
@@ -81,14 +69,14 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
-def _init_worker(model_path: str, device: str, runtime: str, detector: str | None, threads: int,
+def _init_worker(model_path: str, device: str, runtime: str, detector: str | None, fast: bool, threads: int,
                  parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
     _watch_parent(parent)
     limit_threads(threads)
     from ..models import load
 
-    _WORKER.update(model=load(model_path, runtime, device, threads), threads=threads, detector=None,
+    _WORKER.update(model=load(model_path, runtime, device, threads, fast=fast), threads=threads, detector=None,
                    detector_name=detector)
     limit_threads(threads)  # again, for libraries the model brought in (torch's OpenMP...)
 
@@ -118,8 +106,19 @@ def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> 
 def scan_local(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                faces: bool = False, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
                part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32, device: str = "cpu",
-               runtime: str = "auto", threads: int | None = None, detector: str | None = None) -> dict:
-    """Scan ``sources`` into ``out`` on this machine; see :func:`deepfake_detector.scan.scan`."""
+               runtime: str = "auto", threads: int | None = None, detector: str | None = None,
+               fast: bool = False) -> dict:
+    """Scan ``sources`` into ``out`` on this machine; see :func:`deepfake_detector.scan.scan`.
+
+    The main process streams the file list, hashes each file and queues at most two tasks per
+    worker at a time, so memory stays bounded whatever the collection size. Each worker runs
+    single-threaded (BLAS, the engine's thread pool, OpenCV and onnxruntime at one thread), so
+    N workers use N cores without oversubscribing them. A worker that dies (a decoder crash on
+    a hostile file) takes the pool down with it: the pool is restarted and the files of the
+    unfinished tasks are tried again one at a time, so the culprit gets an error row and the
+    others are scanned. ``workers=0`` runs everything in this process (no pool, the engine's
+    default threads).
+    """
     require_pyarrow()
     from ..models import load
     from ..models import model_path as find_model
@@ -129,7 +128,7 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
     workers = default_workers() if workers is None else max(0, int(workers))
     batch_size = max(1, int(batch_size))
     model_path = find_model(model_path)
-    model = load(model_path, runtime, device, threads)  # fails here, once, if the model is unusable
+    model = load(model_path, runtime, device, threads, fast=fast)  # fails here, once, if the model is unusable
     info = model_identity(model, model_path)
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
@@ -140,7 +139,7 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
                 _scan_in_process(col, sources, model, opts, detector)
             else:
                 del model
-                _scan_pool(col, sources, workers, (str(model_path), device, runtime, detector), opts)
+                _scan_pool(col, sources, workers, (str(model_path), device, runtime, detector, fast), opts)
         except KeyboardInterrupt:
             col.flush()  # keep every finished row
             col.close()

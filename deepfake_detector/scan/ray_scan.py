@@ -1,27 +1,8 @@
-"""The same scan on a Ray cluster, with Ray Data (``pip install 'deepfake-detector[ray]'``).
-
-The file list is streamed from the sources in windows of ``window`` paths (the driver never
-holds more). For each window:
-
-1. ``ray.data.from_items(paths).map_batches(hash_files)``: the cluster's CPUs read and hash
-   the files (SHA-256 of the bytes), so the bytes are read where the workers are, not all
-   through the driver;
-2. the driver keeps the files whose hash is neither in RESULTS nor seen earlier in this run
-   (the same rule as on one machine);
-3. ``map_batches(RayScanner, concurrency=N, num_cpus=1)``: a pool of N actors, each loading
-   the model once (its bytes shipped through the object store, so the nodes need not share
-   the model file) and running :func:`deepfake_detector.predict.predict_paths` on batches
-   of files, single-threaded;
-4. the rows stream back to the driver, which commits them as part files exactly as a local
-   scan does (atomic renames, the same schema), so the RESULTS of a Ray scan and of a local
-   one are interchangeable and a scan stopped on one can be finished on the other.
-
-An actor that dies (a decoder crashing on a hostile file) loses its batch, not the scan: Ray
-restarts the actor, and after the round the files of lost batches are classified again one
-per batch; a file that kills its actor again (after one retry) gets an error row.
-
-The files must be readable at the same path on every node (a shared or replicated file
-system), and every node needs this package installed in the same Python environment.
+"""The same scan on a Ray cluster with Ray Data, :func:`scan_ray` (``pip install 'deepfake-detector[ray]'``):
+the cluster hashes the files (:func:`hash_files`) and classifies them on model actors
+(:class:`RayScanner`); the driver commits the rows exactly as a local scan does, so RESULTS of
+either kind are interchangeable and a scan stopped on one can be finished on the other. Every node
+must read the files at the same path and have this package installed in the same Python environment.
 """
 
 from __future__ import annotations
@@ -70,7 +51,8 @@ def hash_files(batch: dict) -> dict:
 class RayScanner:
     """Ray Data callable class: loads the model once per actor, classifies batches of files."""
 
-    def __init__(self, model_ref: list, model_suffix: str, faces: bool, batch_size: int, n_frames: int):
+    def __init__(self, model_ref: list, model_suffix: str, faces: bool, batch_size: int, n_frames: int,
+                 fast: bool = False):
         import ray
 
         from ..models import load
@@ -82,7 +64,7 @@ class RayScanner:
         path = os.path.join(self._dir.name, "model" + model_suffix)
         with open(path, "wb") as f:
             f.write(data)
-        self.model = load(path, threads=1)
+        self.model = load(path, threads=1, fast=fast)
         limit_threads(1)  # again, for libraries the model brought in
         self.faces, self.batch_size, self.n_frames = faces, batch_size, n_frames
         self.detector = None
@@ -117,10 +99,23 @@ def _arrow(columns: dict):
 def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, faces: bool = False, progress: bool = True,
              part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS,
-             n_frames: int = 32, window: int = DEFAULT_WINDOW) -> dict:
+             n_frames: int = 32, window: int = DEFAULT_WINDOW, fast: bool = False) -> dict:
     """Scan ``sources`` into ``out`` on the Ray cluster at ``address``; see :func:`deepfake_detector.scan.scan`.
 
-    ``workers``: model actors (default: one per CPU of the cluster)."""
+    ``workers``: model actors (default: one per CPU of the cluster).
+
+    The file list is streamed in windows of ``window`` paths (the driver never holds more). For
+    each window: (1) ``map_batches(hash_files)``: the cluster's CPUs read and hash the files, so
+    the bytes are read where the workers are, not all through the driver; (2) the driver keeps
+    the files whose hash is neither in RESULTS nor seen earlier in this run; (3)
+    ``map_batches(RayScanner, concurrency=N, num_cpus=1)``: N actors, each loading the model
+    once (its bytes shipped through the object store, so the nodes need not share the model
+    file) and classifying batches single-threaded; (4) the rows stream back to the driver,
+    which commits them as part files. An actor that dies (a decoder crashing on a hostile file)
+    loses its batch, not the scan: Ray restarts it, and after the round the files of lost
+    batches are classified again one per batch; a file that kills its actor again gets an
+    error row.
+    """
     require_pyarrow()
     try:
         import ray
@@ -134,7 +129,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
     check_sources(sources)
     batch_size = max(1, int(batch_size))
     model_path = find_model(model_path)
-    info = model_identity(load(model_path), model_path)
+    info = model_identity(load(model_path, fast=fast), model_path)
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     started = not ray.is_initialized()
     col = None
@@ -148,7 +143,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
         _quiet_ray_data()
         n_actors = int(workers) if workers else max(1, int(ray.cluster_resources().get("CPU", 1)))
         ctor = {"model_ref": [ray.put(model_path.read_bytes())], "model_suffix": model_path.suffix,
-                "faces": bool(faces), "batch_size": batch_size, "n_frames": int(n_frames)}
+                "faces": bool(faces), "batch_size": batch_size, "n_frames": int(n_frames), "fast": bool(fast)}
         col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
         paths = iter_sources(sources, col.ignored)
         try:

@@ -205,7 +205,7 @@ class ResultsStore:
     def _check_meta(self, old: dict, new: dict) -> None:
         self.fmt = old.get("format", self.fmt)
         o, n = old.get("model", {}), new.get("model", {})
-        if o.get("sha256") != n.get("sha256"):
+        if o.get("sha256") != n.get("sha256") or o.get("arch", n.get("arch")) != n.get("arch"):
             raise ValueError(f"{self.path} holds results of model {o.get('arch')} {o.get('version')} "
                              f"(file sha256 {str(o.get('sha256'))[:12]}), this scan uses {n.get('arch')} "
                              f"{n.get('version')} ({str(n.get('sha256'))[:12]}): scan into another folder, or "

@@ -1,12 +1,7 @@
-"""One verdict per video: sample frames, find faces, classify them, aggregate over time.
-
-Pipeline of :func:`analyze_video`: ``n_frames`` evenly spaced frames (or every k-th) ->
-the largest face of each (or all faces) -> square crops at the model's input size -> one
-batched ``model.predict_proba`` call for all crops -> frame score = max over the frame's
-faces (a video is fake if any face in it is) -> video score by the chosen aggregation.
-
-The result is a JSON-serialisable dict; a file that is not a video or does not decode gives
-a result with ``error`` set instead of an exception, so a batch of files goes on.
+"""One verdict per video, :func:`analyze_video`: sample frames, find the largest face of each,
+classify all crops in one batch, frame score = max over the frame's faces (a video is fake if any
+face in it is), video score by :func:`aggregate` (:func:`confident_strategy` or the mean). A bad
+file gives a result with ``error`` set, not an exception, so a batch of files goes on.
 """
 
 from __future__ import annotations

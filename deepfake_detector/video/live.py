@@ -1,14 +1,8 @@
-"""Watch a camera, a stream or a file and keep a rolling verdict.
-
-A reader thread pulls frames from the source as fast as the source gives them and keeps
-only the newest one (older unanalysed frames are dropped and counted), so the analysis
-never lags behind the stream: it always works on the latest frame. A file is read at its
-own frame rate (the reader sleeps to the file's fps) so that it behaves like a stream.
-
-The analysis loop (in the calling thread) takes the newest frame, detects the largest face,
-classifies it, and keeps the last ``window`` face scores; their mean is the rolling P(fake).
-It stops at the end of the stream, after ``max_seconds``, when ``stop_event`` is set, or
-on Ctrl-C (KeyboardInterrupt), and returns a summary.
+"""Watch a camera, a stream or a file and keep a rolling verdict, :func:`watch`: a reader thread
+keeps only the newest frame (older unanalysed ones are dropped and counted), so the analysis never
+lags behind the stream; the largest face of each analysed frame is classified, and the mean of the
+last ``window`` face scores is the rolling P(fake). Also :func:`parse_source`, :func:`format_update`
+and :func:`format_summary`.
 """
 
 from __future__ import annotations
@@ -105,6 +99,10 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
           margin: float | None = None, realtime: bool | None = None,
           blas_threads: int | None = 1) -> dict:
     """Analyse a live source until it ends or is stopped; returns a summary dict.
+
+    The analysis runs in the calling thread and stops at the end of the stream, after
+    ``max_seconds``, when ``stop_event`` is set, or on Ctrl-C (KeyboardInterrupt), returning
+    the summary in every case. A file is read at its own frame rate, like a stream.
 
     ``source``: a camera index (``0`` or ``"0"``), a video file or a URL (rtsp/http...).
     ``realtime``: pace a file to its own fps (default True for files; cameras and streams

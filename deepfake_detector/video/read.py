@@ -1,14 +1,7 @@
-"""Open videos and sample frames from them with OpenCV's FFmpeg backend.
-
-Whatever that backend decodes works (mp4, avi, mov, mkv, webm...). Files that are not
-videos, or whose first frame does not decode, raise :class:`VideoError` with a clear message.
-
-Sampling is sequential by default: ``grab()`` every frame and ``retrieve()`` (convert to
-an image) only the wanted ones. H.264 must decode every frame from the last keyframe
-anyway, and DFDC clips have one keyframe for the whole clip, so a seek to frame k decodes
-k frames again: measured on a 10-s 1080p DFDC clip, 32 evenly spaced frames took 1.5 s by
-grab/retrieve and 16 s by seeking (``benchmarks/video.py``). ``method="seek"`` is kept for
-long videos with short keyframe intervals where it can win.
+"""Open videos and sample frames from them with OpenCV's FFmpeg backend (mp4, avi, mov, mkv,
+webm...: whatever it decodes): :func:`open_video` / :class:`Video`, :func:`sample_frames`,
+:func:`video_info`, :func:`prefetch` (decode ahead in a thread). A file that is not a video or whose
+first frame does not decode raises :class:`VideoError` with a clear message.
 """
 
 from __future__ import annotations
@@ -267,6 +260,13 @@ def sample_frames(path, n_frames: int | None = DEFAULT_N_FRAMES, every: int | No
     RGB ``uint8 (H, W, 3)`` (BGR with ``rgb=False``). Raises :class:`VideoError` when the
     file cannot be opened or decoded (a generator: on the first ``next()``). If the
     container over-reports its frame count, the frames past the real end are missing.
+
+    ``method="grab"`` (sequential, the default) ``grab()``s every frame and ``retrieve()``s
+    (converts to an image) only the wanted ones. H.264 must decode every frame from the last
+    keyframe anyway, and DFDC clips have one keyframe for the whole clip, so a seek to frame k
+    decodes k frames again: on a 10-s 1080p DFDC clip, 32 evenly spaced frames took 1.5 s by
+    grab/retrieve and 16 s by seeking (``benchmarks/video.py``). ``method="seek"`` is kept for
+    long videos with short keyframe intervals, where it can win.
     """
     with open_video(path) as video:
         yield from iter_sampled(video, n_frames, every, method, rgb)

@@ -1,18 +1,8 @@
-"""The HTTP API: ``POST /api/predict`` (one image or video) and ``GET /api/health``.
-
-``POST /api/predict`` takes multipart/form-data with the file in the field ``file`` and an
-optional field ``faces`` (``true`` by default: classify the largest face when one is found,
-the whole image otherwise -- ``predict --faces --whole-if-no-face``; ``false``: the whole
-image). It answers with exactly the object ``deepfake-detector predict --format json``
-gives for that file (the image row, or the video result), except that ``path`` is the
-client's file name. Status: 200; 413 for a file over the limit (``{"error": ...}``); 415 for
-an empty file or a type that is not a supported image or video, judged by content
-(``{"error": ...}``); 422 when the file has a supported type but cannot be decoded (the
-result object, with ``error`` set); 400 for a request that is not a multipart upload.
-
-Each request gets its own temporary folder, removed when the answer is ready. Calls into a
-model that is not thread-safe (its ``abilities`` say) are serialised; face detection and
-decoding run in parallel in the worker threads.
+"""The HTTP API, :func:`add_api_routes` / :func:`create_api`: ``POST /api/predict`` (one image or
+video) answers with the object ``deepfake-detector predict --format json`` gives for that file, and
+``GET /api/health`` with the model's description. Each upload lives in its own temporary folder,
+removed when the answer is ready; :class:`SerialModel` serialises calls into a model that is not
+thread-safe, while face detection and decoding run in parallel in the worker threads.
 """
 
 from __future__ import annotations
@@ -116,6 +106,16 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
                    n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS,
                    detector=None) -> None:
     """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
+
+    ``POST {prefix}/predict`` takes multipart/form-data with the file in the field ``file`` and
+    an optional field ``faces`` (``true`` by default: classify the largest face when one is
+    found, the whole image otherwise -- ``predict --faces --whole-if-no-face``; ``false``: the
+    whole image). It answers with the object ``predict --format json`` gives for that file
+    (the image row, or the video result), except that ``path`` is the client's file name.
+    Status: 200; 413 for a file over the limit (``{"error": ...}``); 415 for an empty file or a
+    type that is not a supported image or video, judged by content (``{"error": ...}``); 422
+    when the file has a supported type but cannot be decoded (the result object, with
+    ``error`` set); 400 for a request that is not a multipart upload.
 
     ``max_upload_mb``: the largest file accepted (413 above); ``max_pixels``: the largest image
     (by its header) accepted; ``temp_dir``: where each request's temporary folder is made

@@ -1,16 +1,9 @@
-"""The web app: a Gradio UI and the HTTP API on one FastAPI server, local by default.
-
-Tabs: **Image** (verdict, P(fake), confidence, the photo with the face box, and a heatmap of
-the evidence over the face crop), **Several images** (a table and a CSV download, the
-columns of ``predict --format csv``) and **Video** (verdict and the per-frame timeline).
-The UI and the API call the same library functions as the CLI (``predict_paths``,
-``analyze_video``, ``plot_timeline``, :func:`~deepfake_detector.explain.explain`).
-
-Privacy: the server listens on 127.0.0.1 unless told otherwise, never creates a public
-share link, and sends no analytics (``GRADIO_ANALYTICS_ENABLED=False`` is set before
-Gradio is imported; the theme uses local fonts only). Gradio keeps uploads in its cache
-folder; :func:`serve` points that at a private temporary folder removed at exit, and the
-app deletes cached files older than 15 minutes every 5 minutes.
+"""The web app, :func:`create_app` / :func:`serve`: a Gradio UI (:func:`build_ui`: tabs Image, Several
+images, Video) and the HTTP API on one FastAPI server, calling the same library functions as the CLI.
+Privacy: the server listens on 127.0.0.1 unless told otherwise, never creates a public share link and
+sends no analytics (``GRADIO_ANALYTICS_ENABLED=False`` before Gradio is imported; local fonts only).
+Gradio's upload cache is a private temporary folder removed at exit (:func:`serve`), and cached files
+older than 15 minutes are deleted every 5 minutes.
 """
 
 from __future__ import annotations
@@ -208,7 +201,14 @@ def video_summary(res: dict) -> str:
 # --- the Gradio UI -------------------------------------------------------------------------
 def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None, n_frames: int = 32,
              explain_method: str = "auto", detector=None):
-    """The Gradio Blocks (not yet mounted)."""
+    """The Gradio Blocks (not yet mounted).
+
+    Tabs: **Image** (verdict, P(fake), confidence, the photo with the face box, and a heatmap
+    of the evidence over the face crop), **Several images** (a table and a CSV download, the
+    columns of ``predict --format csv``) and **Video** (verdict and the per-frame timeline).
+    They call the same library functions as the CLI (``predict_paths``, ``analyze_video``,
+    ``plot_timeline``, :func:`~deepfake_detector.explain.explain`).
+    """
     import gradio as gr
 
     model = serial(model)

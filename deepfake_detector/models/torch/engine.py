@@ -1,5 +1,5 @@
 """The PyTorch engine adapter: :class:`TorchModel` puts a ``torch.nn.Module`` behind the
-:class:`~deepfake_detector.models.base.Model` interface and :class:`TorchOptimizer` runs
+:class:`~deepfake_detector.models.predictor.Predictor` interface and :class:`TorchOptimizer` runs
 ``torch.optim`` behind the engine's optimiser interface; :data:`ARCH_SPECS` holds what each
 architecture file declares about itself. Importing this module does not import torch.
 """

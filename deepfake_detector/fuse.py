@@ -1,0 +1,203 @@
+"""Shipping a fused model: each part scored on Validation and Test of every source, the stack
+fitted on pooled Validation (cells weighted equally), the candidate chosen by the mean
+per-source validation AUC (the fusion's own score cross-fitted), the threshold put at a
+false-alarm budget on pooled Validation reals, Test measured once, a model card written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .train_heads import SPLITS, _root_spec
+
+
+def _scores(model, items, size: int) -> tuple[np.ndarray, list[int]]:
+    """Logit differences of ``model`` on ``items`` ((sample, framing, root) triples) and the
+    positions of the files that failed."""
+    z = np.full(len(items), np.nan)
+    for framing in ("as-is", "face"):
+        idx = [i for i, it in enumerate(items) if it[1] == framing]
+        if idx:
+            logits, _ = model.file_logits([items[i][0].path for i in idx], framing, size)
+            z[idx] = np.asarray(logits, np.float64)[:, 1] - np.asarray(logits, np.float64)[:, 0]
+    return z, [int(i) for i in np.flatnonzero(~np.isfinite(z))]
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _cross_fitted(scores, y, cells, folds: int, seed: int = 0) -> np.ndarray:
+    """Out-of-fold stack scores: each fold's rows scored by a stack fitted on the others."""
+    from .models.fusion import fit_stack
+
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), int)
+    for c in np.unique(cells):  # folds stratified by cell
+        idx = np.flatnonzero(cells == c)
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    out = np.empty(len(y))
+    for k in range(folds):
+        w, b = fit_stack(scores[fold != k], y[fold != k], cells[fold != k])
+        out[fold == k] = scores[fold == k] @ w + b
+    return out
+
+
+def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int = 5, seed: int = 0,
+         fast_part: str = "cnn") -> dict:
+    """Build the fused model of ``parts`` ({name: model file}) on the roots of ``data`` (as a
+    :class:`~deepfake_detector.train_heads.HeadConfig`'s ``data``: Validation and Test of each,
+    capped as there), write it to ``out`` (a bundle .zip; or the winning part alone where it
+    beats the fusion on every source) with MODEL_CARD.md beside it, and return the report."""
+    from .calibration import calibrate_on_validation
+    from .metrics import per_source_metrics, source_selection
+    from .models import load
+    from .models.fusion import FusedModel, fit_stack, save_bundle
+    from .train_heads import HeadConfig, head_samples
+
+    models = {name: load(path) for name, path in parts.items()}
+    size = max(m.input_size for m in models.values())
+    items = head_samples(HeadConfig(data=data, seed=seed))
+    cols = {split: {} for split in ("validation", "test")}
+    for split in cols:
+        for name, m in models.items():
+            cols[split][name], _ = _scores(m, items[split], size)
+    table = {}
+    for split in cols:
+        s = np.stack([cols[split][n] for n in models], 1)
+        ok = np.isfinite(s).all(1)
+        its = [it for it, k in zip(items[split], ok) if k]
+        table[split] = (s[ok], np.array([it[0].label for it in its]), [it[0].source for it in its],
+                        [it[2] for it in its])
+    sv, yv, srcv, rootsv = table["validation"]
+    cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
+
+    # --- the per-source validation rule: each part alone, and the fusion (cross-fitted) ---
+    candidates = {name: sv[:, j] for j, name in enumerate(models)}
+    candidates["fusion"] = _cross_fitted(sv, yv, cells, folds, seed)
+    by_source = {}
+    for name, z in candidates.items():
+        rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
+        by_source[name] = {"rows": rows, **source_selection(rows)}
+    fusion_auc = {r["source"]: r["roc_auc"] for r in by_source["fusion"]["rows"]}
+    beats_fusion = [n for n in models
+                    if all(r["roc_auc"] is not None and r["roc_auc"] > fusion_auc[r["source"]]
+                           for r in by_source[n]["rows"])]
+    choice = beats_fusion[0] if beats_fusion else "fusion"
+
+    w, b = fit_stack(sv, yv, cells)
+    if choice == "fusion":
+        chosen_scores = {split: table[split][0] @ w + b for split in table}
+    else:
+        j = list(models).index(choice)
+        chosen_scores = {split: table[split][0][:, j] for split in table}
+    zv = np.stack([np.zeros_like(chosen_scores["validation"]), chosen_scores["validation"]], 1)
+    temperature, threshold, val_metrics = calibrate_on_validation(zv, yv, max_false_alarm=max_false_alarm)
+    report = {"choice": choice, "candidates": {n: {k: v for k, v in d.items()} for n, d in by_source.items()},
+              "stack": {"parts": list(models), "weights": w.tolist(), "bias": b},
+              "threshold": threshold, "temperature": temperature,
+              "threshold_rule": f"false alarms <= {max_false_alarm:g} on pooled Validation reals",
+              "validation": val_metrics}
+    for split in table:
+        _, ys, ss, rs = table[split]
+        p = _sigmoid(chosen_scores[split] / temperature)
+        report[f"{split}_sources"] = per_source_metrics(ys, p, ss, threshold, roots=rs)
+
+    out = Path(out)
+    meta = {"threshold": threshold, "temperature": temperature, "face_margin": 0.0,
+            "version": f"{choice}-{time.strftime('%Y%m%d')}", "threshold_rule": report["threshold_rule"],
+            "validation_sources": report["validation_sources"], "test_sources": report["test_sources"],
+            "selection": {n: {"mean_auc": d["mean_auc"], "worst_source": d["worst_source"],
+                              "worst_auc": d["worst_auc"]} for n, d in by_source.items()},
+            "data": [_root_spec(i) for i in data], "fast_part": fast_part}
+    if choice == "fusion":
+        model = FusedModel(models, w, b, meta)
+        save_bundle(model, out)
+    else:  # one part beats the fusion on every source: it ships alone, recalibrated by the same rule
+        model = models[choice]
+        model.meta.update(meta, note="chosen over the fusion: better validation AUC on every source")
+        out = _save_alone(model, parts[choice], out)
+        report["out"] = str(out)
+    (out.parent / "MODEL_CARD.md").write_text(fused_model_card(model, report) if choice == "fusion"
+                                              else _single_card(model, report))
+    (out.parent / f"{out.stem}-fusion-report.json").write_text(json.dumps(report, indent=1, default=float))
+    return report
+
+
+def _save_alone(model, source, out: Path) -> Path:
+    """``model`` (a part, its meta updated) written in its own format beside ``out``."""
+    from .models import save_model
+
+    if str(source).lower().endswith(".onnx"):
+        from .export import rewrite_metadata
+
+        out = out.with_suffix(".onnx")
+        out.write_bytes(Path(source).read_bytes())
+        rewrite_metadata(out, model)
+    else:
+        out = out.with_suffix(".npz")
+        save_model(model, out)
+    return out
+
+
+def _rate(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _single_card(model, report: dict) -> str:
+    """The card of a part shipped alone: why, and every source's rates."""
+    lines = [f"# Model card: `{model.meta.get('version')}`", "",
+             f"**What it is.** {model.arch} alone ({model.engine}), chosen over the fusion of the parts because it "
+             "had the better validation ROC-AUC on every source. Threshold "
+             f"{model.threshold:.4f}: {model.meta.get('threshold_rule')}.", ""]
+    return "\n".join(lines + _rate_tables(report))
+
+
+def _rate_tables(report: dict) -> list[str]:
+    lines = ["**How it was chosen.** Mean per-source validation ROC-AUC (the fusion's own cross-fitted, "
+             "5 folds); a single-class source is ranked against the other class of its root:", "",
+             "| candidate | mean per-source AUC | worst source | its AUC |", "| --- | --- | --- | --- |"]
+    for name, d in report["candidates"].items():
+        lines.append(f"| {name} | {_rate(d['mean_auc'])} | {d['worst_source']} | {_rate(d['worst_auc'])} |")
+    for split in ("validation", "test"):
+        lines += ["", f"**{split.title()}, per source, at the shipped threshold.**", "",
+                  "| source | n | ROC-AUC | fake recall | false alarms |", "| --- | --- | --- | --- | --- |"]
+        for r in report[f"{split}_sources"]:
+            lines.append(f"| {r['source']} | {r['n']} | {_rate(r['roc_auc'])} | {_rate(r['fake_recall'])} | "
+                         f"{_rate(r['false_alarm'])} |")
+    return lines + [""]
+
+
+def fused_model_card(model, report: dict) -> str:
+    """The model card of a fused model: its parts, the stack, the rule, every source's rates."""
+    m = model.meta
+    lines = [f"# Model card: `{m.get('version')}`", "",
+             f"**What it is.** A logistic stack of {len(model.parts)} models' logit differences, shipped as one "
+             "bundle (a zip of ONNX graphs and a JSON manifest) run by onnxruntime alone:", ""]
+    for (name, part), wt in zip(model.parts.items(), model.weights):
+        d = part.describe()
+        lines.append(f"- `{name}`: {d.get('arch')} ({d.get('engine')}, input {d.get('input_size')} px"
+                     + (f", encoder {d['encoder']}" if d.get("encoder") else "") + f"), weight {wt:+.4f}")
+    lines += ["", f"Bias {model.bias:+.4f}. The stack was fitted on pooled Validation of every source, each "
+              "(source x class) cell weighted equally. Decision threshold "
+              f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",
+              ""]
+    lines += _rate_tables(report)
+    lines += ["**Framing.** Every source is framed as `predict --faces` frames a photo: the square around the "
+              "detector's face box, no margin (dfdc-faces crops already are; faces-wild photos are cropped so).",
+              "", "**Known limits.** Trained on DFDC face swaps and on FFHQ / UTKFace photos against StyleGAN, "
+              "one other GAN and Stable Diffusion 2.1 faces. Other generators, composites and face swaps of "
+              "other datasets were not seen; real photos unlike FFHQ / UTKFace (news, greyscale, low light) may "
+              "be called Fake more often than the rates above. The CLIP part needs its encoder file "
+              "(`deepfake-detector fetch-encoder`); without it the default runs its CNN part alone. Use the score "
+              "as evidence to weigh, not as proof.", "",
+              "**Terms.** DFDC data is for research use under its own terms; FFHQ is CC BY-NC-SA 4.0; UTKFace is "
+              "for non-commercial research. The weights inherit those restrictions.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["SPLITS", "fuse", "fused_model_card"]

@@ -1,0 +1,143 @@
+"""A trained head on the frozen CLIP encoder, behind the :class:`Predictor` interface.
+
+The encoder (onnxruntime) turns each 224-px crop into a 512-d embedding, L2-normalised; the
+head (a from-scratch engine network: logistic or a small MLP) turns it into two logits.
+The checkpoint is a .npz of the head alone; it names the encoder by its hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ... import nn
+from ...nn.backend import to_numpy
+from ..predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
+from ..registry import register_model
+from .encoder import CLIP_MEAN, CLIP_STD, EMBED_DIM, ENCODER_NAME, INPUT_SIZE, ClipEncoder
+
+
+@dataclass
+class ClipHeadModel(Predictor):
+    head: nn.Sequential  # (N, 512) unit embeddings -> (N, 2) logits
+    arch: str
+    config: dict
+    preprocess: Preprocess = field(default_factory=lambda: Preprocess(INPUT_SIZE, CLIP_MEAN, CLIP_STD))
+    class_names: tuple = CLASS_NAMES
+    meta: dict = field(default_factory=dict)
+    device: str = "cpu"
+    engine: str = "clip-onnx+numpy"
+    kind = "clip"
+
+    def __post_init__(self):
+        self._encoder: ClipEncoder | None = None
+        self.encoder_path = None  # None: the cache / $DEEPFAKE_DETECTOR_CLIP_ENCODER
+
+    @property
+    def abilities(self) -> Abilities:
+        return Abilities(thread_safe=False, threads=self.threads)
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        if self._encoder is None:
+            self._encoder = ClipEncoder(self.encoder_path, threads=self.threads or 1)
+            want = self.meta.get("encoder", {}).get("sha256")
+            if want and want != self._encoder.sha256:
+                raise ValueError(f"{self._encoder.path} is not the encoder this head was trained on "
+                                 f"(SHA-256 {self._encoder.sha256[:16]}..., the head wants {want[:16]}...)")
+        return self._encoder
+
+    def use_encoder(self, encoder: ClipEncoder) -> ClipHeadModel:
+        self._encoder = encoder
+        return self
+
+    # --- the head ------------------------------------------------------------------
+    def parameters(self) -> dict:
+        return self.head.named_parameters()
+
+    def grads(self) -> dict:
+        return self.head.named_grads()
+
+    def buffers(self) -> dict:
+        return self.head.named_buffers()
+
+    def num_parameters(self) -> int:
+        return self.head.num_parameters()
+
+    def load_state(self, params: dict, buffers: dict) -> None:
+        self.head.load_arrays("params", params)
+        self.head.load_arrays("buffers", buffers)
+
+    def to(self, device: str):
+        if device != "cpu":
+            raise ValueError("a CLIP-head model runs on the CPU (onnxruntime + the NumPy engine)")
+        return self
+
+    def set_threads(self, n: int | None) -> None:
+        self.threads = n
+        self._encoder = None  # rebuilt with n threads on next use
+
+    def head_logits(self, embeddings, training: bool = False):
+        """(N, 512) raw embeddings -> (N, 2) logits (unit-normalised first)."""
+        e = np.asarray(embeddings, np.float32)
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        if training:
+            return self.head.forward(e, True)
+        with nn.no_grad():
+            return to_numpy(self.head.forward(e, False))
+
+    # --- pixels in, probabilities out ----------------------------------------------
+    def embed(self, images) -> np.ndarray:
+        """uint8 (N, 224, 224, 3) crops -> (N, 512) embeddings, one encoder call per image."""
+        return self.encoder.embed(self.normalize(images))
+
+    def logits(self, images, batch_size: int = 64) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, 2), np.float32)
+        return self.head_logits(self.embed(images))
+
+    def file_logits(self, paths, framing: str = "as-is", size: int | None = None, detector=None,
+                    batch_size: int = 64):
+        """As :meth:`Predictor.file_logits`, through the embedding cache (the same pixels reach
+        the encoder as in ``predict``, so a cached file costs no encoder call)."""
+        if (size or INPUT_SIZE) != INPUT_SIZE or detector is not None:
+            return super().file_logits(paths, framing, size, detector, batch_size)
+        from .cache import EmbeddingCache
+        from .encoder import cache_dir
+        from .features import embed_files
+
+        cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
+        try:
+            emb, errors = embed_files([str(p) for p in paths], self.encoder, cache, framing,
+                                      workers=max(1, self.encoder.workers))
+        finally:
+            cache.close()
+        z = np.asarray(self.head_logits(emb), np.float32)
+        z[[i for i, p in enumerate(paths) if str(p) in errors]] = np.nan
+        return z, errors
+
+    def describe(self) -> dict:
+        enc = self.meta.get("encoder", {})
+        return {**super().describe(), "encoder": enc.get("name", ENCODER_NAME),
+                "encoder_sha256": (enc.get("sha256") or "")[:16]}
+
+
+def _build(arch: str, layers: list, config: dict) -> ClipHeadModel:
+    return ClipHeadModel(nn.Sequential(*layers), arch, config)
+
+
+@register_model("clip-logistic")
+def clip_logistic(seed: int = 0) -> ClipHeadModel:
+    """Logistic regression on the unit CLIP embedding."""
+    rng = np.random.default_rng(seed)
+    return _build("clip-logistic", [nn.Dense(EMBED_DIM, 2, rng=rng)], {"seed": seed})
+
+
+@register_model("clip-mlp")
+def clip_mlp(seed: int = 0, hidden: int = 256, dropout: float = 0.2) -> ClipHeadModel:
+    """One hidden layer of ``hidden`` ReLU units, dropout ``dropout``."""
+    rng = np.random.default_rng(seed)
+    layers = [nn.Dense(EMBED_DIM, hidden, rng=rng), nn.ReLU(), nn.Dropout(dropout, seed=seed),
+              nn.Dense(hidden, 2, rng=rng)]
+    return _build("clip-mlp", layers, {"seed": seed, "hidden": hidden, "dropout": dropout})

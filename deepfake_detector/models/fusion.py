@@ -1,0 +1,216 @@
+"""Several models as one: a logistic stack of their logit differences, and the bundle file
+(a zip of ONNX parts and a JSON manifest) that runs it on onnxruntime alone.
+
+``FusedModel`` takes crops at its largest part's input size and gives each part its own
+size. The bundle is read as data: a manifest, ONNX graphs and numbers, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
+
+BUNDLE_FORMAT = "deepfake-detector/bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "bundle.json"
+MAX_MEMBER_BYTES = 256 << 20  # a bundle member larger than this is refused (memory per file is bounded)
+
+
+class FusedModel(Predictor):
+    """P(fake) = sigmoid((w . s + b) / T), ``s`` the parts' logit differences (z_fake - z_real)."""
+
+    kind = "fused"
+    engine = "onnxruntime"
+
+    def __init__(self, parts: dict[str, Predictor], weights, bias: float, meta: dict | None = None,
+                 arch: str = "fused"):
+        self.parts = dict(parts)
+        self.weights = np.asarray(weights, np.float64).reshape(-1)
+        if len(self.weights) != len(self.parts):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.parts)} parts")
+        self.bias = float(bias)
+        self.arch, self.config, self.class_names = arch, {"parts": list(self.parts)}, CLASS_NAMES
+        self.meta = dict(meta or {})
+        self.preprocess = Preprocess(max(p.input_size for p in self.parts.values()))
+
+    @property
+    def abilities(self) -> Abilities:
+        return Abilities(thread_safe=all(p.abilities.thread_safe for p in self.parts.values()), threads=self.threads)
+
+    @property
+    def face_margin(self) -> float:
+        return float(self.meta.get("face_margin", next(iter(self.parts.values())).face_margin))
+
+    def set_threads(self, n: int | None) -> None:
+        for p in self.parts.values():
+            p.set_threads(n)
+        self.threads = n
+
+    def num_parameters(self) -> int | None:
+        counts = [p.num_parameters() for p in self.parts.values()]
+        return None if None in counts else int(sum(counts)) + len(self.weights) + 1
+
+    def part_scores(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> (N, parts) logit differences, each part at its own input size."""
+        images = np.asarray(images)
+        cols = []
+        for part in self.parts.values():
+            x = images
+            if len(x) and x.shape[1] != part.input_size:
+                x = np.stack([cv2.resize(im, (part.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in x])
+            z = np.asarray(part.decision_logits(x, batch_size), np.float64)
+            cols.append(z[:, 1] - z[:, 0])
+        return np.stack(cols, 1) if cols else np.zeros((len(images), 0))
+
+    def logits(self, images, batch_size: int = 64) -> np.ndarray:
+        s = self.part_scores(images, batch_size) @ self.weights + self.bias  # (N,)
+        return np.stack([np.zeros_like(s), s], 1).astype(np.float32)
+
+    def file_logits(self, paths, framing: str = "as-is", size: int | None = None, detector=None,
+                    batch_size: int = 64):
+        """Each part's own :meth:`file_logits` (framed at this model's input size, as ``predict``
+        gives it crops), stacked."""
+        size = size or self.input_size
+        cols, errors = [], {}
+        for part in self.parts.values():
+            z, err = part.file_logits(paths, framing, size, detector, batch_size)
+            cols.append(np.asarray(z, np.float64)[:, 1] - np.asarray(z, np.float64)[:, 0])
+            errors.update(err)
+        s = np.stack(cols, 1) @ self.weights + self.bias
+        return np.stack([np.zeros_like(s), s], 1).astype(np.float32), errors
+
+    def describe(self) -> dict:
+        parts = {name: {k: v for k, v in p.describe().items() if k in ("arch", "input_size", "engine", "version",
+                                                                       "encoder", "tta")}
+                 for name, p in self.parts.items()}
+        return {**super().describe(), "parts": parts,
+                "stack": {"weights": [round(float(w), 6) for w in self.weights], "bias": round(self.bias, 6)}}
+
+
+def fit_stack(scores, labels, cells=None, C: float = 1.0) -> tuple[np.ndarray, float]:
+    """Logistic regression of ``labels`` on ``scores`` (N, parts), each (source x class) cell
+    of ``cells`` weighted equally (sklearn's LogisticRegression). Returns (weights, bias)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels)
+    w = None
+    if cells is not None:
+        keys, inv, counts = np.unique(np.asarray(cells, dtype=object).astype(str), return_inverse=True,
+                                      return_counts=True)
+        w = (len(y) / len(keys)) / counts[inv]
+    lr = LogisticRegression(C=C, max_iter=1000).fit(np.asarray(scores, np.float64), y, sample_weight=w)
+    return lr.coef_[0].copy(), float(lr.intercept_[0])
+
+
+# --- the bundle file ----------------------------------------------------------------------
+def _part_entry(name: str, part: Predictor) -> tuple[dict, bytes]:
+    """(manifest entry, ONNX bytes) of one part."""
+    from .clip.head import ClipHeadModel
+    from .onnx_model import OnnxModel
+
+    if isinstance(part, OnnxModel):
+        data = part._source if isinstance(part._source, bytes) else Path(part._source).read_bytes()
+        return {"name": name, "kind": "onnx", "file": f"{name}.onnx"}, data
+    if isinstance(part, ClipHeadModel):
+        from ..export import head_onnx_bytes
+
+        data = head_onnx_bytes(part.head, 512) if hasattr(part.head, "layers") else part.head.data
+        return {"name": name, "kind": "clip-head", "file": f"{name}.onnx", "arch": part.arch,
+                "config": part.config, "meta": part.meta}, data
+    raise ValueError(f"part {name!r}: a {part.kind} model cannot go into a bundle (export it to ONNX first)")
+
+
+def save_bundle(model: FusedModel, path) -> Path:
+    """Write ``model`` as one zip: ``bundle.json`` and one ONNX graph per part."""
+    path = Path(path)
+    entries, blobs = [], {}
+    for name, part in model.parts.items():
+        entry, data = _part_entry(name, part)
+        entries.append(entry)
+        blobs[entry["file"]] = data
+    manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "arch": model.arch,
+                "parts": entries, "weights": model.weights.tolist(), "bias": model.bias, "meta": model.meta}
+    tmp = path.with_name(f".tmp-{path.name}")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(MANIFEST, json.dumps(manifest, indent=1, default=float))
+        for name, data in blobs.items():
+            z.writestr(name, data)
+    tmp.replace(path)
+    return path
+
+
+def is_bundle(path: Path) -> bool:
+    if path.suffix.lower() != ".zip" or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return MANIFEST in z.namelist()
+
+
+def _read(z: zipfile.ZipFile, name: str) -> bytes:
+    info = z.getinfo(name)
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ValueError(f"bundle member {name} is {info.file_size} bytes; refused")
+    return z.read(name)
+
+
+class OnnxHead:
+    """A head graph on (N, features) vectors, run by onnxruntime (the bundle's CLIP head)."""
+
+    def __init__(self, data: bytes, threads: int | None = 1):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or 1)
+        so.log_severity_level = 3
+        self.data = data
+        self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+    def forward(self, x, training: bool = False):
+        if training:
+            raise RuntimeError("an ONNX head runs inference only")
+        return self.session.run(["logits"], {"image": np.ascontiguousarray(x, np.float32)})[0]
+
+    def num_parameters(self) -> int:
+        from onnx import load_model_from_string, numpy_helper
+
+        return int(sum(numpy_helper.to_array(t).size for t in load_model_from_string(self.data).graph.initializer))
+
+
+def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
+    """The model in a bundle file; ``only``: one part of it alone (e.g. the fast CNN)."""
+    from .clip.head import ClipHeadModel
+    from .onnx_model import OnnxModel
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(_read(z, MANIFEST))
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{path}: not a deepfake-detector bundle")
+        parts = {}
+        for entry in manifest["parts"]:
+            if only and entry["name"] != only:
+                continue
+            data = _read(z, entry["file"])
+            if entry["kind"] == "onnx":
+                parts[entry["name"]] = OnnxModel(f"{path.name}:{entry['file']}", threads, device, data=data)
+            elif entry["kind"] == "clip-head":
+                part = ClipHeadModel(OnnxHead(data, threads), entry["arch"], entry.get("config", {}),
+                                     meta=entry.get("meta", {}))
+                part.threads = threads
+                part.encoder  # noqa: B018 - opens the encoder now: a missing one is a clear error at load
+                parts[entry["name"]] = part
+            else:
+                raise ValueError(f"{path}: part {entry['name']!r} of unknown kind {entry['kind']!r}")
+    if only:
+        if only not in parts:
+            raise ValueError(f"{path}: no part named {only!r}")
+        part = parts[only]
+        part.meta = {**part.meta, "note": f"the {only!r} part of {path.name} alone"}
+        return part
+    return FusedModel(parts, manifest["weights"], manifest["bias"], manifest.get("meta", {}), manifest.get("arch"))

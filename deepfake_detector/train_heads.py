@@ -1,0 +1,196 @@
+"""Heads on the frozen CLIP encoder: one extraction pass (cached on disk), then a minute of
+training on the embeddings with the engine, batches balanced over (source x class) cells,
+the checkpoint chosen by the mean per-source validation AUC.
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch, per-source rows)
+and ``best.npz`` (a :class:`~deepfake_detector.models.ClipHeadModel` with its threshold,
+temperature and per-source validation and test rates). An interrupted run is started again:
+the embeddings it had made are in the cache, and training the head takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import nn
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class HeadConfig:
+    """Everything a head run needs; written to ``config.json``."""
+
+    data: list = field(default_factory=list)  # roots: a path, or {"root", "name", "faces", "weight", "max_per_class"}
+    arch: str = "clip-mlp"  # clip-logistic | clip-mlp
+    model_config: dict = field(default_factory=dict)  # builder keyword arguments (hidden, dropout)
+    epochs: int = 40
+    steps_per_epoch: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_false_alarm: float | None = 0.05  # threshold: this share of pooled Validation reals called Fake
+    threshold_method: str = "youden"  # when max_false_alarm is None
+    source_weights: dict = field(default_factory=dict)  # source name -> weight of its cells in a batch
+    seed: int = 0
+    out: str = "runs/clip-head"
+    encoder: str | None = None  # the encoder file (default: the cache / $DEEPFAKE_DETECTOR_CLIP_ENCODER)
+    cache: str | None = None  # the embedding cache (default: <cache folder>/embeddings.sqlite)
+    workers: int = 2  # encoder calls side by side during extraction
+
+    @classmethod
+    def from_file(cls, path) -> HeadConfig:
+        d = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"comment"}
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _root_spec(item) -> dict:
+    spec = {"root": item} if isinstance(item, str) else dict(item)
+    spec.setdefault("name", Path(spec["root"]).name)
+    return {"faces": False, "weight": 1.0, "max_per_class": {}, **spec}
+
+
+def capped(paths: list, cap: int | None) -> list:
+    """At most ``cap`` of ``paths``: the first by the SHA-1 of the file name (a fixed, seed-free
+    choice, so that every run and the extraction pass pick the same files), in sorted order."""
+    if not cap or len(paths) <= cap:
+        return list(paths)
+    return sorted(sorted(paths, key=lambda s: hashlib.sha1(Path(s.path).name.encode()).hexdigest())[:cap])
+
+
+def head_samples(cfg: HeadConfig) -> dict:
+    """``{split: [(sample, framing, root name)]}`` over every root, each capped per class."""
+    from .data import check_disjoint, discover
+
+    out = {s: [] for s in SPLITS}
+    every = {s: [] for s in SPLITS}
+    for item in cfg.data:
+        spec = _root_spec(item)
+        splits = discover(spec["root"], seed=cfg.seed, name=spec["name"])
+        framing = "face" if spec["faces"] else "as-is"
+        for split, samples in zip(SPLITS, splits):
+            cap = spec["max_per_class"].get(split)
+            for label in (0, 1):
+                chosen = capped([s for s in samples if s.label == label], cap)
+                out[split] += [(s, framing, spec["name"]) for s in chosen]
+                every[split] += chosen
+    check_disjoint({s: every[s] for s in SPLITS})
+    return out
+
+
+def embed_split(items, encoder, cache, workers: int, progress: bool):
+    """Embeddings (N, 512), labels, sources and roots of one split's items (failed files dropped)."""
+    from .models.clip.features import embed_files
+
+    keep, emb = [], []
+    for framing in ("as-is", "face"):
+        group = [it for it in items if it[1] == framing]
+        if not group:
+            continue
+        e, errors = embed_files([s.path for s, _, _ in group], encoder, cache, framing, workers=workers,
+                                progress=progress)
+        ok = [i for i, (s, _, _) in enumerate(group) if s.path not in errors]
+        keep += [group[i] for i in ok]
+        emb.append(e[ok])
+    labels = np.array([s.label for s, _, _ in keep], np.int64)
+    return (np.concatenate(emb) if emb else np.zeros((0, 512), np.float32), labels,
+            [s.source for s, _, _ in keep], [r for _, _, r in keep])
+
+
+def _cell_sampler(labels, sources, roots, weights: dict, root_weights: dict):
+    """Cells (source, class) with their indices and sampling probabilities."""
+    cells = {}
+    for i, key in enumerate(zip(sources, labels.tolist())):
+        cells.setdefault(key, []).append(i)
+    keys = sorted(cells)
+    w = np.array([weights.get(src, 1.0) * root_weights.get(roots[cells[(src, c)][0]], 1.0) for src, c in keys])
+    return [np.array(cells[k]) for k in keys], w / w.sum(), keys
+
+
+def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
+    """Extract (or read cached) embeddings, train the head, keep the best epoch; return a summary."""
+    from .calibration import calibrate_on_validation
+    from .metrics import per_source_metrics, source_selection
+    from .models import create_model, save_model
+    from .models.clip.cache import EmbeddingCache
+    from .models.clip.encoder import ClipEncoder, cache_dir, file_sha256
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    encoder = ClipEncoder(cfg.encoder, threads=1, workers=cfg.workers)
+    cache = EmbeddingCache(cfg.cache or cache_dir() / "embeddings.sqlite")
+    data = {split: embed_split(items, encoder, cache, cfg.workers, progress)
+            for split, items in head_samples(cfg).items()}
+    x, y, src, roots = data["train"]
+    xv, yv, srcv, rootsv = data["validation"]
+    root_weights = {_root_spec(i)["name"]: _root_spec(i)["weight"] for i in cfg.data}
+    cells, probs, cell_keys = _cell_sampler(y, src, roots, cfg.source_weights, root_weights)
+
+    model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config)
+    opt = nn.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+    history, best, best_score = [], None, -np.inf
+    for epoch in range(cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        loss_sum = 0.0
+        for step in range(cfg.steps_per_epoch):
+            picks = rng.choice(len(cells), cfg.batch_size, p=probs)  # a cell per draw, then a member
+            idx = np.array([cells[c][rng.integers(len(cells[c]))] for c in picks])
+            for i, layer in enumerate(l for l in model.head.layers if isinstance(l, nn.Dropout)):
+                layer.reseed([cfg.seed, epoch, step, i])
+            model.head.zero_grad()
+            logits = model.head_logits(x[idx], training=True)
+            loss, dz = nn.softmax_cross_entropy(logits, y[idx])
+            model.head.backward(dz)
+            opt.step(model.grads())
+            loss_sum += loss
+        z = model.head_logits(xv)
+        p = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0]).astype(np.float64)))
+        rows = per_source_metrics(yv, p, srcv, 0.5, roots=rootsv)
+        sel = source_selection(rows)
+        history.append({"epoch": epoch, "train_loss": loss_sum / cfg.steps_per_epoch, "val_sources": rows,
+                        "val_mean_source_auc": sel["mean_auc"], "val_worst_source": sel["worst_source"],
+                        "val_worst_source_auc": sel["worst_auc"]})
+        if sel["mean_auc"] > best_score:
+            best_score, best = sel["mean_auc"], (epoch, {k: v.copy() for k, v in model.parameters().items()})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    epoch, params = best
+    model.load_state(params, {})
+    zv = model.head_logits(xv)
+    temperature, threshold, val_metrics = calibrate_on_validation(zv, yv, cfg.threshold_method,
+                                                                  max_false_alarm=cfg.max_false_alarm)
+    model.meta.update(threshold=threshold, temperature=temperature, epoch=epoch + 1, validation=val_metrics,
+                      face_margin=0.0, version=f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}",
+                      threshold_rule=(f"false alarms <= {cfg.max_false_alarm:g} on pooled Validation reals"
+                                      if cfg.max_false_alarm is not None else cfg.threshold_method),
+                      encoder={"name": "clip-vit-b16", "sha256": file_sha256(encoder.path),
+                               "file": encoder.path.name},
+                      recipe=dataclasses.asdict(cfg),
+                      data={"cells": [f"{s}/{'Fake' if c else 'Real'}" for s, c in cell_keys],
+                            "train": int(len(y)), "validation": int(len(yv)), "test": int(len(data["test"][1]))})
+    for split, (xs, ys, ss, rs) in (("validation", data["validation"]), ("test", data["test"])):
+        if len(ys):
+            p = 1 / (1 + np.exp(-_diff(model.head_logits(xs)) / temperature))
+            model.meta[f"{split}_sources"] = per_source_metrics(ys, p, ss, threshold, roots=rs)
+    save_model(model, run / "best.npz")
+    cache.close()
+    return {"run": str(run), "best_epoch": epoch + 1, "val_mean_source_auc": best_score,
+            "threshold": threshold, "temperature": temperature,
+            "validation_sources": model.meta["validation_sources"], "test_sources": model.meta.get("test_sources")}
+
+
+def _diff(z) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    return z[:, 1] - z[:, 0]

