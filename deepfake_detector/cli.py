@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
                  "lr": args.lr, "schedule": args.schedule, "optimizer": args.optimizer, "out": args.out,
                  "batches_per_epoch": args.batches_per_epoch, "seed": args.seed, "device": args.device,
                  "early_stopping": args.early_stopping, "balance": args.balance, "workers": args.workers,
-                 "max_false_alarm": args.max_false_alarm}
+                 "max_false_alarm": args.max_false_alarm, "detector": args.detector}
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true")
     t.add_argument("--faces", action="store_true", help="crop the largest face of each image first")
     t.add_argument("--whole-if-no-face", action="store_true", help="with --faces: keep faceless images whole")
+    t.add_argument("--detector", help="the face detector that crops them (see `deepfake-detector models`)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["cpu", "gpu"])
     t.add_argument("--out", help="run folder")

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .train_heads import SPLITS, _root_spec
+from .data.roots import data_roots
+from .train_heads import SPLITS
 
 
 def _scores(model, items, size: int) -> tuple[np.ndarray, list[int]]:
-    """Logit differences of ``model`` on ``items`` ((sample, framing, root) triples) and the
+    """Logit differences of ``model`` on ``items`` ((sample, framing) pairs) and the
     positions of the files that failed."""
     z = np.full(len(items), np.nan)
     for framing in ("as-is", "face"):
@@ -72,7 +73,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
         ok = np.isfinite(s).all(1)
         its = [it for it, k in zip(items[split], ok) if k]
         table[split] = (s[ok], np.array([it[0].label for it in its]), [it[0].source for it in its],
-                        [it[2] for it in its])
+                        [it[0].root for it in its])
     sv, yv, srcv, rootsv = table["validation"]
     cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
 
@@ -113,7 +114,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
             "validation_sources": report["validation_sources"], "test_sources": report["test_sources"],
             "selection": {n: {"mean_auc": d["mean_auc"], "worst_source": d["worst_source"],
                               "worst_auc": d["worst_auc"]} for n, d in by_source.items()},
-            "data": [_root_spec(i) for i in data], "fast_part": fast_part}
+            "data": [r._asdict() for r in data_roots(data)], "fast_part": fast_part}
     if choice == "fusion":
         model = FusedModel(models, w, b, meta)
         save_bundle(model, out)

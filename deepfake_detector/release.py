@@ -89,7 +89,7 @@ KNOWN_DATA = {
 
 def _roots(m: dict) -> list[dict]:
     """The run's data roots from a checkpoint's ``data`` meta (older checkpoints: ``root``)."""
-    from .train import data_roots
+    from .data.roots import data_roots
 
     d = m.get("data", {})
     if d.get("roots"):

@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -38,14 +37,13 @@ from .data import (
     Splits,
     check_disjoint,
     class_counts,
-    discover,
     load_arrays,
-    root_name,
     samples_from_dirs,
     source_counts,
     split_by_group,
 )
 from .data.loader import cell_key
+from .data.roots import DataRoot, data_roots, discover_roots
 from .metrics import compute_metrics, per_source_metrics, source_selection
 from .models import Model, create_model, model_from_arrays, save_model
 from .nn.io import load_arrays as load_checkpoint_arrays
@@ -93,6 +91,7 @@ class TrainConfig:
     max_false_alarm: float | None = None  # threshold: at most this share of validation reals called Fake
     face_margin: float = 0.0  # framing of the training crops (dfdc-faces: tight); --faces crops alike
     faces: bool = False  # crop the largest face of each (whole-photo) image first, once, into the run
+    detector: str | None = None  # the face detector that crops them (None: the default one)
     whole_if_no_face: bool = False  # with faces: keep images without a face whole instead of skipping
     checkpoint_every: int = 50  # batches between mid-epoch checkpoints
     seed: int = 0
@@ -109,47 +108,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class DataRoot(NamedTuple):
-    """One dataset root of a run: its path, its name (the default source of its samples and
-    their ``root``), whether its images are whole photos to face-crop first, and the weight
-    multiplying its cells' share of a batch."""
-
-    root: str
-    name: str
-    faces: bool = False
-    weight: float = 1.0
-
-
-ROOT_KEYS = frozenset(DataRoot._fields)
-
-
-def data_roots(data) -> list[DataRoot]:
-    """``TrainConfig.data`` as a list of :class:`DataRoot`: a path (str), or a list whose items
-    are paths or dicts ``{"root": path, "name": ..., "faces": bool, "weight": float}`` (only
-    ``root`` required; ``name`` defaults to :func:`~deepfake_detector.data.root_name`).
-    Names must be unique; weights finite and >= 0. [] for no data."""
-    if not data:
-        return []
-    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    out = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike)):
-            item = {"root": str(item)}
-        if not isinstance(item, dict) or "root" not in item or set(item) - ROOT_KEYS:
-            raise ValueError(f"a data root is a path or a dict with 'root' and optional 'name', 'faces', "
-                             f"'weight'; got {item!r}")
-        weight = float(item.get("weight", 1.0))
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"weight of {item['root']} must be finite and >= 0, got {weight}")
-        out.append(DataRoot(str(item["root"]), str(item.get("name") or root_name(item["root"])),
-                            bool(item.get("faces", False)), weight))
-    names = [r.name for r in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"two data roots are named {', '.join(dup)}: give each a 'name'")
-    return out
-
-
 def build_splits(cfg: TrainConfig) -> Splits:
     """Train/validation/test samples, checked disjoint by file and by group.
 
@@ -162,11 +120,7 @@ def build_splits(cfg: TrainConfig) -> Splits:
     """
     roots = data_roots(cfg.data)
     if roots:
-        parts = [discover(r.root, val_fraction=cfg.val_fraction, seed=cfg.seed, name=r.name) for r in roots]
-        for r, sp in zip(roots, parts, strict=True):
-            log.info("%s (%s): train %s, validation %s, test %s", r.name, r.root, class_counts(sp.train),
-                     class_counts(sp.validation), class_counts(sp.test))
-        splits = Splits(*([s for sp in parts for s in sp[i]] for i in range(3)))
+        splits = discover_roots(roots, val_fraction=cfg.val_fraction, seed=cfg.seed)
     elif cfg.real_dirs and cfg.fake_dirs:
         samples = samples_from_dirs(cfg.real_dirs, cfg.fake_dirs)
         train, val = split_by_group(samples, cfg.val_fraction, seed=cfg.seed)
@@ -195,7 +149,7 @@ def face_splits(splits: Splits, folder: Path, cfg: TrainConfig, roots: set[str] 
     from .faces.crop import crop_samples
     from .faces.detect import get_detector
 
-    detector = detector or get_detector()
+    detector = detector or get_detector(cfg.detector)
     out = []
     for name, samples in zip(("train", "validation"), (splits.train, splits.validation)):
         kept, problems = [], {}

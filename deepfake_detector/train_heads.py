@@ -11,7 +11,6 @@ the embeddings it had made are in the cache, and training the head takes seconds
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import nn
+from .data.roots import data_roots, discover_roots
 
 SPLITS = ("train", "validation", "test")
 
@@ -28,7 +28,7 @@ SPLITS = ("train", "validation", "test")
 class HeadConfig:
     """Everything a head run needs; written to ``config.json``."""
 
-    data: list = field(default_factory=list)  # roots: a path, or {"root", "name", "faces", "weight", "max_per_class"}
+    data: list = field(default_factory=list)  # roots (see data.roots): a path or {"root", "name", "faces", ...}
     arch: str = "clip-mlp"  # clip-logistic | clip-mlp
     model_config: dict = field(default_factory=dict)  # builder keyword arguments (hidden, dropout)
     epochs: int = 40
@@ -55,38 +55,14 @@ class HeadConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _root_spec(item) -> dict:
-    spec = {"root": item} if isinstance(item, str) else dict(item)
-    spec.setdefault("name", Path(spec["root"]).name)
-    return {"faces": False, "weight": 1.0, "max_per_class": {}, **spec}
-
-
-def capped(paths: list, cap: int | None) -> list:
-    """At most ``cap`` of ``paths``: the first by the SHA-1 of the file name (a fixed, seed-free
-    choice, so that every run and the extraction pass pick the same files), in sorted order."""
-    if not cap or len(paths) <= cap:
-        return list(paths)
-    return sorted(sorted(paths, key=lambda s: hashlib.sha1(Path(s.path).name.encode()).hexdigest())[:cap])
-
-
 def head_samples(cfg: HeadConfig) -> dict:
-    """``{split: [(sample, framing, root name)]}`` over every root, each capped per class."""
-    from .data import check_disjoint, discover
-
-    out = {s: [] for s in SPLITS}
-    every = {s: [] for s in SPLITS}
-    for item in cfg.data:
-        spec = _root_spec(item)
-        splits = discover(spec["root"], seed=cfg.seed, name=spec["name"])
-        framing = "face" if spec["faces"] else "as-is"
-        for split, samples in zip(SPLITS, splits):
-            cap = spec["max_per_class"].get(split)
-            for label in (0, 1):
-                chosen = capped([s for s in samples if s.label == label], cap)
-                out[split] += [(s, framing, spec["name"]) for s in chosen]
-                every[split] += chosen
-    check_disjoint({s: every[s] for s in SPLITS})
-    return out
+    """``{split: [(sample, framing)]}`` over every root of ``cfg.data`` (capped as each says):
+    a root with ``faces`` is framed ``"face"`` (its photos cropped as ``predict --faces`` does),
+    the others ``"as-is"``."""
+    roots = data_roots(cfg.data)
+    framing = {r.name: "face" if r.faces else "as-is" for r in roots}
+    splits = discover_roots(roots, seed=cfg.seed)
+    return {split: [(s, framing[s.root]) for s in samples] for split, samples in zip(SPLITS, splits)}
 
 
 def embed_split(items, encoder, cache, workers: int, progress: bool):
@@ -95,17 +71,17 @@ def embed_split(items, encoder, cache, workers: int, progress: bool):
 
     keep, emb = [], []
     for framing in ("as-is", "face"):
-        group = [it for it in items if it[1] == framing]
+        group = [s for s, f in items if f == framing]
         if not group:
             continue
-        e, errors = embed_files([s.path for s, _, _ in group], encoder, cache, framing, workers=workers,
+        e, errors = embed_files([s.path for s in group], encoder, cache, framing, workers=workers,
                                 progress=progress)
-        ok = [i for i, (s, _, _) in enumerate(group) if s.path not in errors]
+        ok = [i for i, s in enumerate(group) if s.path not in errors]
         keep += [group[i] for i in ok]
         emb.append(e[ok])
-    labels = np.array([s.label for s, _, _ in keep], np.int64)
+    labels = np.array([s.label for s in keep], np.int64)
     return (np.concatenate(emb) if emb else np.zeros((0, 512), np.float32), labels,
-            [s.source for s, _, _ in keep], [r for _, _, r in keep])
+            [s.source for s in keep], [s.root for s in keep])
 
 
 def _cell_sampler(labels, sources, roots, weights: dict, root_weights: dict):
@@ -135,7 +111,7 @@ def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
             for split, items in head_samples(cfg).items()}
     x, y, src, roots = data["train"]
     xv, yv, srcv, rootsv = data["validation"]
-    root_weights = {_root_spec(i)["name"]: _root_spec(i)["weight"] for i in cfg.data}
+    root_weights = {r.name: r.weight for r in data_roots(cfg.data)}
     cells, probs, cell_keys = _cell_sampler(y, src, roots, cfg.source_weights, root_weights)
 
     model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepfake_detector.models import Predictor
+
 
 def face_like(rng, size, fake: bool) -> np.ndarray:
     """A smooth random colour field; 'fakes' carry a high-frequency checker patch
@@ -58,3 +60,26 @@ def make_source_dataset(root: Path, sources: dict[str, str], n_per_source=(16, 8
         w.writerow(["file", "label", "source"])
         w.writerows(rows)
     return root
+
+
+def write_photo_splits(root: Path, frames, n: int) -> Path:
+    """root/{Train,Validation}/{Real,Fake}/<label><i>.png from the first ``n`` frames."""
+    for split in ("Train", "Validation"):
+        for label in ("Real", "Fake"):
+            d = root / split / label
+            d.mkdir(parents=True)
+            for i, f in enumerate(frames[:n]):
+                Image.fromarray(f).save(d / f"{label}{i}.png")
+    return root
+
+
+class MeanModel(Predictor):
+    """A stand-in whose score is a known function of the pixels: P(fake) = mean / 255."""
+
+    input_size, threshold, arch = 32, 0.45, "mean"
+
+    def predict_proba(self, images, batch_size=64):
+        return images.reshape(len(images), -1).mean(1) / 255
+
+    def describe(self):
+        return {"arch": self.arch}

@@ -11,23 +11,11 @@ from sklearn.metrics import accuracy_score, average_precision_score, confusion_m
 
 from deepfake_detector.cli import main
 from deepfake_detector.evaluate import evaluate, resolve_eval_dir
-from deepfake_detector.models import Predictor, create_model, save_model
+from deepfake_detector.models import create_model, save_model
 from deepfake_detector.predict import predict_paths
 from deepfake_detector.results import confidence_level
 
-from .synthetic import make_dataset
-
-
-class MeanModel(Predictor):
-    """A stand-in whose score is a known function of the pixels: P(fake) = mean / 255."""
-
-    input_size, threshold, arch = 32, 0.45, "mean"
-
-    def predict_proba(self, images, batch_size=64):
-        return images.reshape(len(images), -1).mean(1) / 255
-
-    def describe(self):
-        return {"arch": self.arch}
+from .synthetic import MeanModel, make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from deepfake_detector.calibration import calibrate_on_validation, choose_threshold, threshold_at_false_alarm
@@ -37,7 +36,7 @@ from deepfake_detector.train import (
     train,
 )
 
-from .synthetic import make_dataset, make_source_dataset
+from .synthetic import MeanModel, make_dataset, make_source_dataset, write_photo_splits
 
 TINY = {"input_size": 32, "widths": [4, 4, 8, 8, 8], "depths": [1, 1, 1, 1, 1]}
 WILD = {"camera": "Real", "gan": "Fake"}
@@ -146,12 +145,7 @@ def test_a_faces_root_is_cropped_like_predict_faces(roots, tmp_path):
     from .test_video import face_frames
 
     frames, _ = face_frames(4)
-    for split in ("Train", "Validation"):
-        for label in ("Real", "Fake"):
-            d = tmp_path / "photos" / split / label
-            d.mkdir(parents=True)
-            for i, f in enumerate(frames[:2]):
-                Image.fromarray(f).save(d / f"{label}{i}.png")
+    write_photo_splits(tmp_path / "photos", frames, 2)
     studio, _ = roots
     cfg = TrainConfig(data=[str(studio), {"root": str(tmp_path / "photos"), "faces": True}], face_margin=0.15,
                       out=str(tmp_path / "run"))
@@ -318,18 +312,6 @@ def test_train_on_two_roots_scores_validation_per_source(roots, tmp_path):
 
 
 # --- 5. evaluate: pooled roots, per-source rows, the table and the report -----------------------------
-class MeanModel(Predictor):
-    """P(fake) = mean pixel / 255."""
-
-    input_size, threshold, arch = 32, 0.45, "mean"
-
-    def predict_proba(self, images, batch_size=64):
-        return images.reshape(len(images), -1).mean(1) / 255
-
-    def describe(self):
-        return {"arch": self.arch}
-
-
 def test_evaluate_reports_per_source_rows_for_several_sources(roots, tmp_path):
     from deepfake_detector.evaluate import evaluate, format_evaluation
 

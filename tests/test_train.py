@@ -13,7 +13,7 @@ from deepfake_detector.models import load_model
 from deepfake_detector.nn.io import load_arrays
 from deepfake_detector.train import TrainConfig, build_splits, train
 
-from .synthetic import make_dataset
+from .synthetic import make_dataset, write_photo_splits
 
 TINY_DF = {"input_size": 32, "widths": [8, 8, 16, 16, 16], "depths": [1, 1, 1, 1, 1], "dropout": 0.2}
 
@@ -105,12 +105,7 @@ def test_train_with_faces_crops_whole_photos_first(tmp_path):
     from .test_video import face_frames
 
     frames, boxes = face_frames(6)
-    for split in ("Train", "Validation"):
-        for label in ("Real", "Fake"):
-            d = tmp_path / "photos" / split / label
-            d.mkdir(parents=True)
-            for i, f in enumerate(frames[:3]):
-                Image.fromarray(f).save(d / f"{label}{i}.png")
+    write_photo_splits(tmp_path / "photos", frames, 3)
     Image.fromarray(frames[0] * 0 + 90).save(tmp_path / "photos" / "Train" / "Real" / "noface.png")
     cfg = cfg_for(tmp_path / "photos", tmp_path / "run", epochs=1, faces=True, batch_size=2)
     summary = train(cfg, progress=False)

@@ -30,11 +30,12 @@ from .datasets import (
 from .decode import ImageDecodeError, decode_bytes, load_image, resize
 from .loader import Batch, DataLoader, load_arrays
 from .media import IMAGE_EXTENSIONS, MEDIA_KINDS, VIDEO_EXTENSIONS, IgnoredFiles, MediaWalk, kind_of, walk_media
+from .roots import DataRoot, data_roots, discover_roots
 from .transforms import AugmentConfig, augment, eval_transform
 
 __all__ = ["CLASS_NAMES", "IMAGE_EXTENSIONS", "MEDIA_KINDS", "VIDEO_EXTENSIONS", "AugmentConfig", "Batch",
-           "DataLoader", "IgnoredFiles", "ImageDecodeError", "MediaWalk", "Sample", "Splits", "augment",
-           "check_disjoint", "class_counts", "decode_bytes", "discover", "eval_transform", "find_split",
-           "is_split_dir", "kind_of", "list_images", "load_arrays", "load_image", "load_split", "load_split_dir",
-           "read_groups", "read_sources", "resize", "resolve_samples", "resolve_split", "root_name",
-           "samples_from_dirs", "source_counts", "split_by_group", "walk_media"]
+           "DataLoader", "DataRoot", "IgnoredFiles", "ImageDecodeError", "MediaWalk", "Sample", "Splits", "augment",
+           "check_disjoint", "class_counts", "data_roots", "decode_bytes", "discover", "discover_roots",
+           "eval_transform", "find_split", "is_split_dir", "kind_of", "list_images", "load_arrays", "load_image",
+           "load_split", "load_split_dir", "read_groups", "read_sources", "resize", "resolve_samples",
+           "resolve_split", "root_name", "samples_from_dirs", "source_counts", "split_by_group", "walk_media"]
