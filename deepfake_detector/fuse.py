@@ -48,19 +48,61 @@ def _cross_fitted(scores, y, cells, folds: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def fit_domain_gate(data: list, gate_root: str, encoder_from, seed: int = 0):
+    """A logistic head on CLIP embeddings telling ``gate_root``'s Train images (class 1) from
+    the other roots' (class 0), as a :class:`~deepfake_detector.models.ClipHeadModel` whose
+    score is the log-odds of "looks like ``gate_root``"; fitted with scikit-learn on the
+    cached Train embeddings, each root weighted equally."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .models import create_model
+    from .models.clip.cache import EmbeddingCache
+    from .models.clip.encoder import cache_dir
+    from .train_heads import HeadConfig, embed_split, head_samples
+
+    cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
+    try:
+        x, _, _, roots = embed_split(head_samples(HeadConfig(data=data, seed=seed))["train"], encoder_from.encoder,
+                                     cache, workers=2, progress=False)
+    finally:
+        cache.close()
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    y = np.array([r == gate_root for r in roots], int)
+    w = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max(len(y) - y.sum(), 1)) * len(y)
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, y, sample_weight=w)
+    gate = create_model("clip-logistic", seed=seed)
+    dense = gate.head.layers[0]
+    dense.params["weight"] = np.stack([np.zeros(512), lr.coef_[0]]).astype(np.float32)
+    dense.params["bias"] = np.array([0.0, lr.intercept_[0]], np.float32)
+    gate.meta.update(role=f"domain gate: log-odds that a crop looks like {gate_root}",
+                     encoder=dict(encoder_from.meta.get("encoder", {})), face_margin=0.0,
+                     train_accuracy=float(lr.score(x, y)))
+    return gate.use_encoder(encoder_from.encoder)
+
+
 def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int = 5, seed: int = 0,
-         fast_part: str = "cnn") -> dict:
+         fast_part: str | None = None, gate_root: str | None = None) -> dict:
     """Build the fused model of ``parts`` ({name: model file}) on the roots of ``data`` (as a
     :class:`~deepfake_detector.train_heads.HeadConfig`'s ``data``: Validation and Test of each,
     capped as there), write it to ``out`` (a bundle .zip; or the winning part alone where it
-    beats the fusion on every source) with MODEL_CARD.md beside it, and return the report."""
+    beats the fusion on every source) with MODEL_CARD.md beside it, and return the report.
+    ``gate_root``: add a domain gate (:func:`fit_domain_gate`) telling that root's crops from
+    the others, so that the stack weighs each expert by where the input looks at home.
+    ``fast_part``: the part ``--fast`` runs alone (default: the quickest expert with no encoder,
+    the one with the best mean per-source validation AUC among those)."""
     from .calibration import calibrate_on_validation
     from .metrics import per_source_metrics, source_selection
     from .models import load
-    from .models.fusion import FusedModel, fit_stack, save_bundle
+    from .models.fusion import FusedModel, fit_stack, save_bundle, stack_features
     from .train_heads import HeadConfig, head_samples
 
     models = {name: load(path) for name, path in parts.items()}
+    gate = None
+    if gate_root:
+        clip = next(m for m in models.values() if m.kind == "clip")  # the gate shares its encoder
+        models["domain"], gate = fit_domain_gate(data, gate_root, clip, seed), "domain"
+    names = list(models)
+    experts = [n for n in names if n != gate]
     size = max(m.input_size for m in models.values())
     items = head_samples(HeadConfig(data=data, seed=seed))
     cols = {split: {} for split in ("validation", "test")}
@@ -78,28 +120,32 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
 
     # --- the per-source validation rule: each part alone, and the fusion (cross-fitted) ---
-    candidates = {name: sv[:, j] for j, name in enumerate(models)}
-    candidates["fusion"] = _cross_fitted(sv, yv, cells, folds, seed)
+    fv = stack_features(sv, names, gate)
+    candidates = {name: sv[:, names.index(name)] for name in experts}
+    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed)
     by_source = {}
     for name, z in candidates.items():
         rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
         by_source[name] = {"rows": rows, **source_selection(rows)}
     fusion_auc = {r["source"]: r["roc_auc"] for r in by_source["fusion"]["rows"]}
-    beats_fusion = [n for n in models
+    beats_fusion = [n for n in experts
                     if all(r["roc_auc"] is not None and r["roc_auc"] > fusion_auc[r["source"]]
                            for r in by_source[n]["rows"])]
     choice = beats_fusion[0] if beats_fusion else "fusion"
+    if fast_part is None:  # the best of the experts that need no encoder, by the same rule
+        light = [n for n in experts if models[n].kind != "clip"] or experts
+        fast_part = max(light, key=lambda n: by_source[n]["mean_auc"] or 0.0)
 
-    w, b = fit_stack(sv, yv, cells)
+    w, b = fit_stack(fv, yv, cells)
     if choice == "fusion":
-        chosen_scores = {split: table[split][0] @ w + b for split in table}
+        chosen_scores = {split: stack_features(table[split][0], names, gate) @ w + b for split in table}
     else:
-        j = list(models).index(choice)
+        j = names.index(choice)
         chosen_scores = {split: table[split][0][:, j] for split in table}
     zv = np.stack([np.zeros_like(chosen_scores["validation"]), chosen_scores["validation"]], 1)
     temperature, threshold, val_metrics = calibrate_on_validation(zv, yv, max_false_alarm=max_false_alarm)
     report = {"choice": choice, "candidates": {n: {k: v for k, v in d.items()} for n, d in by_source.items()},
-              "stack": {"parts": list(models), "weights": w.tolist(), "bias": b},
+              "stack": {"parts": names, "gate": gate, "weights": w.tolist(), "bias": b},
               "threshold": threshold, "temperature": temperature,
               "threshold_rule": f"false alarms <= {max_false_alarm:g} on pooled Validation reals",
               "validation": val_metrics}
@@ -116,7 +162,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
                               "worst_auc": d["worst_auc"]} for n, d in by_source.items()},
             "data": [r._asdict() for r in data_roots(data)], "fast_part": fast_part}
     if choice == "fusion":
-        model = FusedModel(models, w, b, meta)
+        model = FusedModel(models, w, b, meta, gate=gate)
         save_bundle(model, out)
     else:  # one part beats the fusion on every source: it ships alone, recalibrated by the same rule
         model = models[choice]
@@ -179,11 +225,17 @@ def fused_model_card(model, report: dict) -> str:
     lines = [f"# Model card: `{m.get('version')}`", "",
              f"**What it is.** A logistic stack of {len(model.parts)} models' logit differences, shipped as one "
              "bundle (a zip of ONNX graphs and a JSON manifest) run by onnxruntime alone:", ""]
-    for (name, part), wt in zip(model.parts.items(), model.weights):
+    for name, part in model.parts.items():
         d = part.describe()
+        role = part.meta.get("role") or ("the domain gate" if name == model.gate else "an expert")
         lines.append(f"- `{name}`: {d.get('arch')} ({d.get('engine')}, input {d.get('input_size')} px"
-                     + (f", encoder {d['encoder']}" if d.get("encoder") else "") + f"), weight {wt:+.4f}")
-    lines += ["", f"Bias {model.bias:+.4f}. The stack was fitted on pooled Validation of every source, each "
+                     + (f", encoder {d['encoder']}" if d.get("encoder") else "") + f"): {role}")
+    experts = [n for n in model.parts if n != model.gate]
+    feats = ([f"{n} x g" for n in experts] + [f"{n} x (1 - g)" for n in experts] + ["g"]) if model.gate else experts
+    lines += ["", "Stack weights (features of the parts' logit differences"
+              + (f"; g = sigmoid of the gate `{model.gate}`" if model.gate else "") + "): "
+              + ", ".join(f"{f} {wt:+.4f}" for f, wt in zip(feats, model.weights)) + ".", ""]
+    lines += [f"Bias {model.bias:+.4f}. The stack was fitted on pooled Validation of every source, each "
               "(source x class) cell weighted equally. Decision threshold "
               f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",
               ""]

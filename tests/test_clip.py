@@ -185,3 +185,24 @@ def test_the_default_falls_back_to_its_cnn_part_when_the_encoder_is_missing(tmp_
     monkeypatch.setattr(loader, "default_model_path", lambda: bundle)
     model = load()  # the default: its fast part, with a note saying why
     assert model.kind == "onnx" and "fetch-encoder" in model.meta["note"]
+
+
+def test_a_gated_stack_weighs_each_expert_by_the_gate(tmp_path, encoder_file):
+    from deepfake_detector.export import export_onnx
+    from deepfake_detector.models.fusion import FusedModel, load_bundle, save_bundle, stack_features
+    from deepfake_detector.models.onnx_model import OnnxModel
+
+    cnn = OnnxModel(export_onnx(create_model("seed-cnn", input_size=32, seed=7), tmp_path / "cnn.onnx"))
+    parts = {"cnn": cnn, "clip": create_model("clip-logistic", seed=8), "domain": create_model("clip-logistic", seed=9)}
+    w = [0.5, -0.25, 1.5, 0.75, -2.0]  # cnn*g, clip*g, cnn*(1-g), clip*(1-g), g
+    fused = FusedModel(parts, w, 0.1, gate="domain")
+    crops = np.random.default_rng(10).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    s = fused.part_scores(crops)  # (3, 3): cnn, clip, domain
+    g = 1 / (1 + np.exp(-s[:, 2]))
+    by_hand = 0.5 * s[:, 0] * g - 0.25 * s[:, 1] * g + 1.5 * s[:, 0] * (1 - g) + 0.75 * s[:, 1] * (1 - g) - 2 * g + 0.1
+    np.testing.assert_allclose(stack_features(s, list(parts), "domain") @ w + 0.1, by_hand, rtol=1e-12)
+    assert fused.predict_proba(crops) == pytest.approx(1 / (1 + np.exp(-by_hand)), rel=1e-6)
+    back = load_bundle(save_bundle(fused, tmp_path / "gated.zip"))
+    assert back.gate == "domain" and back.predict_proba(crops) == pytest.approx(fused.predict_proba(crops), rel=1e-5)
+    with pytest.raises(ValueError, match="stack features"):
+        FusedModel(parts, [1.0, 2.0], 0.0, gate="domain")

@@ -134,8 +134,14 @@ def test_the_shipped_default_model_loads_and_predicts(dfdc_faces):
     path = default_model_path()
     if not path.exists():
         pytest.skip(f"no default model shipped at {path}")
-    model = load()
-    assert model.meta.get("test", {}).get("n") == 3250  # tested once on dfdc-faces/Test at release
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:  # the fused default's manifest: tested once on every Test at release
+        tested = {r["source"]: r["n"] for r in json.loads(z.read("bundle.json"))["meta"]["test_sources"]}
+    assert tested["dfdc-faces"] == 3250 and tested["ffhq"] == 156
+    model = load()  # without the CLIP encoder: its fast part alone, saying so
+    assert model.kind == "fused" or "fetch-encoder" in model.meta["note"]
     real = sorted((dfdc_faces / "Test" / "Real").iterdir())[:8]
     fake = sorted((dfdc_faces / "Test" / "Fake").iterdir())[:8]
     rows = list(predict_paths(real + fake, model))

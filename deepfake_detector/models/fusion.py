@@ -23,17 +23,25 @@ MAX_MEMBER_BYTES = 256 << 20  # a bundle member larger than this is refused (mem
 
 
 class FusedModel(Predictor):
-    """P(fake) = sigmoid((w . s + b) / T), ``s`` the parts' logit differences (z_fake - z_real)."""
+    """P(fake) = sigmoid((w . f + b) / T) over features ``f`` of the parts' logit differences
+    ``s`` (z_fake - z_real): ``s`` itself, or, with a ``gate`` part (a domain classifier:
+    P(like the gate's first domain) = g), ``[s * g, s * (1 - g), g]`` over the other parts,
+    so that each expert can count where it is at home and not elsewhere."""
 
     kind = "fused"
     engine = "onnxruntime"
 
     def __init__(self, parts: dict[str, Predictor], weights, bias: float, meta: dict | None = None,
-                 arch: str = "fused"):
+                 arch: str = "fused", gate: str | None = None):
         self.parts = dict(parts)
+        self.gate = gate
+        if gate is not None and gate not in self.parts:
+            raise ValueError(f"gate {gate!r} is not one of the parts {list(self.parts)}")
         self.weights = np.asarray(weights, np.float64).reshape(-1)
-        if len(self.weights) != len(self.parts):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.parts)} parts")
+        n_experts = len(self.parts) - (gate is not None)
+        want = 2 * n_experts + 1 if gate else n_experts
+        if len(self.weights) != want:
+            raise ValueError(f"{len(self.weights)} weights for {want} stack features")
         self.bias = float(bias)
         self.arch, self.config, self.class_names = arch, {"parts": list(self.parts)}, CLASS_NAMES
         self.meta = dict(meta or {})
@@ -57,19 +65,32 @@ class FusedModel(Predictor):
         return None if None in counts else int(sum(counts)) + len(self.weights) + 1
 
     def part_scores(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> (N, parts) logit differences, each part at its own input size."""
+        """uint8 (N, S, S, 3) -> (N, parts) logit differences, each part at its own input size;
+        heads on one CLIP encoder share its embeddings (one encoder call per image)."""
+        from .clip.head import ClipHeadModel
+
         images = np.asarray(images)
-        cols = []
+        cols, embedded = [], {}
         for part in self.parts.values():
             x = images
             if len(x) and x.shape[1] != part.input_size:
                 x = np.stack([cv2.resize(im, (part.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in x])
-            z = np.asarray(part.decision_logits(x, batch_size), np.float64)
+            if isinstance(part, ClipHeadModel) and part.tta is None:
+                key = id(part.encoder)
+                if key not in embedded:
+                    embedded[key] = part.embed(x)
+                z = np.asarray(part.head_logits(embedded[key]), np.float64)
+            else:
+                z = np.asarray(part.decision_logits(x, batch_size), np.float64)
             cols.append(z[:, 1] - z[:, 0])
         return np.stack(cols, 1) if cols else np.zeros((len(images), 0))
 
+    def features(self, scores) -> np.ndarray:
+        """(N, parts) logit differences -> (N, features) the stack weighs (see the class)."""
+        return stack_features(scores, list(self.parts), self.gate)
+
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
-        s = self.part_scores(images, batch_size) @ self.weights + self.bias  # (N,)
+        s = self.features(self.part_scores(images, batch_size)) @ self.weights + self.bias  # (N,)
         return np.stack([np.zeros_like(s), s], 1).astype(np.float32)
 
     def file_logits(self, paths, framing: str = "as-is", size: int | None = None, detector=None,
@@ -82,7 +103,7 @@ class FusedModel(Predictor):
             z, err = part.file_logits(paths, framing, size, detector, batch_size)
             cols.append(np.asarray(z, np.float64)[:, 1] - np.asarray(z, np.float64)[:, 0])
             errors.update(err)
-        s = np.stack(cols, 1) @ self.weights + self.bias
+        s = self.features(np.stack(cols, 1)) @ self.weights + self.bias
         return np.stack([np.zeros_like(s), s], 1).astype(np.float32), errors
 
     def describe(self) -> dict:
@@ -90,7 +111,20 @@ class FusedModel(Predictor):
                                                                        "encoder", "tta")}
                  for name, p in self.parts.items()}
         return {**super().describe(), "parts": parts,
-                "stack": {"weights": [round(float(w), 6) for w in self.weights], "bias": round(self.bias, 6)}}
+                "stack": {"weights": [round(float(w), 6) for w in self.weights], "bias": round(self.bias, 6),
+                          "gate": self.gate}}
+
+
+def stack_features(scores, names: list[str], gate: str | None = None) -> np.ndarray:
+    """(N, parts) logit differences -> the stack's (N, features): the scores, or with a gate
+    part ``[s * g, s * (1 - g), g]`` over the other parts, ``g`` = sigmoid(the gate's score)."""
+    s = np.asarray(scores, np.float64)
+    if gate is None:
+        return s
+    j = names.index(gate)
+    g = 1.0 / (1.0 + np.exp(-s[:, j : j + 1]))  # (N, 1)
+    experts = np.delete(s, j, axis=1)
+    return np.concatenate([experts * g, experts * (1 - g), g], 1)
 
 
 def fit_stack(scores, labels, cells=None, C: float = 1.0) -> tuple[np.ndarray, float]:
@@ -122,7 +156,7 @@ def _part_entry(name: str, part: Predictor) -> tuple[dict, bytes]:
 
         data = head_onnx_bytes(part.head, 512) if hasattr(part.head, "layers") else part.head.data
         return {"name": name, "kind": "clip-head", "file": f"{name}.onnx", "arch": part.arch,
-                "config": part.config, "meta": part.meta}, data
+                "config": part.config, "meta": part.meta, "parameters": part.num_parameters()}, data
     raise ValueError(f"part {name!r}: a {part.kind} model cannot go into a bundle (export it to ONNX first)")
 
 
@@ -135,7 +169,8 @@ def save_bundle(model: FusedModel, path) -> Path:
         entries.append(entry)
         blobs[entry["file"]] = data
     manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "arch": model.arch,
-                "parts": entries, "weights": model.weights.tolist(), "bias": model.bias, "meta": model.meta}
+                "parts": entries, "weights": model.weights.tolist(), "bias": model.bias, "gate": model.gate,
+                "fast": model.meta.get("fast_part", next(iter(model.parts))), "meta": model.meta}
     tmp = path.with_name(f".tmp-{path.name}")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(MANIFEST, json.dumps(manifest, indent=1, default=float))
@@ -162,9 +197,10 @@ def _read(z: zipfile.ZipFile, name: str) -> bytes:
 class OnnxHead:
     """A head graph on (N, features) vectors, run by onnxruntime (the bundle's CLIP head)."""
 
-    def __init__(self, data: bytes, threads: int | None = 1):
+    def __init__(self, data: bytes, threads: int | None = 1, parameters: int | None = None):
         import onnxruntime as ort
 
+        self.parameters = parameters  # as the manifest records it (reading the graph needs the onnx package)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads or 1)
         so.log_severity_level = 3
@@ -176,14 +212,13 @@ class OnnxHead:
             raise RuntimeError("an ONNX head runs inference only")
         return self.session.run(["logits"], {"image": np.ascontiguousarray(x, np.float32)})[0]
 
-    def num_parameters(self) -> int:
-        from onnx import load_model_from_string, numpy_helper
-
-        return int(sum(numpy_helper.to_array(t).size for t in load_model_from_string(self.data).graph.initializer))
+    def num_parameters(self) -> int | None:
+        return self.parameters
 
 
 def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
-    """The model in a bundle file; ``only``: one part of it alone (e.g. the fast CNN)."""
+    """The model in a bundle file; ``only``: one part of it alone, or ``"fast"``: the part the
+    manifest names as the fast variant (default: the first)."""
     from .clip.head import ClipHeadModel
     from .onnx_model import OnnxModel
 
@@ -192,6 +227,8 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
         manifest = json.loads(_read(z, MANIFEST))
         if manifest.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path}: not a deepfake-detector bundle")
+        if only == "fast":
+            only = manifest.get("fast") or manifest["parts"][0]["name"]
         parts = {}
         for entry in manifest["parts"]:
             if only and entry["name"] != only:
@@ -200,17 +237,24 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
             if entry["kind"] == "onnx":
                 parts[entry["name"]] = OnnxModel(f"{path.name}:{entry['file']}", threads, device, data=data)
             elif entry["kind"] == "clip-head":
-                part = ClipHeadModel(OnnxHead(data, threads), entry["arch"], entry.get("config", {}),
+                part = ClipHeadModel(OnnxHead(data, threads, entry.get("parameters")), entry["arch"],
+                                     entry.get("config", {}),
                                      meta=entry.get("meta", {}))
                 part.threads = threads
                 part.encoder  # noqa: B018 - opens the encoder now: a missing one is a clear error at load
                 parts[entry["name"]] = part
             else:
                 raise ValueError(f"{path}: part {entry['name']!r} of unknown kind {entry['kind']!r}")
+    shared = None  # one encoder (one session, one copy of its weights) for every CLIP head
+    for part in parts.values():
+        if isinstance(part, ClipHeadModel):
+            shared = shared or part.encoder
+            part.use_encoder(shared)
     if only:
         if only not in parts:
             raise ValueError(f"{path}: no part named {only!r}")
         part = parts[only]
         part.meta = {**part.meta, "note": f"the {only!r} part of {path.name} alone"}
         return part
-    return FusedModel(parts, manifest["weights"], manifest["bias"], manifest.get("meta", {}), manifest.get("arch"))
+    return FusedModel(parts, manifest["weights"], manifest["bias"], manifest.get("meta", {}), manifest.get("arch"),
+                      gate=manifest.get("gate"))

@@ -151,5 +151,5 @@ def _is_bundle(path: Path) -> bool:
 
 
 register_kind(ModelKind("fused", "onnx", _is_bundle, _load_bundle,
-                        light=lambda path, device="cpu", threads=None: _load_bundle(path, device, threads, "cnn")))
+                        light=lambda path, device="cpu", threads=None: _load_bundle(path, device, threads, "fast")))
 register_kind(ModelKind("onnx", "onnx", lambda p: p.suffix.lower() == ".onnx", _load_onnx))

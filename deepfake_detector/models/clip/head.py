@@ -41,7 +41,7 @@ class ClipHeadModel(Predictor):
     @property
     def encoder(self) -> ClipEncoder:
         if self._encoder is None:
-            self._encoder = ClipEncoder(self.encoder_path, threads=self.threads or 1)
+            self._encoder = ClipEncoder(self.encoder_path, threads=1, workers=self.threads or 2)
             want = self.meta.get("encoder", {}).get("sha256")
             if want and want != self._encoder.sha256:
                 raise ValueError(f"{self._encoder.path} is not the encoder this head was trained on "
