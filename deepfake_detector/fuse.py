@@ -223,8 +223,10 @@ def fused_model_card(model, report: dict) -> str:
     """The model card of a fused model: its parts, the stack, the rule, every source's rates."""
     m = model.meta
     lines = [f"# Model card: `{m.get('version')}`", "",
-             f"**What it is.** A logistic stack of {len(model.parts)} models' logit differences, shipped as one "
-             "bundle (a zip of ONNX graphs and a JSON manifest) run by onnxruntime alone:", ""]
+             f"**What it is.** A logistic stack of {len(model.parts) - bool(model.gate)} experts' logit differences"
+             + (", weighed by a domain gate" if model.gate else "") + ", shipped as one bundle (a zip of ONNX "
+             "graphs and a JSON manifest) run by onnxruntime alone; `--fast` and a missing encoder run "
+             f"`{m.get('fast_part')}` alone:", ""]
     for name, part in model.parts.items():
         d = part.describe()
         role = part.meta.get("role") or ("the domain gate" if name == model.gate else "an expert")
@@ -246,7 +248,7 @@ def fused_model_card(model, report: dict) -> str:
               "one other GAN and Stable Diffusion 2.1 faces. Other generators, composites and face swaps of "
               "other datasets were not seen; real photos unlike FFHQ / UTKFace (news, greyscale, low light) may "
               "be called Fake more often than the rates above. The CLIP part needs its encoder file "
-              "(`deepfake-detector fetch-encoder`); without it the default runs its CNN part alone. Use the score "
+              "(`deepfake-detector fetch-encoder`); without it the default runs its fast part alone. Use the score "
               "as evidence to weigh, not as proof.", "",
               "**Terms.** DFDC data is for research use under its own terms; FFHQ is CC BY-NC-SA 4.0; UTKFace is "
               "for non-commercial research. The weights inherit those restrictions.", ""]
