@@ -99,13 +99,19 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path) -> TrainConfig:
-        with open(path) as f:
-            d = json.load(f)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"comment"}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_file(cls, path)
+
+
+def config_from_file(cls, path):
+    """A config dataclass ``cls`` from a JSON file: a ``comment`` key is allowed, any other
+    key the dataclass does not have is an error."""
+    with open(path) as f:
+        d = json.load(f)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known - {"comment"}
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+    return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def build_splits(cfg: TrainConfig) -> Splits:

@@ -47,12 +47,9 @@ class HeadConfig:
 
     @classmethod
     def from_file(cls, path) -> HeadConfig:
-        d = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"comment"}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        from .train import config_from_file
+
+        return config_from_file(cls, path)
 
 
 def head_samples(cfg: HeadConfig) -> dict:
