@@ -1,4 +1,8 @@
-"""``deepfake-detector``: parses arguments and calls the library functions, nothing more."""
+"""``deepfake-detector``: parses arguments and calls the library functions, nothing more.
+
+Over 500 lines because it declares every command's flags (fourteen subcommands, each with its
+help text); it holds no logic of its own, and a command's flags stay next to its call.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ preprocessing, class names and ``meta`` go into ``metadata_props`` (:func:`metad
 which :class:`deepfake_detector.models.onnx_model.OnnxModel` reads back. Main names:
 :func:`export_onnx`, :func:`verify_export`, :func:`sequential_graph` (the layer -> ONNX
 rules), :data:`EXPORTERS` (one per ``model.engine``); ``onnx`` is imported only when exporting.
+Near 500 lines because the engine's layer-by-layer converter lives beside the writer it feeds.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ splits, optionally face-cropped first and weighted); batches are then balanced o
 (source x class) cells (``balance="cells"``, the ``"auto"`` choice when there is more than
 one source), and validation is scored per source every epoch (:func:`~deepfake_detector.
 metrics.per_source_metrics`), the best checkpoint being the one with the best mean
-per-source AUC (the pooled AUC when there is one source).
+per-source AUC (the pooled AUC when there is one source). Over 400 lines: the loop and the
+config it reads, resume and checkpointing, which a reader follows together.
 """
 
 from __future__ import annotations

@@ -62,6 +62,12 @@ class IgnoredFiles:
         if len(self.examples) < self.max_examples:
             self.examples.append(path)
 
+    def merge(self, other: IgnoredFiles) -> None:
+        """Add what another walk ignored to this count."""
+        self.count += other.count
+        self.by_type.update(other.by_type)
+        self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
+
     def __bool__(self) -> bool:
         return self.count > 0
 

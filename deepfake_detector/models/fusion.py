@@ -229,7 +229,7 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
             raise ValueError(f"{path}: not a deepfake-detector bundle")
         if only == "fast":
             only = manifest.get("fast") or manifest["parts"][0]["name"]
-        parts = {}
+        parts, encoder = {}, None  # one encoder (one session, one hash of its file) for every CLIP head
         for entry in manifest["parts"]:
             if only and entry["name"] != only:
                 continue
@@ -241,15 +241,11 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
                                      entry.get("config", {}),
                                      meta=entry.get("meta", {}))
                 part.threads = threads
-                part.encoder  # noqa: B018 - opens the encoder now: a missing one is a clear error at load
-                parts[entry["name"]] = part
+                if encoder is None:
+                    encoder = part.encoder  # opened now: a missing one is a clear error at load
+                parts[entry["name"]] = part.use_encoder(encoder)
             else:
                 raise ValueError(f"{path}: part {entry['name']!r} of unknown kind {entry['kind']!r}")
-    shared = None  # one encoder (one session, one copy of its weights) for every CLIP head
-    for part in parts.values():
-        if isinstance(part, ClipHeadModel):
-            shared = shared or part.encoder
-            part.use_encoder(shared)
     if only:
         if only not in parts:
             raise ValueError(f"{path}: no part named {only!r}")

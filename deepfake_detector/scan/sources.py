@@ -60,10 +60,7 @@ def _walk(folder: str, ignored: IgnoredFiles) -> Iterator[str]:
     skipped added to ``ignored``."""
     walk = walk_media([folder])
     yield from (os.path.abspath(p) for p in walk)
-    for why, n in walk.ignored.by_type.items():
-        ignored.by_type[why] += n
-    ignored.count += walk.ignored.count
-    ignored.examples.extend(walk.ignored.examples[: max(0, ignored.max_examples - len(ignored.examples))])
+    ignored.merge(walk.ignored)
 
 
 def check_sources(sources: list) -> None:

@@ -76,7 +76,8 @@ class ClipHeadModel(Predictor):
 
     def set_threads(self, n: int | None) -> None:
         self.threads = n
-        self._encoder = None  # rebuilt with n threads on next use
+        if self._encoder is not None:  # one image per session call: n calls side by side
+            self._encoder.workers = max(1, n or 2)
 
     def head_logits(self, embeddings, training: bool = False):
         """(N, 512) raw embeddings -> (N, 2) logits (unit-normalised first)."""
