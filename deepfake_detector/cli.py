@@ -32,6 +32,34 @@ def _add_model_args(p, with_faces=True, with_device=True):
         p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
 
 
+def _add_limit_args(p):
+    """The decoding gate's limits (data.limits): what one input file may cost."""
+    from .data.limits import DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_VIDEO_MB
+
+    g = p.add_argument_group("input limits", "files over these are refused with an Error row, never decoded")
+    g.add_argument("--max-pixels", type=int, metavar="N",
+                   help=f"largest image or video frame, by its header (default {DEFAULT_MAX_PIXELS:,})")
+    g.add_argument("--max-image-mb", type=float, metavar="MB",
+                   help=f"largest image file, read whole into memory (default {DEFAULT_MAX_IMAGE_MB:g})")
+    g.add_argument("--max-video-mb", type=float, metavar="MB",
+                   help=f"largest video file, streamed (default {DEFAULT_MAX_VIDEO_MB:g})")
+
+
+def _apply_limits(args) -> None:
+    if any(getattr(args, k, None) is not None for k in ("max_pixels", "max_image_mb", "max_video_mb")):
+        from .data.limits import set_limits
+
+        set_limits(args.max_image_mb, args.max_video_mb, args.max_pixels)
+
+
+def _lost_inputs(ignored) -> int:
+    """1 (and an error line) where a walk could not read folders: inputs were lost."""
+    if not ignored.lost:
+        return 0
+    print(f"error: {ignored.lost} folder(s) could not be read; the files in them were not looked at", file=sys.stderr)
+    return 1
+
+
 def _load_model(args):
     from .models import load
 
@@ -139,7 +167,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .data.media import walk_media
     from .predict import predict_paths
-    from .results import RowWriter, is_error
+    from .results import RowWriter, is_error, printable
     from .video.render import write_video_outputs
 
     model = _load_model(args)
@@ -156,8 +184,8 @@ def cmd_predict(args) -> int:
         writer.write(row)
     writer.close()
     if files.ignored:
-        print(f"note: {files.ignored.describe()} (neither images nor videos)", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"note: {printable(files.ignored.describe())}", file=sys.stderr)
+    return 1 if _lost_inputs(files.ignored) or failed else 0
 
 
 def cmd_scan(args) -> int:
@@ -184,7 +212,7 @@ def cmd_scan(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary) if args.json else format_summary(summary))
-    return 0
+    return 1 if summary.get("unreadable") or summary.get("unreadable_folders") else 0  # inputs were lost
 
 
 def cmd_watch(args) -> int:
@@ -257,7 +285,9 @@ def cmd_serve(args) -> int:
     from .web import serve
 
     serve(model_path=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          runtime=args.runtime, device=args.device, threads=args.threads, detector=args.detector)
+          runtime=args.runtime, device=args.device, threads=args.threads, detector=args.detector,
+          request_timeout=args.request_timeout, upload_timeout=args.upload_timeout,
+          upload_deadline=args.upload_deadline, max_uploads=args.max_uploads, max_connections=args.max_connections)
     return 0
 
 
@@ -363,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_limit_args(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics and a report on a labelled folder")
@@ -373,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object (a list for several --data)")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--limit", type=int, help="evaluate a seeded random subset of this size")
+    _add_limit_args(e)
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify images, folders and videos")
@@ -386,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, help="sample every k-th frame instead")
     p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")
     p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
+    _add_limit_args(p)
     p.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("scan", help="classify a whole collection into a Parquet/CSV table; resumable")
@@ -404,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: auto or HOST:PORT (needs the ray extra)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_limit_args(c)
     c.set_defaults(func=cmd_scan)
 
     w = sub.add_parser("watch", help="analyse a camera, stream or file live")
@@ -455,6 +489,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (MB)")
+
+    def positive(kind):  # an argparse type: a number > 0
+        def check(text):
+            value = kind(text)
+            if not value > 0:
+                raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            return value
+
+        check.__name__ = kind.__name__
+        return check
+
+    # the defaults are deepfake_detector.web.guards' (not imported here: it would load the web package)
+    s.add_argument("--request-timeout", type=positive(float), default=10.0, metavar="S",
+                   help="seconds for a request's headers to arrive; then the connection is closed (default: 10)")
+    s.add_argument("--upload-timeout", type=positive(float), default=15.0, metavar="S",
+                   help="seconds without a byte before an upload is cut off with 408 (default: 15)")
+    s.add_argument("--upload-deadline", type=positive(float), default=120.0, metavar="S",
+                   help="seconds for a whole upload, then 408 (default: 120)")
+    s.add_argument("--max-uploads", type=positive(int), default=8, metavar="N",
+                   help="/api/predict requests at a time; more get 503 with Retry-After (default: 8)")
+    s.add_argument("--max-connections", type=positive(int), default=256, metavar="N",
+                   help="open connections; a new one past this is answered 503 and closed (default: 256)")
+    _add_limit_args(s)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list the architectures, model file kinds and face detectors")
@@ -480,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--encoder", help="the encoder file (default: the cache)")
     h.add_argument("--out", help="run folder")
     h.add_argument("--quiet", action="store_true")
+    _add_limit_args(h)
     h.set_defaults(func=cmd_train_head)
 
     u = sub.add_parser("fuse", help="stack models into one bundle, chosen by the per-source validation rule")
@@ -504,6 +562,7 @@ def main(argv=None) -> int:
     if args.command in ("train", "evaluate", "predict", "scan", "release"):
         reuse_freed_memory()  # the same large buffers every batch: keep their pages (see nn.backend)
     try:
+        _apply_limits(args)
         return args.func(args)
     except (FileNotFoundError, ValueError, KeyError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ A file that cannot be read gets an Error row; the others go on.
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -75,6 +75,10 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
                               all_faces=all_faces)
         for (path, _), r in zip(pending, rows):
             extra = {k: r[k] for k in ("face", "faces") if k in r}
+            if r["p_fake"] is not None and not math.isfinite(r["p_fake"]):
+                yield error_row(path, f"the model gave a non-finite score ({r['p_fake']}) for {path}", "image",
+                                model.threshold)
+                continue
             yield image_row(path, r["p_fake"], model.threshold, message=r["message"], **extra)
         pending.clear()
 
@@ -87,9 +91,7 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
                                 all_faces=all_faces)
             continue
         try:
-            if not os.path.isfile(path):
-                raise ImageDecodeError(path, "no such file")
-            pending.append((path, load_image(path)))
+            pending.append((path, load_image(path)))  # the decoding gate: one bad file is one Error row
         except ImageDecodeError as e:
             yield from flush()
             yield error_row(path, str(e), "image", model.threshold)

@@ -22,8 +22,9 @@ NO_FACE = "NoFace"  # faces were asked for and none was found: no verdict, not a
 ERROR = "Error"  # the input could not be read or analysed: ``error`` says why
 LABELS = (REAL, FAKE, NO_FACE, ERROR)
 COLUMNS = ("path", "kind", "p_fake", "label", "confidence", "error")  # what every row has; the CSV columns
-VIDEO_COLUMNS = ("n_frames", "n_frames_with_faces", "n_faces", "p_fake_mean", "p_fake_confident", "flicker",
-                 "fps", "duration", "width", "height")  # a video row's summary, beside COLUMNS
+# a video row's summary, beside COLUMNS
+VIDEO_COLUMNS = ("n_frames_requested", "n_frames", "n_frames_with_faces", "n_faces", "p_fake_mean",
+                 "p_fake_confident", "flicker", "fps", "duration", "width", "height")
 FORMATS = ("table", "json", "csv")
 
 
@@ -42,8 +43,27 @@ def confidence_level(p: float | None) -> str | None:
     return "HIGH" if c > 0.8 else "MEDIUM" if c > 0.6 else "LOW"
 
 
+# A video verdict needs one sampled frame with a face. When fewer than this share of the
+# requested frames could be decoded (a truncated or damaged file), the verdict stands on what
+# was read, but its confidence is LOW and the row's ``warning`` says how many frames it saw.
+VIDEO_MIN_DECODED_SHARE = 0.5
+
+
+def video_confidence(p: float | None, n_decoded: int, n_requested: int | None) -> tuple[str | None, str | None]:
+    """(confidence, warning) of a video verdict from ``n_decoded`` of ``n_requested`` frames."""
+    level = confidence_level(p)
+    if not n_requested or n_decoded >= VIDEO_MIN_DECODED_SHARE * n_requested:
+        return level, None
+    warning = (f"only {n_decoded} of the {n_requested} requested frames could be decoded (the file may be "
+               f"truncated or damaged): the verdict rests on those alone")
+    return ("LOW" if level is not None else None), warning
+
+
 def rounded(x, nd: int = 6):
-    return None if x is None else round(float(x), nd)
+    """``x`` rounded to ``nd`` places; None for None and for NaN or infinity (JSON has neither)."""
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return round(float(x), nd)
 
 
 def image_row(path, p_fake: float | None, threshold: float | None, error: str | None = None,
@@ -61,10 +81,10 @@ def video_row(path, error: str | None = None) -> dict:
     """The row skeleton of one video (video analysis fills it as far as it gets)."""
     return {"path": os.fspath(path), "kind": "video", "p_fake": None, "label": ERROR if error else None,
             "confidence": None, "aggregation": None, "threshold": None, "p_fake_mean": None,
-            "p_fake_confident": None, "n_frames": 0, "n_frames_with_faces": 0, "n_faces": 0,
+            "p_fake_confident": None, "n_frames_requested": None, "n_frames": 0, "n_frames_with_faces": 0, "n_faces": 0,
             "fps": None, "duration": None, "width": None, "height": None, "frame_count": None,
             "flicker": None, "timeline_smoothed": [], "frames": [], "model": None, "detector": None,
-            "timings": {}, "message": error, "error": error}
+            "timings": {}, "message": error, "warning": None, "error": error}
 
 
 def error_row(path, error: str, kind: str | None = None, threshold: float | None = None) -> dict:
@@ -86,12 +106,33 @@ def is_error(row: dict) -> bool:
 
 
 # --- writers ------------------------------------------------------------------------------
+def printable(text) -> str:
+    """``text`` safe for a terminal: control characters (newlines, escape codes...) written as
+    Python escapes, so a crafted file name cannot fake rows or drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None: strict JSON has neither."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def table_line(row: dict) -> str:
-    """One row as the CLI's table prints it: label, P(fake), confidence, path (note)."""
+    """One row as the CLI's table prints it: label, P(fake), confidence, path (note); file
+    names and messages escaped by :func:`printable`."""
     p = "-" if row.get("p_fake") is None else f"{row['p_fake']:.4f}"
-    note = row.get("error") or row.get("message")
-    extra = f"  ({note})" if note else ""
-    return f"{row.get('label') or '-':7} {p:>7} {row.get('confidence') or '-':7} {row['path']}{extra}"
+    notes = [row["error"]] if row.get("error") else [n for n in (row.get("warning"), row.get("message")) if n]
+    extra = f"  ({printable('; '.join(notes))})" if notes else ""
+    return f"{row.get('label') or '-':7} {p:>7} {row.get('confidence') or '-':7} {printable(row['path'])}{extra}"
 
 
 class RowWriter:
@@ -117,7 +158,7 @@ class RowWriter:
 
     def close(self) -> None:
         if self.fmt == "json":
-            print(json.dumps(self.rows, indent=2), file=self.out)
+            print(json.dumps(json_safe(self.rows), indent=2, allow_nan=False), file=self.out)
         self.out.flush()
 
 

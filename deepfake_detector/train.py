@@ -3,7 +3,9 @@
 A run folder holds ``config.json``, ``metrics.jsonl``, ``curves.png``, ``last.npz`` (every
 epoch and every ``checkpoint_every`` batches, with the optimiser state) and ``best.npz``
 (best mean per-source validation ROC-AUC, with its threshold and temperature). ``resume``
-continues exactly where ``last.npz`` stopped, to the same weights as an uninterrupted run.
+continues exactly where ``last.npz`` stopped, to the same weights and ``metrics.jsonl`` rows as an
+uninterrupted run (a mid-epoch ``last.npz`` carries the epoch's running loss and accuracy), and
+removes the ``.tmp-*.npz`` a checkpoint write killed half-way left behind.
 Shipping a run: :mod:`deepfake_detector.release`.
 
 Several sources at once: ``data`` may list several dataset roots (each with its own
@@ -46,8 +48,8 @@ from .data import (
 from .data.loader import cell_key
 from .data.roots import DataRoot, data_roots, discover_roots
 from .metrics import compute_metrics, per_source_metrics, source_selection
-from .models import Model, create_model, model_from_arrays, save_model
-from .nn.io import load_arrays as load_checkpoint_arrays
+from .models import Model, create_model, save_model
+from .models.scratch import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
+    for orphan in run.glob(".tmp-*.npz"):  # a checkpoint write this run's folder saw killed
+        orphan.unlink(missing_ok=True)
     splits = splits or build_splits(cfg)
     crop_roots = face_roots(cfg)
     if crop_roots is None or crop_roots:
@@ -288,14 +292,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     opt = make_optimizer(cfg, model)
 
     start_epoch, start_batch, step, best_auc, bad_epochs = 0, 0, 0, -math.inf, 0
+    running = {"seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}  # the interrupted epoch's, so far
     if resume and (run / "last.npz").exists():
-        groups, meta = load_checkpoint_arrays(run / "last.npz")
-        model = model_from_arrays(groups, meta, cfg.device)
+        model, groups, meta = load_checkpoint(run / "last.npz", cfg.device)
         opt = make_optimizer(cfg, model)
         opt.load_state_arrays(groups.get("optim", {}), meta.get("optim_t", 0))
         p = meta["progress"]
         start_epoch, start_batch, step = p["epoch"], p["batch"], p["step"]
         best_auc, bad_epochs = p["best_auc"], p["bad_epochs"]
+        running.update(p.get("running", {}) if start_batch else {})
         log.info("resuming %s at epoch %d, batch %d (step %d)", run, start_epoch + 1, start_batch, step)
     elif resume:
         log.warning("%s has no last.npz; starting from scratch", run)
@@ -313,18 +318,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     val_kept = [s for s in splits.validation if s.path not in val_errors]  # aligned with val_labels
     val_sources, val_roots = [s.source for s in val_kept], [s.root for s in val_kept]
 
-    def checkpoint(path, epoch, batch, extra=None):
+    def checkpoint(path, epoch, batch, extra=None, running=None):
         progress_state = {"epoch": epoch, "batch": batch, "step": step, "best_auc": best_auc,
                           "bad_epochs": bad_epochs}
+        if running is not None:  # mid-epoch: the epoch's training loss and accuracy so far
+            progress_state["running"] = running
         save_model(model, path, optimizer=opt,
                    extra_meta=dict(extra or {}, progress=progress_state, data=data_info, face_margin=cfg.face_margin,
                                    recipe=dataclasses.asdict(cfg)))
+
+    def so_far():  # this epoch's running training loss and accuracy, for a mid-epoch checkpoint
+        return {"seen": seen, "loss_sum": loss_sum, "correct": correct, "seconds": time.time() - t0}
 
     steps_this_call = 0
     summary = {"stopped": "completed"}
     for epoch in range(start_epoch, cfg.epochs):
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         first = start_batch if epoch == start_epoch else 0
+        if first:  # resumed mid-epoch: the batches before the interruption count too
+            seen, loss_sum, correct = int(running["seen"]), float(running["loss_sum"]), int(running["correct"])
+            t0 -= float(running["seconds"])
         bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, unit="batch", dynamic_ncols=True)
         for b, batch in enumerate(loader.epoch(epoch, start_batch=first), start=first):
@@ -347,11 +360,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
                             img_s=f"{seen / (time.time() - t0):.1f}", lr=f"{schedule(step):.2e}")
             if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                checkpoint(run / "last.npz", epoch, b + 1)
+                checkpoint(run / "last.npz", epoch, b + 1, running=so_far())
                 bar.close()
                 return {"stopped": "stop_after_steps", "step": step}
             if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                checkpoint(run / "last.npz", epoch, b + 1)
+                checkpoint(run / "last.npz", epoch, b + 1, running=so_far())
         bar.close()
 
         # --- validation on held-out sources, never on training files; scored per source ---

@@ -71,13 +71,18 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, extensions in IMAGE_EXTENSIONS), sorted.
 
     Hidden files and folders (``.``-prefixed) are skipped; any other file left out (a
-    video, a text file) is counted in one warning. A missing folder gives [].
+    video, a text file) is counted in one warning. A missing folder gives []. A sub-folder
+    that cannot be read is a ValueError: training or evaluating on part of a split without
+    saying so is worse than not starting.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     walk = walk_media(folder, kinds="image")
     out = list(walk)
+    if walk.ignored.lost:
+        raise ValueError(f"{folder}: {walk.ignored.lost} folder(s) could not be read ({walk.ignored.describe()}); "
+                         f"fix their permissions or move them out")
     if walk.ignored:
         log.warning("%s: skipped what is not an image: %s", folder, walk.ignored.describe())
     return out

@@ -1,26 +1,32 @@
-"""Bytes or files -> uint8 RGB arrays, and square resizing.
+"""Bytes or files -> uint8 RGB arrays, and square resizing, behind the decoding gate.
 
-JPEGs go through OpenCV (about twice as fast as Pillow here; it applies EXIF orientation
-itself and can decode at 1/2, 1/4 or 1/8 scale). Everything else, and any JPEG that does
-not end with its end-of-image marker, goes through Pillow, which refuses truncated files
-where libjpeg would silently fill the missing rows with grey.
+Every image is checked before it is decoded (:mod:`.limits`): a regular file within the size
+limit, and a header that gives a size within the pixel limit, whichever decoder then reads it.
+JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode (pixels identical to
+OpenCV's, a little faster), so a file whose data ends early -- truncated, or cut and given a
+new end marker -- is refused where libjpeg alone would fill the missing rows with grey; EXIF
+orientation is applied here. Everything else goes through Pillow, which refuses truncated files.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
+import re
+import warnings
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageDecodeError", "decode_bytes", "load_image", "resize"]
+from .limits import InputRefused, Limits, check_pixels, current_limits, read_file
+
+__all__ = ["ImageDecodeError", "decode_bytes", "image_header", "load_image", "resize"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_JPEG_EOI = b"\xff\xd9"
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# libjpeg's recoverable warnings that lose nothing (camera files often have stray bytes)
+_HARMLESS_JPEG_WARNINGS = ("extraneous bytes before marker",)
+_OBJECT_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>")
 
 
 class ImageDecodeError(ValueError):
@@ -32,8 +38,8 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
-def load_image(path: str | os.PathLike, size_hint: int | None = None) -> np.ndarray:
-    """Read an image file as RGB.
+def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Limits | None = None) -> np.ndarray:
+    """Read an image file as RGB, through the decoding gate.
 
     Parameters
     ----------
@@ -42,6 +48,7 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> np.ndar
         large on both sides is then decoded at a reduced scale (never below ``size_hint``):
         much faster for big photos, but the pixels differ slightly from a full decode, so
         use it only where training used it too. The DataLoader does not.
+    limits : the gate's limits (default: :func:`~.limits.current_limits`).
 
     Returns
     -------
@@ -50,30 +57,69 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> np.ndar
     Raises
     ------
     ImageDecodeError
-        Missing, unreadable, empty, truncated or corrupt file.
+        Missing, not a regular file, too large (bytes or pixels), empty, truncated or
+        corrupt file; ``reason`` says which.
     """
+    name = os.fspath(path)
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageDecodeError(str(path), e.strerror or type(e).__name__) from e
-    return decode_bytes(data, size_hint=size_hint, name=str(path))
+        data = read_file(name, "image", limits)
+    except InputRefused as e:
+        raise ImageDecodeError(name, e.reason) from e
+    return decode_bytes(data, size_hint=size_hint, name=name, limits=limits)
 
 
-def decode_bytes(data: bytes, size_hint: int | None = None, name: str = "<bytes>") -> np.ndarray:
+def decode_bytes(data: bytes, size_hint: int | None = None, name: str = "<bytes>",
+                 limits: Limits | None = None) -> np.ndarray:
     """Decode an encoded image held in memory (an upload, say); see :func:`load_image`.
 
     Returns uint8 (H, W, 3) RGB; raises :class:`ImageDecodeError` naming ``name``.
     """
+    limits = limits or current_limits()
     if not data:
         raise ImageDecodeError(name, "empty file")
-    img = None
-    if data[:3] == _JPEG_MAGIC and data.rstrip(b"\x00\r\n ")[-2:] == _JPEG_EOI:
-        img = _decode_jpeg_cv2(data, size_hint)
-    if img is None:
-        img = _decode_pil(data, size_hint, name)
+    if len(data) > limits.max_bytes("image"):
+        raise ImageDecodeError(name, f"file too large: {len(data) / 2**20:.1f} MB; the limit for images is "
+                                     f"{limits.max_bytes('image') / 2**20:g} MB (--max-image-mb)")
+    width, height, orientation = image_header(data, name)
+    try:
+        check_pixels(name, width, height, limits=limits)
+    except InputRefused as e:
+        raise ImageDecodeError(name, e.reason) from e
+    try:
+        img = _decode_jpeg(data, size_hint, orientation, name) if data[:3] == _JPEG_MAGIC else None
+        if img is None:
+            img = _decode_pil(data, size_hint, name)
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001  whatever a decoder raises on a crafted file is that file's error
+        raise ImageDecodeError(name, f"the decoder failed: {type(e).__name__}: {_clean(e, name)}") from e
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         raise ImageDecodeError(name, f"unexpected decoded shape {img.shape}")
     return img
+
+
+def image_header(data: bytes, name: str = "<bytes>") -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) from an encoded image's header, nothing decoded.
+
+    JPEGs are read by walking their markers (OpenCV decodes some whose header Pillow cannot
+    parse); other formats by Pillow's lazy open. :class:`ImageDecodeError` when no size can
+    be read: a file the gate cannot size is not decoded.
+    """
+    if data[:3] == _JPEG_MAGIC:
+        found = _jpeg_header(data)
+        if found is None:
+            raise ImageDecodeError(name, "a JPEG without a readable frame header (truncated or corrupt)")
+        return found
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(name, f"image too large: {_clean(e, name)}") from e
+    except Exception as e:  # noqa: BLE001  Pillow raises OSError, SyntaxError, ValueError, ...
+        raise ImageDecodeError(name, _pil_reason(e, name)) from e
+    return int(w), int(h), 1
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -92,19 +138,9 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- internals ---------------------------------------------------------------------------
-def _reduce_factor(h: int, w: int, size_hint: int | None) -> int:
-    """Largest of 1, 2, 4, 8 that keeps both sides >= size_hint."""
-    if not size_hint:
-        return 1
-    f = 1
-    while f < 8 and min(h, w) // (2 * f) >= size_hint:
-        f *= 2
-    return f
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's start-of-frame header (20x cheaper than Image.open)."""
-    i, n = 2, len(data)
+def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from a JPEG's markers, up to its start-of-frame."""
+    i, n, orientation = 2, len(data), 1
     while i + 9 < n:
         if data[i] != 0xFF:
             return None
@@ -114,22 +150,68 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            h, w = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return w, h, orientation
         else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+                orientation = _exif_orientation(data[i + 10:i + 2 + length])
+            i += 2 + length
     return None
 
 
-def _decode_jpeg_cv2(data: bytes, size_hint: int | None) -> np.ndarray | None:
-    buf = np.frombuffer(data, np.uint8)
-    flag = cv2.IMREAD_COLOR
-    hw = _jpeg_size(data) if size_hint else None
-    if hw is not None:
-        flag = _REDUCED.get(_reduce_factor(*hw, size_hint), cv2.IMREAD_COLOR)
-    bgr = cv2.imdecode(buf, flag)  # applies EXIF orientation; None on failure
-    if bgr is None or bgr.ndim != 3:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF block's TIFF data; 1 when absent."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    for k in range(min(count, 512)):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(tiff):
+            break
+        if int.from_bytes(tiff[e:e + 2], order) == 0x0112:
+            v = int.from_bytes(tiff[e + 8:e + 10], order)
+            return v if 1 <= v <= 8 else 1
+    return 1
+
+
+def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels -> upright, for an EXIF orientation 1..8 (as OpenCV and Pillow turn them)."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation)
+    return img if turned is None else np.ascontiguousarray(turned(img))
+
+
+def _decode_jpeg(data: bytes, size_hint: int | None, orientation: int, name: str) -> np.ndarray | None:
+    """libjpeg-turbo, strict: a file with missing or corrupt data is refused. None where it
+    cannot convert the file's colours (CMYK...): Pillow then decodes it."""
+    import simplejpeg
+
+    hint = {"min_height": size_hint, "min_width": size_hint} if size_hint else {}
+    try:
+        try:
+            rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **hint)
+        except ValueError as e:
+            if not any(w in str(e) for w in _HARMLESS_JPEG_WARNINGS):
+                raise
+            rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, **hint)
+    except ValueError as e:
+        msg = str(e)
+        if "premature end" in msg.lower() or msg.startswith("Corrupt JPEG data"):
+            raise ImageDecodeError(name, f"truncated or corrupt JPEG data ({msg})") from e
+        if "colorspace" in msg.lower() or "color conversion" in msg.lower() or "unsupported" in msg.lower():
+            return None
+        raise ImageDecodeError(name, f"not a readable JPEG ({msg})") from e
+    return _upright(rgb, orientation)
 
 
 def _decode_pil(data: bytes, size_hint: int | None, name: str) -> np.ndarray:
@@ -140,7 +222,19 @@ def _decode_pil(data: bytes, size_hint: int | None, name: str) -> np.ndarray:
             im = ImageOps.exif_transpose(im)  # also forces the full decode
             return _to_rgb(im)
     except Exception as e:  # noqa: BLE001  Pillow raises OSError, SyntaxError, ValueError, ...
-        raise ImageDecodeError(name, f"{type(e).__name__}: {e}") from e
+        raise ImageDecodeError(name, _pil_reason(e, name)) from e
+
+
+def _clean(e: Exception, name: str) -> str:
+    """An exception's message with object reprs (``<_io.BytesIO object at 0x...>``) replaced
+    by the file's name, so that the same file always gets the same message."""
+    return _OBJECT_REPR.sub(name, str(e))
+
+
+def _pil_reason(e: Exception, name: str) -> str:
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image format this program reads"
+    return f"{type(e).__name__}: {_clean(e, name)}"
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

@@ -34,6 +34,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", "
 # Containers OpenCV's FFmpeg backend opens (video.read).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 MEDIA_KINDS = ("image", "video")
+UNREADABLE = "unreadable folder"
 _BY_EXTENSION = {**{e: "video" for e in VIDEO_EXTENSIONS}, **{e: "image" for e in IMAGE_EXTENSIONS}}
 
 
@@ -48,7 +49,9 @@ class IgnoredFiles:
 
     ``by_type`` keys are lower-case extensions (``".txt"``), ``"no extension"``, or, for
     entries that are not plain files, ``"folder link"`` (symbolic links to folders are not
-    followed), ``"unreadable folder"`` and ``"not a file"`` (broken links, sockets...).
+    followed), ``"unreadable folder"`` (see :attr:`lost`) and ``"not a file"`` (sockets,
+    FIFOs... without an image or video name; with one they are yielded, so the caller gives
+    them an error row saying what they are).
     """
 
     count: int = 0
@@ -67,6 +70,12 @@ class IgnoredFiles:
         self.count += other.count
         self.by_type.update(other.by_type)
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
+
+    @property
+    def lost(self) -> int:
+        """How many folders could not be read: inputs that may have been lost, not merely
+        files of another type (a caller exits non-zero for these)."""
+        return self.by_type.get(UNREADABLE, 0)
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -137,7 +146,7 @@ class MediaWalk:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
-            self.ignored.add(folder, "unreadable folder")
+            self.ignored.add(folder, UNREADABLE)
             return
         for e in entries:
             if e.name.startswith("."):
@@ -153,10 +162,10 @@ class MediaWalk:
                 is_file = e.is_file()
             except OSError:
                 is_file = False
-            if not is_file:
+            if kind_of(e.name) in self.kinds:
+                yield path  # a FIFO, device or broken link too: the decoding gate says what it is
+            elif not is_file:
                 self.ignored.add(path, "not a file")
-            elif kind_of(e.name) in self.kinds:
-                yield path
             else:
                 self.ignored.add(path, os.path.splitext(e.name)[1].lower() or "no extension")
 

@@ -20,6 +20,7 @@ BUNDLE_FORMAT = "deepfake-detector/bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 MAX_MEMBER_BYTES = 256 << 20  # a bundle member larger than this is refused (memory per file is bounded)
+MAX_BUNDLE_BYTES = 1 << 30  # all members together, as the zip declares them (checked before reading any)
 
 
 class FusedModel(Predictor):
@@ -190,7 +191,7 @@ def is_bundle(path: Path) -> bool:
 def _read(z: zipfile.ZipFile, name: str) -> bytes:
     info = z.getinfo(name)
     if info.file_size > MAX_MEMBER_BYTES:
-        raise ValueError(f"bundle member {name} is {info.file_size} bytes; refused")
+        raise ValueError(f"{z.filename}: bundle member {name} is {info.file_size} bytes; refused")
     return z.read(name)
 
 
@@ -219,14 +220,32 @@ class OnnxHead:
 def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
     """The model in a bundle file; ``only``: one part of it alone, or ``"fast"``: the part the
     manifest names as the fast variant (default: the first)."""
+    from ..nn.io import CheckpointError
+    from .checks import check_model_meta, finite_number
     from .clip.head import ClipHeadModel
     from .onnx_model import OnnxModel
 
     path = Path(path)
     with zipfile.ZipFile(path) as z:
-        manifest = json.loads(_read(z, MANIFEST))
-        if manifest.get("format") != BUNDLE_FORMAT:
+        total = sum(i.file_size for i in z.infolist())
+        if total > MAX_BUNDLE_BYTES:
+            raise CheckpointError(f"{path}: its members would take {total} bytes once decompressed, over the "
+                                  f"{MAX_BUNDLE_BYTES}-byte limit; refused")
+        try:
+            manifest = json.loads(_read(z, MANIFEST))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable {MANIFEST} ({e})") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path}: not a deepfake-detector bundle")
+        check_model_meta(path, manifest.get("meta", {}))
+        for key, v in (("weights", manifest.get("weights")), ("bias", [manifest.get("bias")])):
+            if not isinstance(v, list) or not all(finite_number(w) for w in v):
+                raise CheckpointError(f"{path}: the stack's {key} must be finite numbers, got {v!r}")
+        parts_ok = isinstance(manifest.get("parts"), list) and manifest["parts"] and all(
+            isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("name", "kind", "file"))
+            for e in manifest["parts"])
+        if not parts_ok:
+            raise CheckpointError(f"{path}: {MANIFEST} must list its parts, each with a name, kind and file")
         if only == "fast":
             only = manifest.get("fast") or manifest["parts"][0]["name"]
         parts, encoder = {}, None  # one encoder (one session, one hash of its file) for every CLIP head
@@ -237,6 +256,7 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
             if entry["kind"] == "onnx":
                 parts[entry["name"]] = OnnxModel(f"{path.name}:{entry['file']}", threads, device, data=data)
             elif entry["kind"] == "clip-head":
+                check_model_meta(f"{path}:{entry['file']}", entry.get("meta", {}))
                 part = ClipHeadModel(OnnxHead(data, threads, entry.get("parameters")), entry["arch"],
                                      entry.get("config", {}),
                                      meta=entry.get("meta", {}))

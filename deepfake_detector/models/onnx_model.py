@@ -16,6 +16,7 @@ import numpy as np
 from ..nn.backend import DeviceError
 from ..nn.io import CheckpointError
 from . import onnx_format as fmt
+from .checks import check_model_meta
 from .predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
 
 
@@ -71,18 +72,23 @@ class OnnxModel(Predictor):
             self.arch: str = props[fmt.META_ARCH]
             self.config: dict = json.loads(props.get(fmt.META_CONFIG, "{}"))
             pp = json.loads(props[fmt.META_PREPROCESS])
-            self.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
             names = json.loads(props.get(fmt.META_CLASS_NAMES, "null"))
-            self.class_names: tuple = tuple(names) if names else CLASS_NAMES
             self.meta: dict = json.loads(props.get(fmt.META_META, "{}"))
             self._num_parameters = int(props[fmt.META_PARAMETERS]) if fmt.META_PARAMETERS in props else None
         except (KeyError, ValueError, TypeError) as e:
             raise OnnxModelError(f"{self.path}: unreadable deepfake_detector metadata ({e})") from e
+        self.preprocess: Preprocess = check_model_meta(self.path, self.meta, pp, names or CLASS_NAMES)
+        self.class_names: tuple = tuple(names) if names else CLASS_NAMES
         self.metadata = props
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if fmt.INPUT_NAME not in inputs or fmt.OUTPUT_NAME not in outputs:
             raise OnnxModelError(f"{self.path}: expected input {fmt.INPUT_NAME!r} and output {fmt.OUTPUT_NAME!r}")
+        shape = list(inputs[fmt.INPUT_NAME].shape)
+        want = (3, self.input_size, self.input_size)
+        if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:], want)):
+            raise OnnxModelError(f"{self.path}: its graph takes {shape}, its metadata says input size "
+                                 f"{self.input_size}")
         dim0 = inputs[fmt.INPUT_NAME].shape[0]
         self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
 

@@ -26,3 +26,10 @@ def create_model(name: str, **config):
     if name not in _REGISTRY:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
     return _REGISTRY[name](**config)
+
+
+def builder_of(name: str) -> Callable:
+    """The builder registered as ``name`` (KeyError naming the known ones where none is)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
+    return _REGISTRY[name]

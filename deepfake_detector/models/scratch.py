@@ -8,6 +8,7 @@ checkpoint; :func:`load_model` rebuilds any checkpoint through the architecture 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,13 +219,72 @@ def save_model(model, path, extra_meta: dict | None = None, optimizer=None) -> N
     save_arrays(path, groups, meta)
 
 
-def model_from_arrays(groups: dict, meta: dict, device: str = "cpu"):
-    try:
-        model = create_model(meta["arch"], **meta.get("config", {}))
-    except KeyError as e:
-        raise CheckpointError(f"checkpoint names an unknown architecture: {e}") from e
-    pp = meta["preprocess"]
-    model.preprocess = Preprocess(int(pp["input_size"]), tuple(pp["mean"]), tuple(pp["std"]))
+OPTIM_SLOTS = ("m", "v", "momentum")  # optimiser state per trainable parameter (Adam/AdamW; SGD)
+
+
+def _build_from_meta(meta: dict, name, values: int):
+    """The architecture ``meta`` names, built after its meta and config are checked, with no
+    download and at most about twice the ``values`` (parameters and buffers) the file declares."""
+    from ..nn.layers import param_budget
+    from .checks import check_model_meta, checked_config
+
+    arch = meta.get("arch")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{name}: no architecture name (arch) in its header")
+    pp = check_model_meta(name, meta, meta.get("preprocess") or {}, meta.get("class_names", CLASS_NAMES))
+    config = checked_config(name, arch, meta.get("config", {}))
+    if "input_size" in config and config["input_size"] != pp.input_size:
+        raise CheckpointError(f"{name}: config input_size {config['input_size']} differs from preprocess "
+                              f"input_size {pp.input_size}")
+    try:  # room for twice the file's values: a missing array gets its own message, not a build error
+        with param_budget(2 * values + (1 << 20)):
+            model = create_model(arch, **config)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, RuntimeError) as e:
+        raise CheckpointError(f"{name}: its config does not build a {arch}: {e}") from e
+    model.preprocess = pp
+    return model
+
+
+def _array_specs(model) -> dict[str, dict]:
+    """{group: {name: (shape, dtype)}} of the arrays a checkpoint of ``model`` holds; ``optim``
+    lists every slot an optimiser may keep for a trainable parameter."""
+    params = {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in model.parameters().items()}
+    buffers = {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in model.buffers().items()}
+    optim = {f"{n}/{slot}": spec for n, spec in params.items() for slot in OPTIM_SLOTS}
+    return {"param": params, "buffer": buffers, "optim": optim}
+
+
+def _check_fit(model, headers: dict, name) -> None:
+    """CheckpointError unless ``headers`` ({group: {name: (shape, dtype)}}) are exactly the
+    model's parameters and buffers (and optimiser state for its parameters), shape for shape,
+    of the same kind of dtype."""
+    want = _array_specs(model)
+    unknown = sorted(set(headers) - set(want))
+    if unknown:
+        raise CheckpointError(f"{name}: unexpected array groups {unknown}")
+    for group, specs in want.items():
+        have = headers.get(group, {})
+        extra = sorted(set(have) - set(specs))
+        missing = [] if group == "optim" else sorted(set(specs) - set(have))
+        if extra or missing:
+            raise CheckpointError(f"{name}: its {group} arrays do not match the {model.arch} architecture "
+                                  f"(unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}, "
+                                  f"missing {missing[:3]}{'...' if len(missing) > 3 else ''})")
+        for key, (shape, dtype) in have.items():
+            wshape, wdtype = specs[key]
+            same_kind = dtype.kind == wdtype.kind or (dtype.kind in "iu" and wdtype.kind in "iu")
+            if tuple(shape) != wshape or not same_kind:
+                raise CheckpointError(f"{name}: {group}/{key} is {tuple(shape)} {dtype}, the {model.arch} "
+                                      f"architecture has {wshape} {wdtype}")
+
+
+def _values(headers: dict) -> int:
+    return sum(math.prod(shape) for g in ("param", "buffer") for shape, _ in headers.get(g, {}).values())
+
+
+def _finish(model, groups: dict, meta: dict, device: str):
     model.class_names = tuple(meta.get("class_names", CLASS_NAMES))
     model.load_state(groups.get("param", {}), groups.get("buffer", {}))
     model.meta = {k: v for k, v in meta.items()
@@ -232,8 +292,36 @@ def model_from_arrays(groups: dict, meta: dict, device: str = "cpu"):
     return model.to(device)
 
 
+def model_from_arrays(groups: dict, meta: dict, device: str = "cpu", name="checkpoint"):
+    """The model of a checkpoint's arrays and header (as :func:`~deepfake_detector.nn.io.load_arrays`
+    gives them), checked as :func:`load_model` checks a file."""
+    from ..nn.io import check_finite
+
+    headers = {g: {n: (tuple(np.shape(a)), np.asarray(a).dtype) for n, a in named.items()}
+               for g, named in groups.items()}
+    model = _build_from_meta(meta, name, _values(headers))
+    _check_fit(model, headers, name)
+    check_finite(groups, name)
+    return _finish(model, groups, meta, device)
+
+
+def load_checkpoint(path, device: str = "cpu"):
+    """(model, arrays, meta) of a .npz checkpoint. Its header is checked (temperature, threshold,
+    input size, config) before the architecture is built, and the built architecture's
+    parameters, buffers and optimiser slots against the arrays' .npy headers before any array
+    is read: a file that declares other arrays, or more data, is refused without reading it."""
+    built = {}
+
+    def check(headers, meta):
+        built["model"] = _build_from_meta(meta, path, _values(headers))
+        _check_fit(built["model"], headers, path)
+
+    groups, meta = load_arrays(path, check)
+    return _finish(built["model"], groups, meta, device), groups, meta
+
+
 def load_model(path, device: str = "cpu"):
     """Rebuild a model from its .npz checkpoint alone (architecture, weights, preprocessing):
-    a from-scratch one, or a torch one where its architecture is a torch one."""
-    groups, meta = load_arrays(path)
-    return model_from_arrays(groups, meta, device)
+    a from-scratch one, or a torch one where its architecture is a torch one. Nothing else is
+    read: ``pretrained``/``weights`` in its config are not followed (the file holds every weight)."""
+    return load_checkpoint(path, device)[0]

@@ -9,6 +9,8 @@ The array module comes from the input (NumPy or CuPy), so no layer has a copy pe
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -16,6 +18,36 @@ import numpy as np
 from .backend import get_array_module, over_batch, to_device
 from .grad import enable_grad, grad_enabled, no_grad  # noqa: F401  (nn.layers.no_grad etc. still work)
 from .im2col import _swap01, col2im, im2col
+
+_BUDGET: contextvars.ContextVar = contextvars.ContextVar("param_budget", default=None)
+
+
+@contextlib.contextmanager
+def param_budget(elements: int):
+    """Layers built inside may hold at most ``elements`` parameter and buffer values in all: a
+    layer that would pass it raises ValueError before allocating. Rebuilding the architecture
+    a checkpoint names this way costs no more memory than the arrays the file declares."""
+    token = _BUDGET.set([int(elements)])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def budgeted() -> bool:
+    """Whether layers are being built under a :func:`param_budget`."""
+    return _BUDGET.get() is not None
+
+
+def reserve_params(*shapes) -> None:
+    """Count arrays of ``shapes`` against the current :func:`param_budget` (none: no limit)."""
+    left = _BUDGET.get()
+    if left is None:
+        return
+    n = sum(math.prod(int(d) for d in s) for s in shapes)
+    if n > left[0]:
+        raise ValueError(f"the architecture needs more than the {left[0]} more values its checkpoint holds")
+    left[0] -= n
 
 
 class Layer:
@@ -87,6 +119,7 @@ class Conv2D(Layer):
         rng = rng if rng is not None else np.random.default_rng()
         fan_in = in_channels * kh * kw
         std = math.sqrt(2.0 / fan_in)  # He init, for ReLU networks (as the original)
+        reserve_params((out_channels, in_channels, kh, kw), *([(out_channels,)] if bias else []))
         self.params["weight"] = (rng.standard_normal((out_channels, in_channels, kh, kw)) * std).astype(dtype)
         if bias:
             self.params["bias"] = np.zeros(out_channels, dtype=dtype)
@@ -139,6 +172,7 @@ class _BatchNorm(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        reserve_params(*[(num_features,)] * 4, ())
         self.params["weight"] = np.ones(num_features, dtype=dtype)
         self.params["bias"] = np.zeros(num_features, dtype=dtype)
         self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
@@ -292,6 +326,7 @@ class Dense(Layer):
         self.in_features, self.out_features = in_features, out_features
         rng = rng if rng is not None else np.random.default_rng()
         std = math.sqrt(2.0 / in_features)  # He init
+        reserve_params((out_features, in_features), *([(out_features,)] if bias else []))
         self.params["weight"] = (rng.standard_normal((out_features, in_features)) * std).astype(dtype)
         if bias:
             self.params["bias"] = np.zeros(out_features, dtype=dtype)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 from ..data.media import IgnoredFiles
+from ..results import printable
 from .infer import DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
 from .sources import count_sources
 from .store import ResultsStore
@@ -146,6 +147,7 @@ class Collector:
                 "scanned": c["scanned"], "images": c["images"], "videos": c["videos"],
                 "skipped": c["skipped"], "duplicates": c["duplicates"], "failed": c["failed"],
                 "fake": c["fake"], "real": c["real"], "no_verdict": c["no_verdict"],
+                "unreadable": c["unreadable"], "unreadable_folders": self.ignored.lost,
                 "ignored": self.ignored.count, "ignored_examples": [str(p) for p in self.ignored.examples],
                 "failure_reasons": dict(self.reasons.most_common()), "failures": self.failures,
                 "rows_total": self.store.n_rows, "elapsed_s": round(elapsed, 3),
@@ -168,6 +170,9 @@ def format_summary(s: dict) -> str:
     lines.append(f"skipped {s['skipped']} already in the results, {s['duplicates']} duplicates of other files"
                  + (f", {s['ignored']} neither images nor videos (e.g. {', '.join(s['ignored_examples'][:3])})"
                     if s.get("ignored") else ""))
+    if s.get("unreadable") or s.get("unreadable_folders"):
+        lines.append(f"lost: {s.get('unreadable', 0)} files that could not be read (no row; the next scan tries "
+                     f"again), {s.get('unreadable_folders', 0)} folders that could not be read")
     with_verdict = s["fake"] + s["real"]
     lines.append(f"judged fake: {s['fake']} of {with_verdict} with a verdict"
                  + (f" ({s['no_verdict']} without: no face)" if s["no_verdict"] else ""))
@@ -179,4 +184,4 @@ def format_summary(s: dict) -> str:
     lines.append(f"results: {s['out']} ({s['rows_total']} rows, {s['format']})")
     if s.get("interrupted"):
         lines.append("interrupted: run the same command again to go on where it stopped")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # file names may hold newlines or escape codes

@@ -16,7 +16,7 @@ DEFAULT_BATCH_SIZE = 32  # files per inference task (the images of a task go thr
 DEFAULT_PART_ROWS = 1000  # rows per committed part ...
 DEFAULT_PART_SECONDS = 30.0  # ... or whatever finished in this many seconds, whichever comes first
 # what inference contributes to a row (the rest: path, hash, size, model, time)
-RESULT_KEYS = (*COLUMNS[1:], "threshold", "message", *VIDEO_COLUMNS)
+RESULT_KEYS = (*COLUMNS[1:], "threshold", "message", "warning", *VIDEO_COLUMNS)
 
 
 def slim(row: dict) -> dict:

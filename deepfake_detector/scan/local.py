@@ -16,6 +16,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from ..data.limits import InputRefused
 from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
@@ -158,6 +159,9 @@ def _tasks(col: Collector, sources, batch_size: int):
     for path in iter_sources(sources, col.ignored):
         try:
             digest, size = file_digest(path)
+        except InputRefused as e:  # not a regular file, or over the size limit: never read
+            col.unreadable(path, f"cannot read {path}: {e.reason}")
+            continue
         except OSError as e:
             col.unreadable(path, f"cannot read {path}: {e.strerror or type(e).__name__}")
             continue

@@ -12,6 +12,7 @@ import os
 import tempfile
 from itertools import islice
 
+from ..data.limits import InputRefused
 from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
@@ -39,6 +40,8 @@ def hash_files(batch: dict) -> dict:
         try:
             digest, size = file_digest(p)
             h, err = digest.hex(), None
+        except InputRefused as e:  # not a regular file, or over the size limit: never read
+            h, size, err = None, -1, f"cannot read {p}: {e.reason}"
         except OSError as e:
             h, size, err = None, -1, f"cannot read {p}: {e.strerror or type(e).__name__}"
         out["path"].append(p)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..data.limits import open_regular
 from ..data.media import IgnoredFiles, kind_of, walk_media
 
 _GLOB_CHARS = frozenset("*?[")
@@ -104,8 +105,11 @@ def count_sources(sources: list) -> int | None:
 
 
 def file_digest(path) -> tuple[bytes, int]:
-    """(SHA-256 digest of the file's bytes, its size), read in chunks; raises OSError."""
-    with open(path, "rb") as f:
+    """(SHA-256 digest of the file's bytes, its size), read in chunks. Only a regular file
+    within the size limit is read (:func:`~deepfake_detector.data.limits.open_regular`):
+    :class:`~deepfake_detector.data.limits.InputRefused` otherwise (a FIFO would never end),
+    OSError where reading fails."""
+    with open_regular(path, kind_of(path) or "video") as f:
         if hasattr(hashlib, "file_digest"):  # Python 3.11+
             h = hashlib.file_digest(f, "sha256")
         else:

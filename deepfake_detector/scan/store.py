@@ -41,10 +41,10 @@ _COLUMNS = [
     ("path", "string"), ("sha256", "string"), ("size", "int64"), ("kind", "string"),
     ("p_fake", "float64"), ("label", "string"), ("confidence", "string"), ("threshold", "float64"),
     ("error", "string"), ("message", "string"), ("model", "string"), ("model_version", "string"),
-    ("n_frames", "int32"), ("n_frames_with_faces", "int32"), ("n_faces", "int32"),
+    ("n_frames_requested", "int32"), ("n_frames", "int32"), ("n_frames_with_faces", "int32"), ("n_faces", "int32"),
     ("p_fake_mean", "float64"), ("p_fake_confident", "float64"), ("flicker", "float64"),
     ("fps", "float64"), ("duration", "float64"), ("width", "int32"), ("height", "int32"),
-    ("scanned_at", "timestamp"),
+    ("warning", "string"), ("scanned_at", "timestamp"),
 ]
 COLUMNS = [name for name, _ in _COLUMNS]
 
@@ -115,13 +115,17 @@ def _read_part(path: Path, columns: list[str] | None = None):
         from pyarrow import csv as pacsv
 
         opts = pacsv.ConvertOptions(column_types={f.name: f.type for f in sch}, strings_can_be_null=True,
-                                    include_columns=columns)
+                                    include_columns=columns or sch.names, include_missing_columns=True)
         table = pacsv.read_csv(path, convert_options=opts)
     else:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=columns)
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in columns if c in present] if columns else None)
     names = columns or sch.names
+    for name in names:  # a part written before the column existed: empty there
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), sch.field(name).type))
     return table.select(names).cast(pa.schema([sch.field(n) for n in names]))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..faces.crop import crop_faces, model_margin
 from ..faces.detect import get_detector
-from ..results import NO_FACE, confidence_level, mark_error, rounded, verdict, video_row
+from ..results import NO_FACE, mark_error, rounded, verdict, video_confidence, video_row
 from .read import DEFAULT_N_FRAMES, VideoError, iter_sampled, open_video, prefetch
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,12 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
 
     Returns ``{"path", "kind": "video", "p_fake", "label" ("Real" | "Fake" | "NoFace" |
     "Error"), "confidence", "aggregation", "threshold", "p_fake_mean", "p_fake_confident",
-    "n_frames", "n_frames_with_faces", "n_faces", "fps", "duration", "width", "height",
-    "frame_count", "flicker", "timeline_smoothed", "frames", "model", "detector", "timings",
-    "message", "error"}``. ``frames`` is one entry per sampled frame: ``{"index", "time",
+    "n_frames_requested", "n_frames" (decoded), "n_frames_with_faces", "n_faces", "fps",
+    "duration", "width", "height", "frame_count", "flicker", "timeline_smoothed", "frames",
+    "model", "detector", "timings", "message", "warning", "error"}``. ``warning`` is set when
+    fewer than half of the requested frames decoded; the confidence is then LOW
+    (:func:`~deepfake_detector.results.video_confidence`). ``frames`` is one entry per
+    sampled frame: ``{"index", "time",
     "faces": [{"box", "score", "det_score"}], "score"}`` where ``score`` is the frame's
     P(fake) (max over its faces) or None without a face. ``timeline_smoothed`` is aligned with
     ``frames``: the moving median of the frame scores over ``smooth_window`` frames that have
@@ -150,6 +153,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
             finally:
                 it.close()  # stop the decoding thread before the capture is released
         res["n_frames"] = len(frames)
+        res["n_frames_requested"] = video.n_requested
         res["frames"] = frames
         if not frames:
             raise VideoError(f"{path}: no frame could be decoded")
@@ -169,6 +173,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                     fr["score"] = max(f["score"] for f in fr["faces"])
         res["n_faces"] = len(crops)
 
+        res["warning"] = video_confidence(None, len(frames), video.n_requested)[1]
         face_frames = [fr for fr in frames if fr["score"] is not None]
         res["n_frames_with_faces"] = len(face_frames)
         if not face_frames:
@@ -182,7 +187,8 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
         p_mean = aggregate(scores, "mean")
         p_conf = aggregate(scores, "confident")
         p = p_conf if aggregation == "confident" else p_mean
-        res.update(p_fake=rounded(p), label=verdict(p, threshold), confidence=confidence_level(p),
+        confidence, res["warning"] = video_confidence(p, len(frames), video.n_requested)
+        res.update(p_fake=rounded(p), label=verdict(p, threshold), confidence=confidence,
                    p_fake_mean=rounded(p_mean), p_fake_confident=rounded(p_conf), flicker=rounded(flicker(scores)))
         sm = iter(smooth(scores, smooth_window, "median"))
         res["timeline_smoothed"] = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.limits import InputRefused, regular_file_size
 from ..faces.crop import model_margin, square_crop
 from ..faces.detect import get_detector, largest_face
 from ..results import confidence_level, verdict
@@ -124,6 +125,11 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
     :class:`VideoError` when the source cannot be opened.
     """
     target, kind = parse_source(source)
+    if kind == "file":  # the decoding gate: a regular file within the size limit, never a FIFO
+        try:
+            regular_file_size(target, "video")
+        except InputRefused as e:
+            raise VideoError(f"cannot read video {target}: {e.reason}") from e
     cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()

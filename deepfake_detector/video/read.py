@@ -11,11 +11,11 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..data.limits import InputRefused, Limits, check_pixels, regular_file_size
 from ..data.media import VIDEO_EXTENSIONS, kind_of  # noqa: F401  the one extension table, re-exported
 
 DEFAULT_N_FRAMES = 32
@@ -63,6 +63,7 @@ class Video:
         self.info = info
         self._first = first_bgr
         self._pos = 1  # index of the next frame the capture will give
+        self.n_requested: int | None = None  # frames :func:`iter_sampled` asked for (set when it starts)
 
     def __enter__(self):
         return self
@@ -124,35 +125,52 @@ class Video:
                 yield i, frame
 
 
-def open_video(path) -> Video:
-    """Open ``path`` and decode its first frame; :class:`VideoError` if either fails."""
-    p = Path(path)
-    if not p.exists():
-        raise VideoError(f"no such file: {path}")
-    if p.is_dir():
-        raise VideoError(f"{path} is a folder, not a video")
-    if p.stat().st_size == 0:
-        raise VideoError(f"{path} is empty")
-    cap = cv2.VideoCapture(os.fspath(p), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
-        cap = cv2.VideoCapture(os.fspath(p))  # any other backend OpenCV has
-    if not cap.isOpened():
-        cap.release()
-        raise VideoError(f"{path} could not be opened as a video (not a video, or a format "
-                         f"OpenCV's FFmpeg backend cannot read)")
-    ok, first = cap.read()
+def open_video(path, limits: Limits | None = None) -> Video:
+    """Open ``path`` and decode its first frame; :class:`VideoError` if either fails.
+
+    The decoding gate first (:mod:`~deepfake_detector.data.limits`): a regular file within
+    ``max_video_mb``, whose frame size (from the container, before any frame is decoded) is
+    within ``max_pixels``.
+    """
+    name = os.fspath(path)
+    try:
+        regular_file_size(name, "video", limits)
+    except InputRefused as e:
+        raise VideoError(f"cannot read video {name}: {e.reason}") from e
+    try:
+        cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            cap = cv2.VideoCapture(name)  # any other backend OpenCV has
+        if not cap.isOpened():
+            cap.release()
+            raise VideoError(f"{name} could not be opened as a video (not a video, or a format "
+                             f"OpenCV's FFmpeg backend cannot read)")
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        try:
+            check_pixels(name, w, h, "video frame", limits)
+        except InputRefused as e:
+            cap.release()
+            raise VideoError(f"cannot read video {name}: {e.reason}") from e
+        ok, first = cap.read()
+    except cv2.error as e:  # a decoder assertion on a crafted file
+        raise VideoError(f"cannot read video {name}: the decoder failed ({_first_line(e)})") from e
     if not ok or first is None or first.size == 0:
         cap.release()
-        raise VideoError(f"{path} opened but no frame could be decoded (corrupt or unsupported codec)")
+        raise VideoError(f"{name} opened but no frame could be decoded (corrupt or unsupported codec)")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     if not np.isfinite(fps) or fps <= 0 or fps > 1000:
         fps = FALLBACK_FPS
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     count = max(count, 0)
     h, w = first.shape[:2]
-    info = VideoInfo(os.fspath(p), count, fps, int(w), int(h), count / fps if count else 0.0, _fourcc(cap))
+    info = VideoInfo(name, count, fps, int(w), int(h), count / fps if count else 0.0, _fourcc(cap))
     return Video(cap, info, first)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def video_info(path) -> VideoInfo:
@@ -201,6 +219,7 @@ def iter_sampled(video: Video, n_frames: int | None = DEFAULT_N_FRAMES, every: i
         fresh = open_video(video.info.path)
         video.cap, video._first, video._pos = fresh.cap, fresh._first, 1
     wanted = sample_indices(count, n_frames, every)
+    video.n_requested = len(wanted)
     frames = video.grab_retrieve(set(wanted)) if method == "grab" else video.seek_read(wanted)
     fps = video.info.fps
     for i, bgr in frames:

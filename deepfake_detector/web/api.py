@@ -15,6 +15,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..results import is_error
+from .guards import (
+    DEFAULT_MAX_UPLOADS,
+    DEFAULT_UPLOAD_DEADLINE,
+    DEFAULT_UPLOAD_TIMEOUT,
+    RETRY_AFTER_S,
+    UploadSlots,
+    check_positive,
+)
 from .uploads import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -28,6 +36,7 @@ from .uploads import (
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR = "internal error; see the server log"
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
@@ -104,7 +113,8 @@ def health(model) -> dict:
 
 def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,
                    n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS,
-                   detector=None) -> None:
+                   detector=None, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+                   upload_deadline: float = DEFAULT_UPLOAD_DEADLINE, max_uploads: int = DEFAULT_MAX_UPLOADS) -> None:
     """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
 
     ``POST {prefix}/predict`` takes multipart/form-data with the file in the field ``file`` and
@@ -115,12 +125,18 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
     Status: 200; 413 for a file over the limit (``{"error": ...}``); 415 for an empty file or a
     type that is not a supported image or video, judged by content (``{"error": ...}``); 422
     when the file has a supported type but cannot be decoded (the result object, with
-    ``error`` set); 400 for a request that is not a multipart upload.
+    ``error`` set); 400 for a request that is not a multipart upload; 408 for an upload that
+    stalls or takes too long; 503 (with ``Retry-After``, the body not read) when
+    ``max_uploads`` requests are already in progress; 500 ``{"error": "internal error; see
+    the server log"}`` for anything unexpected (the traceback goes to the log, not the client).
 
     ``max_upload_mb``: the largest file accepted (413 above); ``max_pixels``: the largest image
     (by its header) accepted; ``temp_dir``: where each request's temporary folder is made
     (default: the system's); ``n_frames``: frames sampled per video (as ``predict --frames``);
-    ``detector``: a face detector (default: the default one).
+    ``detector``: a face detector (default: the default one); ``upload_timeout``: seconds
+    without a byte before an upload is cut off; ``upload_deadline``: seconds for a whole
+    upload; ``max_uploads``: ``/api/predict`` requests in progress at a time (upload and
+    prediction; health checks are not counted).
     """
     from fastapi import Request
     from fastapi.responses import JSONResponse
@@ -128,15 +144,31 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
 
     model = serial(model)
     max_bytes(max_upload_mb)  # a bad limit fails here, not at the first request
+    check_positive(upload_timeout=upload_timeout, upload_deadline=upload_deadline)
+    slots = UploadSlots(max_uploads)
 
-    def error(status: int, message: str):
-        headers = {"Connection": "close"} if status == 413 else None  # the rest of the body is not read
+    def error(status: int, message: str, headers: dict | None = None):
+        if status in (408, 413, 503):  # the rest of the body is not read
+            headers = {**(headers or {}), "Connection": "close"}
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def predict(request: Request):
-        with tempfile.TemporaryDirectory(prefix="dfd-upload-", dir=temp_dir) as tmp:
+        if not slots.try_acquire():
+            return error(503, f"busy: {slots.n} uploads in progress; retry later",
+                         {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            return await predict_one(request)
+        except Exception:  # noqa: BLE001  the details go to the log, not to the client
+            log.exception("/api/predict failed")
+            return error(500, INTERNAL_ERROR)
+        finally:
+            slots.release()
+
+    async def predict_one(request):
+        with tempfile.TemporaryDirectory(prefix="dfd-upload-", dir=temp_dir, ignore_cleanup_errors=True) as tmp:
             try:
-                got = await receive_file(request, tmp, max_upload_mb)
+                got = await receive_file(request, tmp, max_upload_mb, idle_timeout=upload_timeout,
+                                         deadline=upload_deadline)
                 ftype = sniff(got.head)
                 faces = parse_bool(got.fields.get("faces"), True)
                 if ftype.kind == "image":
@@ -148,9 +180,9 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
             got.path.rename(path)
             try:
                 row = await run_in_threadpool(predict_file, model, path, name, faces, n_frames, detector)
-            except Exception as e:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
+            except Exception:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
                 log.exception("predict failed for %s", name)
-                return error(500, f"{type(e).__name__}: {e}")
+                return error(500, INTERNAL_ERROR)
             return JSONResponse(row, status_code=status_of(row))
 
     predict.__annotations__ = {"request": Request}  # a real class: this module postpones annotations
@@ -163,11 +195,14 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
     app.add_api_route(f"{prefix}/health", get_health, methods=["GET"], summary="Model and version")
 
 
-def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = 32):
+def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = 32,
+               upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, upload_deadline: float = DEFAULT_UPLOAD_DEADLINE,
+               max_uploads: int = DEFAULT_MAX_UPLOADS, detector=None):
     """A FastAPI app with the API routes only (no Gradio UI): see :func:`..app.create_app`."""
     from fastapi import FastAPI
 
     app = FastAPI(title="deepfake-detector", version=__version__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
-    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames)
+    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames, detector=detector, upload_timeout=upload_timeout,
+                   upload_deadline=upload_deadline, max_uploads=max_uploads)
     return app

@@ -22,6 +22,16 @@ import numpy as np
 
 from ..results import error_row, write_csv
 from .api import SerialModel, add_api_routes, predict_file, serial, status_of
+from .guards import (
+    BODY_TIMEOUT_GRACE,
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_UPLOADS,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_UPLOAD_DEADLINE,
+    DEFAULT_UPLOAD_TIMEOUT,
+    http_protocol,
+)
 from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, check_file, max_bytes, safe_name
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before any import of gradio
@@ -288,12 +298,17 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
 
 
 def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, ui: bool = True,
-               n_frames: int = 32, explain_method: str = "auto", detector=None):
+               n_frames: int = 32, explain_method: str = "auto", detector=None,
+               upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, upload_deadline: float = DEFAULT_UPLOAD_DEADLINE,
+               max_uploads: int = DEFAULT_MAX_UPLOADS):
     """The FastAPI app: ``/api/predict``, ``/api/health`` and (with ``ui``) the Gradio UI at ``/``.
 
     ``model``: a loaded :class:`~deepfake_detector.models.Predictor`; ``temp_dir``: where the
     API's per-request temporary folders go (default: the system's); ``max_upload_mb``: the
-    limit for the API and the UI alike; ``detector``: a face detector (default: the default one).
+    limit for the API and the UI alike; ``detector``: a face detector (default: the default one);
+    ``upload_timeout`` / ``upload_deadline`` / ``max_uploads``: the API's upload limits (see
+    :func:`.api.add_api_routes`). The connection-level limits (header timeout, connection cap)
+    belong to the server: :func:`serve`, or ``uvicorn.Config(http=limits.http_protocol(...))``.
     """
     from fastapi import FastAPI
 
@@ -304,7 +319,8 @@ def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=Non
     app = FastAPI(title="deepfake-detector", version=__version__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
     # the API before the UI: "/" catches the rest
-    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames, detector=detector)
+    add_api_routes(app, model, max_upload_mb, temp_dir, n_frames, detector=detector, upload_timeout=upload_timeout,
+                   upload_deadline=upload_deadline, max_uploads=max_uploads)
     app.state.model = model
     app.state.max_upload_mb = max_upload_mb
     if ui:
@@ -340,13 +356,24 @@ def _cleanup_on_shutdown(app, *dirs):
 def serve(model_path=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, runtime: str = "auto", model=None,
           device: str = "cpu", log_level: str = "info", threads: int | None = None,
-          detector: str | None = None) -> None:
+          detector: str | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+          upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, upload_deadline: float = DEFAULT_UPLOAD_DEADLINE,
+          max_uploads: int = DEFAULT_MAX_UPLOADS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+          ui: bool = True) -> None:
     """Run the web app until interrupted (``deepfake-detector serve``). Listens on 127.0.0.1
     unless ``host`` says otherwise; no share link, no analytics.
 
     ``model_path`` / ``runtime``: as :func:`deepfake_detector.models.load` (default: the packaged
     model); ``model``: an already loaded model instead (then ``model_path`` and ``runtime`` are
-    ignored).
+    ignored); ``ui``: False for the API alone.
+
+    Limits against slow or hostile clients (:mod:`.guards`): ``request_timeout`` seconds for a
+    request's headers (then the connection is closed; idle kept-alive connections close after
+    at most :data:`~.limits.DEFAULT_KEEP_ALIVE` s); ``upload_timeout`` seconds without a byte
+    and ``upload_deadline`` seconds in all for an upload (408; other routes' request bodies,
+    the UI's uploads included, are cut off after ``upload_timeout`` + 5 s without a byte);
+    ``max_uploads`` ``/api/predict`` requests at a time (503 and ``Retry-After`` above);
+    ``max_connections`` open connections (a new one above is answered 503 and closed).
     """
     import signal
     import sys
@@ -371,12 +398,15 @@ def serve(model_path=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         from ..faces import get_detector
 
         chosen = {"detector": get_detector(detector)} if detector else {}  # else create_app's default
-        app = create_app(model, max_upload_mb=max_upload_mb, **chosen)
+        protocol = http_protocol(request_timeout, upload_timeout + BODY_TIMEOUT_GRACE, max_connections)
+        app = create_app(model, max_upload_mb=max_upload_mb, upload_timeout=upload_timeout,
+                         upload_deadline=upload_deadline, max_uploads=max_uploads, ui=ui, **chosen)
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: the app is reachable from other machines", host)
         print(f"deepfake-detector web app on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
               f"(API: /api/predict, /api/health); Ctrl+C stops it", flush=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, http=protocol,
+                    timeout_keep_alive=min(DEFAULT_KEEP_ALIVE, request_timeout))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

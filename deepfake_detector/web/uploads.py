@@ -9,6 +9,7 @@ or the declared content type.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ class UploadTooLarge(UploadError):
 
 class UnsupportedType(UploadError):
     status = 415
+
+
+class UploadTimeout(UploadError):
+    """The body stalled or took too long (408); the rest of it is not read."""
+
+    status = 408
 
 
 @dataclass(frozen=True)
@@ -114,20 +121,19 @@ def sniff_file(path) -> FileType:
 
 def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuse (413) an image whose header announces more than ``max_pixels`` pixels: a few
-    megabytes of JPEG or PNG can decode to gigabytes. Only the header is read; a header that
-    cannot be read is left to the decoder to refuse."""
-    import warnings
+    kilobytes of JPEG or PNG can decode to gigabytes. The header is read the way the
+    decoding gate reads it (``data.decode.image_header``: JPEG markers, then Pillow), so a
+    JPEG that only OpenCV would open is sized too; a header that cannot be read is left to
+    the decoder to refuse."""
+    from ..data.decode import ImageDecodeError, image_header
 
-    from PIL import Image
-
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except Image.DecompressionBombError as e:
-        raise UploadTooLarge(f"image too large: {e}") from e
-    except Exception:  # noqa: BLE001  not readable here: the decoder will say why
+        w, h, _ = image_header(data, "upload")
+    except ImageDecodeError as e:
+        if "too large" in e.reason:
+            raise UploadTooLarge(e.reason) from e
         return
     if w * h > max_pixels:
         raise UploadTooLarge(f"image too large: {w} x {h} pixels; the limit is {max_pixels / 1e6:g} megapixels")
@@ -184,13 +190,45 @@ class Received:
     fields: dict  # the form's other (text) fields
 
 
+async def body_chunks(request, idle_timeout: float | None = None, deadline: float | None = None):
+    """The body of a Starlette ``request``, chunk by chunk, each wait bounded: raises
+    :class:`UploadTimeout` when no bytes come for ``idle_timeout`` seconds or the whole body
+    is not in within ``deadline`` seconds of the call, :class:`UploadError` when the client
+    disconnects. ``None``: no limit."""
+    loop = asyncio.get_running_loop()
+    end = None if deadline is None else loop.time() + deadline
+    while True:
+        wait = idle_timeout
+        if end is not None:
+            left = end - loop.time()
+            if left <= 0:
+                raise UploadTimeout(f"upload not finished within {deadline:g} s")
+            wait = left if wait is None else min(wait, left)
+        try:
+            message = await asyncio.wait_for(request.receive(), wait)
+        except asyncio.TimeoutError:
+            if end is not None and loop.time() >= end - 1e-3:
+                raise UploadTimeout(f"upload not finished within {deadline:g} s") from None
+            raise UploadTimeout(f"upload stalled: no data for {idle_timeout:g} s") from None
+        if message["type"] == "http.disconnect":
+            raise UploadError("the client disconnected during the upload")
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
 async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                       field: str = "file") -> Received:
+                       field: str = "file", idle_timeout: float | None = None,
+                       deadline: float | None = None) -> Received:
     """Stream the multipart/form-data body of a Starlette ``request`` into ``dest_dir``.
 
     Returns a :class:`Received` for the first file part named ``field``.
-    Raises :class:`UploadTooLarge` (declared or counted size over the limit) or
-    :class:`UploadError` (400: not multipart, no such field).
+    Raises :class:`UploadTooLarge` (declared or counted size over the limit),
+    :class:`UploadTimeout` (408: no bytes for ``idle_timeout`` seconds, or the body not
+    finished within ``deadline`` seconds; ``None``: no limit) or :class:`UploadError` (400:
+    not multipart, no such field, the client gone).
     """
     try:
         from python_multipart import multipart as pm
@@ -259,7 +297,7 @@ async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPL
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished})
     total = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, idle_timeout, deadline):
             total += len(chunk)
             if total > limit + MULTIPART_OVERHEAD:
                 raise UploadTooLarge(f"request too large: more than {max_upload_mb:g} MB")

@@ -19,7 +19,11 @@ def content_key(data_digest: str, preprocess_id: str, encoder_id: str) -> str:
 
 
 def bytes_digest(path) -> str:
-    with open(path, "rb") as f:
+    """SHA-256 of a file's bytes; a file the decoding gate refuses (a FIFO, a device, over the
+    size limit) raises InputRefused, unread."""
+    from ...data.limits import open_regular
+
+    with open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -50,6 +50,7 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
     every ``commit_every`` files, so an interrupted pass resumes where it stopped.
     """
     from ...data import ImageDecodeError, load_image
+    from ...data.limits import InputRefused
 
     pid = preprocess_id(framing)
     out = np.zeros((len(paths), EMBED_DIM), np.float32)
@@ -58,6 +59,9 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
     for p in paths:
         try:
             keys.append(content_key(bytes_digest(p), pid, encoder.identity))
+        except InputRefused as e:
+            keys.append(None)
+            errors[p] = f"cannot read {p}: {e.reason}"
         except OSError as e:
             keys.append(None)
             errors[p] = f"cannot read {p}: {e.strerror or e}"

@@ -11,8 +11,34 @@ import os
 from deepfake_detector.models.predictor import Preprocess
 from deepfake_detector.models.torch.engine import ARCH_SPECS, MODES, TorchModel, require_torch
 from deepfake_detector.models.torch.weights import _load_into, _resolve_pretrained, load_state_dict_file
+from deepfake_detector.nn.layers import budgeted, reserve_params
 
 log = logging.getLogger(__name__)
+
+
+_SHAPE_CHANGING = {"requires_grad_", "resize_", "resize_as_", "set_", "share_memory_", "squeeze_", "unsqueeze_",
+                   "t_", "transpose_", "swapdims_", "swapaxes_", "as_strided_"}
+
+
+def _shapes_only(make_net) -> list[tuple]:
+    """The state-dict shapes of ``make_net()``, built on the meta device (no memory) with its
+    in-place initialisation skipped (it changes no shape; on meta tensors it would go through
+    torch's slow Python reference kernels, seconds on first use)."""
+    torch = require_torch()
+    from torch.overrides import TorchFunctionMode
+
+    class ShapesOnly(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            t = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if (name.endswith("_") and not name.startswith("__") and name not in _SHAPE_CHANGING
+                    and isinstance(t, torch.Tensor) and t.is_meta):
+                return t
+            return func(*args, **kwargs)
+
+    with torch.device("meta"), ShapesOnly():
+        return [tuple(t.shape) for t in make_net().state_dict().values()]
 
 
 def _finish(arch: str, net, heads: tuple, config: dict, mean_std, sources: list, input_size: int,
@@ -45,6 +71,8 @@ def _build(arch, make_net, *, seed, input_size, mode, pretrained, weights, confi
     torch = require_torch()
     spec = ARCH_SPECS[arch]
     heads = spec.heads
+    if budgeted():  # rebuilding a checkpoint's architecture: its size first, on no memory
+        reserve_params(*_shapes_only(make_net))
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, the global generator left as it was
         torch.manual_seed(int(seed))
         net = make_net()

@@ -1,0 +1,183 @@
+"""The limits every input file is held to before it is decoded: the decoding gate.
+
+Images and videos from strangers go through here first, whoever reads them (``predict``,
+``evaluate``, ``train``, ``scan``, the web app): only a regular file is opened (a FIFO, a
+device or a link loop is refused, never read), a file over :attr:`Limits.max_image_mb` or
+:attr:`Limits.max_video_mb` is refused before a byte is read, and an image or video frame
+whose header announces more than :attr:`Limits.max_pixels` pixels is refused before it is
+decoded.
+
+The limits live in the environment (``DEEPFAKE_DETECTOR_MAX_IMAGE_MB``, ``..._MAX_VIDEO_MB``,
+``..._MAX_PIXELS``), so scan workers and other child processes hold the same ones;
+:func:`set_limits` (the CLI's ``--max-image-mb``, ``--max-video-mb``, ``--max-pixels``) writes
+them there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB", "InputRefused", "Limits",
+           "check_pixels", "current_limits", "open_regular", "read_file", "regular_file_size", "set_limits"]
+
+# An 8K frame is 33 MP and a 48-MP phone photo passes; decoded, 64 MP is 192 MB of RGB, so a
+# few such requests at once fit a 24 GB machine with room to spare.
+DEFAULT_MAX_PIXELS = 64_000_000
+# Images are read whole into memory, and a 64-MP PNG is rarely over 150 MB. Videos are
+# streamed from disk, never read whole (a 10-minute 1080p clip is about 1 GB).
+DEFAULT_MAX_IMAGE_MB = 200.0
+DEFAULT_MAX_VIDEO_MB = 4096.0
+ENV_MAX_IMAGE_MB = "DEEPFAKE_DETECTOR_MAX_IMAGE_MB"
+ENV_MAX_VIDEO_MB = "DEEPFAKE_DETECTOR_MAX_VIDEO_MB"
+ENV_MAX_PIXELS = "DEEPFAKE_DETECTOR_MAX_PIXELS"
+
+
+class InputRefused(ValueError):
+    """A file the gate will not decode; ``reason`` says why, without the file's name."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one input may cost: bytes on disk (images are read whole, videos streamed) and
+    decoded pixels (an image, or one video frame)."""
+
+    max_image_mb: float = DEFAULT_MAX_IMAGE_MB
+    max_video_mb: float = DEFAULT_MAX_VIDEO_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        for name in ("max_image_mb", "max_video_mb", "max_pixels"):
+            v = getattr(self, name)
+            if not (v > 0):  # also refuses NaN
+                raise ValueError(f"{name} must be > 0, got {v}")
+
+    def max_bytes(self, kind: str) -> int:
+        return int((self.max_image_mb if kind == "image" else self.max_video_mb) * 2**20)
+
+
+def current_limits() -> Limits:
+    """The limits in force: the environment's, else the defaults."""
+    def env(name, default, cast):
+        text = os.environ.get(name)
+        if not text:
+            return default
+        try:
+            return cast(text)
+        except ValueError as e:
+            raise ValueError(f"{name}={text!r} is not a number") from e
+
+    return Limits(env(ENV_MAX_IMAGE_MB, DEFAULT_MAX_IMAGE_MB, float),
+                  env(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int))
+
+
+def set_limits(max_image_mb: float | None = None, max_video_mb: float | None = None,
+               max_pixels: int | None = None) -> Limits:
+    """Change the limits for this process and its children (None keeps a limit); returns them."""
+    given = {"max_image_mb": max_image_mb, "max_video_mb": max_video_mb, "max_pixels": max_pixels}
+    Limits(**{k: v for k, v in given.items() if v is not None})  # a bad value fails here, not at a file
+    env = {ENV_MAX_IMAGE_MB: max_image_mb, ENV_MAX_VIDEO_MB: max_video_mb, ENV_MAX_PIXELS: max_pixels}
+    for name, value in env.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    return current_limits()
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _what(mode: int) -> str:
+    for test, what in _NOT_REGULAR:
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _refuse_os_error(name: str, e: OSError):
+    if e.errno == errno.ELOOP:
+        raise InputRefused(name, "a loop of symbolic links") from e
+    if e.errno == errno.ENOENT:
+        raise InputRefused(name, "no such file" + (" (a broken symbolic link)" if os.path.islink(name) else "")) from e
+    raise InputRefused(name, e.strerror or type(e).__name__) from e
+
+
+def _check_size(name: str, size: int, kind: str, limits: Limits) -> None:
+    cap = limits.max_bytes(kind)
+    if size > cap:
+        raise InputRefused(name, f"file too large: {size / 2**20:.1f} MB; the limit for {kind}s is "
+                                 f"{cap / 2**20:g} MB (--max-{kind}-mb)")
+
+
+def regular_file_size(path, kind: str = "video", limits: Limits | None = None) -> int:
+    """The size of ``path`` if it is a regular file within the limits (links followed);
+    :class:`InputRefused` naming what it is otherwise. Nothing is opened."""
+    name = os.fspath(path)
+    try:
+        st = os.stat(name)
+    except OSError as e:
+        _refuse_os_error(name, e)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputRefused(name, f"{_what(st.st_mode)}, not a regular file")
+    _check_size(name, st.st_size, kind, limits or current_limits())
+    if st.st_size == 0:
+        raise InputRefused(name, "empty file")
+    return st.st_size
+
+
+def open_regular(path, kind: str = "image", limits: Limits | None = None):
+    """``path`` opened for reading in binary, if it is a regular file within the size limit
+    for ``kind``; :class:`InputRefused` naming what it is otherwise.
+
+    Opened non-blocking, so a FIFO cannot stall the open, and checked with ``fstat`` on the
+    open file, so no swapped name slips through."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        _refuse_os_error(name, e)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused(name, f"{_what(st.st_mode)}, not a regular file")
+        _check_size(name, st.st_size, kind, limits or current_limits())
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_file(path, kind: str = "image", limits: Limits | None = None) -> bytes:
+    """The bytes of a regular file within the size limit (:func:`open_regular`), in one
+    bounded read: a file that grows while it is read is refused at the limit."""
+    limits = limits or current_limits()
+    cap = limits.max_bytes(kind)
+    with open_regular(path, kind, limits) as f:
+        try:
+            data = f.read(cap + 1)
+        except OSError as e:
+            _refuse_os_error(os.fspath(path), e)
+    if len(data) > cap:
+        raise InputRefused(os.fspath(path), "file grew past the size limit while it was read")
+    if not data:
+        raise InputRefused(os.fspath(path), "empty file")
+    return data
+
+
+def check_pixels(name: str, width: int, height: int, what: str = "image", limits: Limits | None = None) -> None:
+    """:class:`InputRefused` unless ``width x height`` (from a header) is a sane size within
+    ``max_pixels``."""
+    limits = limits or current_limits()
+    if width <= 0 or height <= 0:
+        raise InputRefused(name, f"the header gives an impossible size, {width} x {height}")
+    if width * height > limits.max_pixels:
+        raise InputRefused(name, f"{what} too large: {width} x {height} pixels by its header; the limit is "
+                                 f"{limits.max_pixels / 1e6:g} megapixels (--max-pixels)")

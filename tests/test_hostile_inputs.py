@@ -1,0 +1,234 @@
+"""The hostile corpus (tests/hostile.py) through predict, evaluate, train and scan, each in a
+child process under a timeout: one row per file with the expected error, the valid files
+still scored, no traceback, no hang, and the run's peak memory (its own high-water mark)
+under 1.5 GB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepfake_detector.data import ImageDecodeError, load_image
+from deepfake_detector.results import table_line
+
+from .hostile import EVIL_NAME, make_corpus
+from .synthetic import make_dataset
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and symbolic links need a POSIX system")
+
+PEAK_LIMIT_MB = 1536
+TIMEOUT_S = 240
+# the CLI in this process's interpreter, reporting its peak memory (its own and its children's) at exit
+RUNNER = """
+import resource, sys
+from deepfake_detector.cli import main
+try:
+    rc = main(sys.argv[1:])
+finally:
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(f"PEAK_KB {peak}", file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run_cli(*args, cwd=None) -> tuple[int, str, str, float]:
+    """(exit code, stdout, stderr, peak MB) of ``deepfake-detector ARGS`` in a child process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, "-c", RUNNER, *map(str, args)], capture_output=True, text=True,
+                       timeout=TIMEOUT_S, cwd=cwd, env=env)
+    peak = [line for line in p.stderr.splitlines() if line.startswith("PEAK_KB ")]
+    assert peak, p.stderr[-2000:]
+    return p.returncode, p.stdout, p.stderr, int(peak[-1].split()[1]) / 1024
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile") / "corpus"
+    return folder, make_corpus(folder)
+
+
+def test_the_gate_refuses_each_crafted_image_with_its_reason_before_decoding(corpus):
+    folder, expected = corpus
+    for name, err in expected.items():
+        if name.endswith(".mp4"):
+            continue
+        if err is None:
+            assert load_image(folder / name).shape[2] == 3
+            continue
+        with pytest.raises(ImageDecodeError) as got:
+            load_image(folder / name)
+        assert err in str(got.value), (name, str(got.value))
+        assert " at 0x" not in str(got.value)  # the same file always gets the same message
+
+
+def test_predict_gives_one_row_per_file_and_scores_the_valid_ones(corpus):
+    folder, expected = corpus
+    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", folder)
+    rows = {Path(r["path"]).name: r for r in json.loads(out)}
+    assert sorted(rows) == sorted(expected)
+    for name, want in expected.items():
+        r = rows[name]
+        if want is None and r["kind"] == "video":  # synthetic clips have no face: no verdict, no error
+            assert r["label"] == "NoFace" and r["error"] is None, (name, r)
+        elif want is None:
+            assert r["label"] in ("Real", "Fake") and 0 <= r["p_fake"] <= 1, (name, r)
+        else:
+            assert r["label"] == "Error" and want in r["error"], (name, r)
+    cut, whole = rows["cut.mp4"], rows["clip.mp4"]
+    assert whole["n_frames"] == whole["n_frames_requested"] == 32 and whole["warning"] is None
+    assert cut["n_frames_requested"] == 32 and cut["n_frames"] < 16
+    assert f"only {cut['n_frames']} of the 32 requested frames" in cut["warning"]
+    assert rc == 1  # some inputs failed
+    assert "Traceback" not in err
+    assert peak < PEAK_LIMIT_MB, f"peak {peak:.0f} MB"
+
+
+def test_table_output_escapes_file_names_and_messages_are_stable(corpus):
+    folder, _ = corpus
+    runs = [run_cli("predict", "--fast", folder) for _ in range(2)]
+    assert runs[0][1] == runs[1][1]  # the same corpus, the same table, byte for byte
+    out = runs[0][1]
+    assert "\x1b" not in out and "evil\\n\\x1b[31mname.png" in out
+    assert len(out.splitlines()) == len(make_corpus_names(folder))  # no row split by a newline
+    row = {"path": EVIL_NAME, "label": "Error", "p_fake": None, "confidence": None, "error": "x\ny"}
+    assert "\n" not in table_line(row)
+
+
+def make_corpus_names(folder: Path) -> list[str]:
+    return [p for p in os.listdir(folder) if not p.startswith(".")]
+
+
+def test_evaluate_skips_and_counts_the_bad_files(corpus, tmp_path):
+    folder, expected = corpus
+    data = tmp_path / "labelled"
+    rng = np.random.default_rng(0)
+    for label in ("Real", "Fake"):
+        (data / label).mkdir(parents=True)
+        for name in expected:
+            if not name.endswith(".mp4") and name != EVIL_NAME:
+                src = folder / name
+                dst = data / label / name
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), dst)
+                elif name == "fifo.jpg":
+                    os.mkfifo(dst)
+                elif name == "sparse.jpg":
+                    with open(dst, "wb") as f:
+                        f.truncate(1536 * 2**20)
+                else:
+                    dst.write_bytes(src.read_bytes())
+    n_bad = sum(1 for n, e in expected.items() if e is not None and not n.endswith(".mp4"))
+    del rng
+    rc, out, err, peak = run_cli("evaluate", "--fast", "--json", "--data", data, "--workers", "1")
+    assert rc == 0, err[-2000:]
+    result = json.loads(out)
+    assert result["skipped"] == 2 * n_bad and result["n"] == 2 * 4
+    assert "Traceback" not in err
+    assert peak < PEAK_LIMIT_MB
+
+
+def test_train_finishes_its_epoch_past_the_bad_files(corpus, tmp_path):
+    folder, expected = corpus
+    ds = make_dataset(tmp_path / "ds", n_per_class=(12, 6, 6), size=32)
+    for split in ("Train", "Validation"):
+        for name in ("header-65500.jpg", "half-with-end.jpg", "bomb-13000.png", "garbage.jpg", "empty.png"):
+            (ds / split / "Real" / name).write_bytes((folder / name).read_bytes())
+        os.mkfifo(ds / split / "Fake" / "fifo.jpg")
+        os.symlink("/dev/zero", ds / split / "Fake" / "zero.jpg")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"arch": "df-cnn", "epochs": 1, "batch_size": 8, "workers": 1, "cache": False,
+                                  "augment": None, "early_stopping": None,
+                                  "model_config": {"input_size": 32, "widths": [8, 8, 8, 8, 8],
+                                                   "depths": [1, 1, 1, 1, 1]}}))
+    rc, out, err, peak = run_cli("train", "--config", config, "--data", ds, "--out", tmp_path / "run", "--quiet")
+    assert rc == 0, err[-3000:]
+    assert (tmp_path / "run" / "best.npz").exists()
+    assert "skipping unreadable image" in err and "a FIFO (named pipe)" in err
+    assert "Traceback" not in err
+    assert peak < PEAK_LIMIT_MB
+
+
+def test_scan_does_not_hang_and_reports_what_it_could_not_read(corpus, tmp_path):
+    folder, expected = corpus
+    rc, out, err, peak = run_cli("scan", folder, "--out", tmp_path / "results.csv", "--fast", "--workers", "0",
+                                 "--json", "--quiet")
+    summary = json.loads(out)
+    unread = {"fifo.jpg", "zero.jpg", "loop.jpg", "sparse.jpg"}  # never read, so no hash and no row
+    assert summary["unreadable"] == len(unread)
+    listed = {Path(f["path"]).name: f["error"] for f in summary["failures"]}
+    for name in unread:
+        assert expected[name] in listed[name]
+    assert summary["scanned"] == len(expected) - len(unread)
+    assert rc == 1  # inputs were lost
+    assert "Traceback" not in err
+    assert peak < PEAK_LIMIT_MB
+
+
+def test_an_unreadable_folder_is_reported_and_the_exit_is_nonzero(tmp_path, monkeypatch, capsys):
+    """Simulated (root reads every folder): os.scandir fails on one sub-folder."""
+    from deepfake_detector.cli import main
+
+    from .hostile import png
+    from .synthetic import face_like
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "ok" / "a.png").write_bytes(png(face_like(np.random.default_rng(0), 32, False)))
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["predict", "--fast", "--format", "json", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert [Path(r["path"]).name for r in json.loads(captured.out)] == ["a.png"]
+    assert "1 folder(s) could not be read" in captured.err
+
+    from deepfake_detector.data import list_images
+
+    with pytest.raises(ValueError, match="could not be read"):
+        list_images(tmp_path)
+
+
+def test_limits_are_flags_and_reach_child_processes(corpus, tmp_path):
+    folder, _ = corpus
+    rc, out, err, _ = run_cli("predict", "--fast", "--format", "json", "--max-pixels", "1000", folder / "good1.png")
+    assert rc == 1 and "the limit is 0.001 megapixels" in json.loads(out)[0]["error"]
+    rc, out, err, _ = run_cli("predict", "--fast", "--max-pixels", "-5", folder / "good1.png")
+    assert rc == 2 and err.startswith("error: max_pixels must be > 0")
+
+
+def test_a_video_read_in_part_gets_a_warning_and_low_confidence():
+    from deepfake_detector.results import VIDEO_MIN_DECODED_SHARE, video_confidence
+
+    assert video_confidence(0.97, 32, 32) == ("HIGH", None)
+    assert video_confidence(0.97, 16, 32) == ("HIGH", None)  # half read: enough
+    level, warning = video_confidence(0.97, 1, 32)
+    assert level == "LOW" and "only 1 of the 32 requested frames" in warning
+    assert video_confidence(None, 1, 32)[0] is None and VIDEO_MIN_DECODED_SHARE == 0.5
+
+
+def test_a_dfdc_clip_cut_to_5_percent_is_scored_low_with_a_warning(videos_dir, tmp_path):
+    from deepfake_detector.models import load
+    from deepfake_detector.video import analyze_video
+
+    from .hostile import cut_mp4
+
+    clip = sorted(videos_dir.glob("*.mp4"))[0]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(cut_mp4(clip.read_bytes()))
+    model = load(fast=True)
+    whole, part = analyze_video(clip, model), analyze_video(cut, model)
+    assert whole["n_frames"] == 32 and whole["confidence"] in ("HIGH", "MEDIUM", "LOW") and whole["warning"] is None
+    assert part["n_frames_requested"] == 32 and 1 <= part["n_frames"] < 16
+    assert part["label"] in ("Real", "Fake") and part["confidence"] == "LOW"
+    assert "requested frames could be decoded" in part["warning"]
