@@ -558,14 +558,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from .nn.backend import DeviceError, reuse_freed_memory
+    from .results import printable
+    from .video.read import VideoError
 
     if args.command in ("train", "evaluate", "predict", "scan", "release"):
         reuse_freed_memory()  # the same large buffers every batch: keep their pages (see nn.backend)
     try:
         _apply_limits(args)
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, DeviceError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, KeyError, DeviceError, VideoError) as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
 
 

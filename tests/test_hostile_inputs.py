@@ -232,3 +232,12 @@ def test_a_dfdc_clip_cut_to_5_percent_is_scored_low_with_a_warning(videos_dir, t
     assert part["n_frames_requested"] == 32 and 1 <= part["n_frames"] < 16
     assert part["label"] in ("Real", "Fake") and part["confidence"] == "LOW"
     assert "requested frames could be decoded" in part["warning"]
+
+
+def test_watch_refuses_a_fifo_named_like_a_video(tmp_path, capsys):
+    from deepfake_detector.cli import main
+
+    os.mkfifo(tmp_path / "live.mp4")
+    assert main(["watch", "--fast", "--source", str(tmp_path / "live.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "a FIFO (named pipe), not a regular file" in err and "Traceback" not in err
