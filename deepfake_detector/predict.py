@@ -6,6 +6,7 @@ A file that cannot be read gets an Error row; the others go on.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 
@@ -15,6 +16,8 @@ from .data import ImageDecodeError, eval_transform, load_image
 from .data.media import MediaWalk, walk_media
 from .models import Predictor
 from .results import error_row, image_row
+
+log = logging.getLogger(__name__)
 
 
 def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = False, detector=None,
@@ -70,10 +73,26 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
     files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
 
+    def rows_of(batch) -> list[dict | str]:
+        """The batch's rows; should it fail, each image alone, so that an image that breaks the
+        detector or the model costs only its own row (the error message in its place)."""
+        try:
+            return predict_arrays(model, [img for _, img in batch], faces, detector, whole_if_no_face,
+                                  all_faces=all_faces)
+        except (ImportError, FileNotFoundError):  # a set-up error (no detector, no encoder): not the file's
+            raise
+        except Exception as e:  # noqa: BLE001 - reported in the file's row
+            if len(batch) == 1:
+                log.warning("analysis of %s failed", batch[0][0], exc_info=True)
+                return [f"analysis failed: {type(e).__name__}: {e}"]
+            return [r for item in batch for r in rows_of([item])]
+
     def flush():
-        rows = predict_arrays(model, [img for _, img in pending], faces, detector, whole_if_no_face,
-                              all_faces=all_faces)
+        rows = rows_of(pending) if pending else []
         for (path, _), r in zip(pending, rows):
+            if isinstance(r, str):
+                yield error_row(path, r, "image", model.threshold)
+                continue
             extra = {k: r[k] for k in ("face", "faces") if k in r}
             if r["p_fake"] is not None and not math.isfinite(r["p_fake"]):
                 yield error_row(path, f"the model gave a non-finite score ({r['p_fake']}) for {path}", "image",

@@ -241,3 +241,29 @@ def test_watch_refuses_a_fifo_named_like_a_video(tmp_path, capsys):
     assert main(["watch", "--fast", "--source", str(tmp_path / "live.mp4")]) == 2
     err = capsys.readouterr().err
     assert "a FIFO (named pipe), not a regular file" in err and "Traceback" not in err
+
+
+def test_an_image_that_breaks_the_detector_costs_only_its_own_row(tmp_path):
+    from deepfake_detector.models import load
+    from deepfake_detector.predict import predict_paths
+
+    from .hostile import png
+    from .synthetic import face_like
+
+    class Fragile:
+        name = "fragile"
+
+        def detect(self, image):
+            if image[0, 0, 0] == 255:
+                raise RuntimeError("the detector broke on this one")
+            return []
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = face_like(rng, 32, False)
+        img[0, 0] = 255 if i == 1 else 0
+        (tmp_path / f"{i}.png").write_bytes(png(img))
+    rows = list(predict_paths([tmp_path], load(fast=True), faces=True, whole_if_no_face=True, detector=Fragile()))
+    assert [r["label"] for r in rows] != [] and len(rows) == 3
+    assert rows[1]["label"] == "Error" and "the detector broke on this one" in rows[1]["error"]
+    assert rows[0]["label"] in ("Real", "Fake") and rows[2]["label"] in ("Real", "Fake")
