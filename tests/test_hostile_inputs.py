@@ -267,3 +267,22 @@ def test_an_image_that_breaks_the_detector_costs_only_its_own_row(tmp_path):
     assert [r["label"] for r in rows] != [] and len(rows) == 3
     assert rows[1]["label"] == "Error" and "the detector broke on this one" in rows[1]["error"]
     assert rows[0]["label"] in ("Real", "Fake") and rows[2]["label"] in ("Real", "Fake")
+
+
+def test_the_web_ui_functions_refuse_each_bad_file_with_an_upload_error(corpus):
+    """The Image and Video tabs' work (no Gradio needed): a refusal the UI shows, never a hang
+    on a FIFO (the check opens only regular files) and never another exception."""
+    pytest.importorskip("fastapi", reason="the web extra is not installed")
+    from deepfake_detector.models import load
+    from deepfake_detector.web.app import analyse_image, analyse_video
+    from deepfake_detector.web.uploads import UploadError
+
+    folder, expected = corpus
+    model = load(fast=True)
+    for name, err in expected.items():
+        analyse = analyse_video if name.endswith(".mp4") else analyse_image
+        if err is None:
+            analyse(model, folder / name)
+            continue
+        with pytest.raises(UploadError):
+            analyse(model, folder / name)

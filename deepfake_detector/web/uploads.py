@@ -114,11 +114,6 @@ def _plausible_bmp(head: bytes) -> bool:
     return reserved == b"\x00\x00\x00\x00" and dib in (12, 40, 52, 56, 64, 108, 124)
 
 
-def sniff_file(path) -> FileType:
-    with open(path, "rb") as f:
-        return sniff(f.read(SNIFF_BYTES))
-
-
 def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuse (413) an image whose header announces more than ``max_pixels`` pixels: a few
     kilobytes of JPEG or PNG can decode to gigabytes. The header is read the way the
@@ -140,12 +135,21 @@ def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 def check_file(path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileType:
-    """Size, type and (for images) pixel-count checks for a file already on disk."""
-    size = os.path.getsize(path)
+    """Size, type and (for images) pixel-count checks for a file already on disk. Only a
+    regular file is opened (``data.limits.open_regular``): a FIFO or a device is refused (415)
+    instead of waited on."""
+    from ..data.limits import InputRefused, open_regular
+
+    try:
+        with open_regular(path, "video") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(SNIFF_BYTES)
+    except InputRefused as e:
+        raise UnsupportedType(e.reason) from e
     limit = max_bytes(max_upload_mb)
     if size > limit:
         raise UploadTooLarge(f"file too large: {size / 2**20:.1f} MB; the limit is {max_upload_mb:g} MB")
-    ftype = sniff_file(path)
+    ftype = sniff(head)
     if ftype.kind == "image":
         check_pixels(path, max_pixels)
     return ftype
