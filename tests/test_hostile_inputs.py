@@ -286,3 +286,16 @@ def test_the_web_ui_functions_refuse_each_bad_file_with_an_upload_error(corpus):
             continue
         with pytest.raises(UploadError):
             analyse(model, folder / name)
+
+
+def test_a_video_claiming_billions_of_frames_cannot_make_sampling_unbounded():
+    from deepfake_detector.video.read import MAX_SAMPLED_FRAMES, sample_indices
+
+    assert len(sample_indices(2**31, 32)) == 32  # the default: 32 frames, whatever the claim
+    assert len(sample_indices(MAX_SAMPLED_FRAMES * 3, None, every=3)) == MAX_SAMPLED_FRAMES
+    with pytest.raises(ValueError, match="over the limit of 2048 sampled frames per video"):
+        sample_indices(2**31, None, every=1)
+    with pytest.raises(ValueError, match="over the limit"):
+        sample_indices(2**31, None)  # "all frames" of a container that claims 2^31
+    with pytest.raises(ValueError, match="n_frames must be >= 1"):
+        sample_indices(2**31, 0)

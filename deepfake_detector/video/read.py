@@ -19,6 +19,7 @@ from ..data.limits import InputRefused, Limits, check_pixels, regular_file_size
 from ..data.media import VIDEO_EXTENSIONS, kind_of  # noqa: F401  the one extension table, re-exported
 
 DEFAULT_N_FRAMES = 32
+MAX_SAMPLED_FRAMES = 2048  # per video: each sampled frame's face crop is held until the video is classified
 FALLBACK_FPS = 25.0
 
 
@@ -191,17 +192,25 @@ def count_frames(path) -> int:
 def sample_indices(frame_count: int, n_frames: int | None = DEFAULT_N_FRAMES,
                    every: int | None = None) -> list[int]:
     """Frame indices to sample: ``every`` k-th frame (0, k, 2k...) if given, else ``n_frames``
-    spread evenly from the first to the last frame (all frames when the video has fewer)."""
+    spread evenly from the first to the last frame (all frames when the video has fewer).
+
+    At most :data:`MAX_SAMPLED_FRAMES`: a container can claim billions of frames, and each
+    sampled frame's face crop is kept until the video is classified, so a request for more is
+    a ValueError (the video's error row) instead of unbounded memory."""
     if frame_count <= 0:
         return []
+    if every is not None and int(every) < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    if every is None and n_frames is not None and n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    n = -(-frame_count // int(every)) if every is not None else min(frame_count, n_frames or frame_count)
+    if n > MAX_SAMPLED_FRAMES:
+        raise ValueError(f"sampling {n} of the video's {frame_count} frames is over the limit of "
+                         f"{MAX_SAMPLED_FRAMES} sampled frames per video; sample fewer (--frames, or a larger --every)")
     if every is not None:
-        if int(every) < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
         return list(range(0, frame_count, int(every)))
     if n_frames is None or n_frames >= frame_count:
         return list(range(frame_count))
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     if n_frames == 1:
         return [frame_count // 2]
     return sorted(set(np.linspace(0, frame_count - 1, n_frames).round().astype(int).tolist()))
