@@ -156,17 +156,16 @@ def open_regular(path, kind: str = "image", limits: Limits | None = None):
 
 
 def read_file(path, kind: str = "image", limits: Limits | None = None) -> bytes:
-    """The bytes of a regular file within the size limit (:func:`open_regular`), in one
-    bounded read: a file that grows while it is read is refused at the limit."""
-    limits = limits or current_limits()
-    cap = limits.max_bytes(kind)
+    """The bytes of a regular file within the size limit (:func:`open_regular`), in one read
+    of the size its inode gives: a file that grows while it is read is refused."""
     with open_regular(path, kind, limits) as f:
+        size = os.fstat(f.fileno()).st_size
         try:
-            data = f.read(cap + 1)
+            data = f.read(size + 1)
         except OSError as e:
             _refuse_os_error(os.fspath(path), e)
-    if len(data) > cap:
-        raise InputRefused(os.fspath(path), "file grew past the size limit while it was read")
+    if len(data) > size:
+        raise InputRefused(os.fspath(path), "file grew while it was read")
     if not data:
         raise InputRefused(os.fspath(path), "empty file")
     return data

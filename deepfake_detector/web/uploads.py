@@ -19,6 +19,7 @@ DEFAULT_MAX_UPLOAD_MB = 50.0
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48-MP phone photo passes; a small file that decodes to gigabytes does not
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the file
 SNIFF_BYTES = 64
+HEADER_BYTES = 1 << 20  # enough for an image's size: a JPEG's frame header follows its EXIF and ICC blocks
 
 
 class UploadError(Exception):
@@ -123,9 +124,9 @@ def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     from ..data.decode import ImageDecodeError, image_header
 
     with open(path, "rb") as f:
-        data = f.read()
+        head = f.read(HEADER_BYTES)  # the decoder reads the file whole later; the size is near its start
     try:
-        w, h, _ = image_header(data, "upload")
+        w, h, _ = image_header(head, "upload")
     except ImageDecodeError as e:
         if "too large" in e.reason:
             raise UploadTooLarge(e.reason) from e
