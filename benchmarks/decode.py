@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deepfake_detector.cpu import cpu_line
 from deepfake_detector.data import load_image  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
     files = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))
     if not files:
         sys.exit(f"no .jpg files under {args.data}")

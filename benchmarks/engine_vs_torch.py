@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from deepfake_detector.cpu import cpu_line
+
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -157,6 +159,7 @@ def main():
                     help="gpu: our engine on CuPy against PyTorch CUDA")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
     if args.child:
         engine, arch, mode = args.child.split(":")
         print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads, args.device)))

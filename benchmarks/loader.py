@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from deepfake_detector.cpu import cpu_line
 from deepfake_detector.data import AugmentConfig, DataLoader, discover
 from deepfake_detector.models import create_model
 from deepfake_detector.nn import softmax_cross_entropy
@@ -76,6 +77,7 @@ def main(argv=None):
     p.add_argument("--arch", default="df-cnn")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the training step")
     args = p.parse_args(argv)
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
 
     train = discover(args.data).train
     model = create_model(args.arch).to(args.device)

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from deepfake_detector.cpu import cpu_line
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -63,6 +65,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", default="1,32")
     args = ap.parse_args()
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
 
     _drop_script_dir()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from deepfake_detector.cpu import cpu_line
 from deepfake_detector.data.media import kind_of
 from deepfake_detector.models import load
 from deepfake_detector.predict import predict_paths
@@ -68,6 +69,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", help="checkpoint (.npz or .onnx); default: the shipped model")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
 
     paths = pick_images(Path(args.data), args.n)
     for p in paths:  # into the page cache, so no measurement pays for the first read

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from deepfake_detector.cpu import cpu_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=64, help="distinct photos to cycle through")
     ap.add_argument("--max-upload-mb", type=float, default=50.0)
     args = ap.parse_args(argv)
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
 
     files = photos(data_root(args.data), args.images)
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:

@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deepfake_detector.cpu import cpu_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -297,6 +299,7 @@ def main(argv=None):
     ap.add_argument("--n-pasted", type=int, default=100, help="--compare-detectors: pasted DFDC crops")
     ap.add_argument("--quick", action="store_true", help="--decode: seek only on the first clip")
     args = ap.parse_args(argv)
+    print(cpu_line(), flush=True)  # every speed figure names its CPU
     if args.watch:
         bench_watch(args)
     elif args.decode:

@@ -75,6 +75,7 @@ def fit_domain_gate(data: list, gate_root: str, encoder_from, seed: int = 0):
     dense.params["weight"] = np.stack([np.zeros(512), lr.coef_[0]]).astype(np.float32)
     dense.params["bias"] = np.array([0.0, lr.intercept_[0]], np.float32)
     gate.meta.update(role=f"domain gate: log-odds that a crop looks like {gate_root}",
+                     version=f"domain-gate-{gate_root}-{time.strftime('%Y%m%d')}",
                      encoder=dict(encoder_from.meta.get("encoder", {})), face_margin=0.0,
                      train_accuracy=float(lr.score(x, y)))
     return gate.use_encoder(encoder_from.encoder)

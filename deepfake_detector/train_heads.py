@@ -97,7 +97,7 @@ def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
     from .metrics import per_source_metrics, source_selection
     from .models import create_model, save_model
     from .models.clip.cache import EmbeddingCache
-    from .models.clip.encoder import ClipEncoder, cache_dir, file_sha256
+    from .models.clip.encoder import ClipEncoder, cache_dir
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -148,8 +148,7 @@ def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
                       face_margin=0.0, version=f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}",
                       threshold_rule=(f"false alarms <= {cfg.max_false_alarm:g} on pooled Validation reals"
                                       if cfg.max_false_alarm is not None else cfg.threshold_method),
-                      encoder={"name": "clip-vit-b16", "sha256": file_sha256(encoder.path),
-                               "file": encoder.path.name},
+                      encoder=encoder.describe(),
                       recipe=dataclasses.asdict(cfg),
                       data={"cells": [f"{s}/{'Fake' if c else 'Real'}" for s, c in cell_keys],
                             "train": int(len(y)), "validation": int(len(yv)), "test": int(len(data["test"][1]))})

@@ -206,3 +206,38 @@ def test_a_gated_stack_weighs_each_expert_by_the_gate(tmp_path, encoder_file):
     assert back.gate == "domain" and back.predict_proba(crops) == pytest.approx(fused.predict_proba(crops), rel=1e-5)
     with pytest.raises(ValueError, match="stack features"):
         FusedModel(parts, [1.0, 2.0], 0.0, gate="domain")
+
+
+def test_the_domain_gate_reports_its_version_in_health(tmp_path, encoder_file):
+    """The gate's version is its own, in the model's description and the web health."""
+    from deepfake_detector.fuse import fit_domain_gate
+    from deepfake_detector.models.fusion import FusedModel
+    from deepfake_detector.web.api import health
+
+    roots = []
+    for name, level in (("a", 40), ("b", 200)):
+        for cls in ("Real", "Fake"):
+            d = tmp_path / name / "Train" / cls
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (32, 32), (level + i, level, 255 - level)).save(d / f"{cls}{i}.png")
+        roots.append({"root": str(tmp_path / name), "name": name})
+    clip = create_model("clip-logistic", seed=1)
+    clip.meta.update(encoder=enc.ClipEncoder(encoder_file).describe(), version="clip-test")
+    gate = fit_domain_gate(roots, "a", clip)
+    assert gate.meta["version"].startswith("domain-gate-a-") and gate.meta["train_accuracy"] == 1.0
+    fused = FusedModel({"clip": clip, "domain": gate}, [0.5, 0.5, 0.1], 0.0, gate="domain")
+    parts = health(fused)["model"]["parts"]
+    assert parts["domain"]["version"] == gate.meta["version"] and parts["clip"]["version"] == "clip-test"
+
+
+def test_a_head_fitted_on_other_features_is_refused(tmp_path, encoder_file):
+    """A head whose checkpoint names the encoder but not the exact features (one fitted on a
+    saturating CPU's embeddings) is another model elsewhere: refused, with what to do."""
+    e = enc.ClipEncoder(encoder_file)
+    head = create_model("clip-logistic", seed=2)
+    head.meta["encoder"] = {k: v for k, v in e.describe().items() if k != "features"}
+    with pytest.raises(ValueError, match="retrain it with train-head"):
+        head.use_encoder(e)
+    head.meta["encoder"] = e.describe()
+    assert head.use_encoder(e).encoder is e

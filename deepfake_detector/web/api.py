@@ -108,7 +108,9 @@ def parse_bool(value, default: bool = True) -> bool:
 
 
 def health(model) -> dict:
-    return {"status": "ok", "model": model.describe(), "version": __version__}
+    from ..cpu import cpu_line
+
+    return {"status": "ok", "model": model.describe(), "version": __version__, "cpu": cpu_line()}
 
 
 def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,

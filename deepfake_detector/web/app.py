@@ -32,7 +32,7 @@ from .guards import (
     DEFAULT_UPLOAD_TIMEOUT,
     http_protocol,
 )
-from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, check_file, max_bytes, safe_name
+from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadError, check_file, check_uploaded, max_bytes, safe_name, upload_folder
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before any import of gradio
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -78,18 +78,21 @@ def _with_extension(path, ext: str, tmp: str) -> Path:
 
 
 def analyse_image(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "auto",
-                  name: str | None = None, detector=None) -> dict:
+                  name: str | None = None, detector=None, uploads: Path | None = None) -> dict:
     """One image file -> ``{"row", "annotated", "crop", "heatmap", "overlay"}``.
 
     ``row`` is the CLI's row (``predict --faces --whole-if-no-face``); ``annotated`` the
     photo (at most :data:`DISPLAY_MAX_SIDE`) with the face box; ``crop`` the model's input
     (the face crop, or the whole image when no face was found); ``heatmap`` the evidence
     map over it and ``overlay`` both blended. Raises :class:`UploadError` for a refused file.
+    ``uploads``: the folder ``path`` must lie in (the UI passes Gradio's upload folder).
     """
     from ..data import eval_transform, load_image
     from ..faces import get_detector, square_crop
 
     model = serial(model)
+    if uploads is not None:
+        check_uploaded(path, uploads)
     ftype = check_file(path, max_upload_mb)
     if ftype.kind != "image":
         raise UploadError(f"this is a {ftype.name} video: use the Video tab", 415)
@@ -151,16 +154,19 @@ def verdict_html(row: dict) -> str:
 
 
 def analyse_images(model, paths, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, out_dir=None,
-                   detector=None) -> tuple[list[dict], str | None]:
+                   detector=None, uploads: Path | None = None) -> tuple[list[dict], str | None]:
     """Several image files -> (CLI rows, the CSV file written to ``out_dir``).
 
-    A refused file (too large, not an image) gets a row with ``error``; the others go on.
+    A refused file (too large, not an image, outside ``uploads`` where given) gets a row with
+    ``error``; the others go on.
     """
     model = serial(model)
     rows = []
     for path in paths or []:
         name = safe_name(os.path.basename(str(path)))
         try:
+            if uploads is not None:
+                check_uploaded(path, uploads)
             ftype = check_file(path, max_upload_mb)
             if ftype.kind != "image":
                 raise UploadError(f"a {ftype.name} video: use the Video tab", 415)
@@ -182,12 +188,15 @@ def table_rows(rows: list[dict]) -> list[list]:
 
 
 def analyse_video(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, n_frames: int = 32,
-                  name: str | None = None, detector=None) -> tuple[dict, np.ndarray | None]:
+                  name: str | None = None, detector=None,
+                  uploads: Path | None = None) -> tuple[dict, np.ndarray | None]:
     """A video file -> (the CLI's video result, the timeline plot as an RGB array)."""
     from ..data import load_image
     from ..video.render import plot_timeline
 
     model = serial(model)
+    if uploads is not None:
+        check_uploaded(path, uploads)
     ftype = check_file(path, max_upload_mb)
     if ftype.kind != "video":
         raise UploadError(f"this is a {ftype.name} image: use the Image tab", 415)
@@ -226,13 +235,14 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
     desc = model.describe()
 
     def refused(e: UploadError):
-        return gr.Error(e.message, title="File refused" if e.status in (413, 415) else "Cannot read the file")
+        return gr.Error(e.message, title="File refused" if e.status in (403, 413, 415) else "Cannot read the file")
 
     def on_image(path):
         if not path:
             raise gr.Error("Upload a photo first.")
         try:
-            out = analyse_image(model, path, max_upload_mb, explain_method, detector=detector)
+            out = analyse_image(model, path, max_upload_mb, explain_method, detector=detector,
+                                uploads=upload_folder())
         except UploadError as e:
             raise refused(e) from None
         return verdict_html(out["row"]), out["annotated"], out["overlay"], out["row"]
@@ -241,14 +251,16 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
         if not files:
             raise gr.Error("Upload one or more photos first.")
         paths = [getattr(f, "name", f) for f in files]
-        rows, csv_path = analyse_images(model, paths, max_upload_mb, out_dir=work_dir, detector=detector)
+        rows, csv_path = analyse_images(model, paths, max_upload_mb, out_dir=work_dir, detector=detector,
+                                        uploads=upload_folder())
         return table_rows(rows), csv_path
 
     def on_video(path):
         if not path:
             raise gr.Error("Upload a video first.")
         try:
-            res, plot = analyse_video(model, path, max_upload_mb, n_frames, detector=detector)
+            res, plot = analyse_video(model, path, max_upload_mb, n_frames, detector=detector,
+                                      uploads=upload_folder())
         except UploadError as e:
             raise refused(e) from None
         return video_summary(res), plot, res
@@ -332,6 +344,10 @@ def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=Non
         app = gr.mount_gradio_app(app, blocks, path="/", server_name=DEFAULT_HOST, footer_links=[], ssr_mode=False,
                                   max_file_size=max_bytes(max_upload_mb), allowed_paths=[work_dir], show_error=True,
                                   mcp_server=False, enable_monitoring=False, css=CSS, pwa=False)
+        # Gradio refuses a client-named file outside its upload folder only once the Blocks "has
+        # launched", which a mounted app never does: without this, the queue endpoint would read,
+        # judge and serve back any image or video on the server (each UI function checks again).
+        blocks.has_launched = True
         _cleanup_on_shutdown(app, work_dir)
     return app
 

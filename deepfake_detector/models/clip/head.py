@@ -42,13 +42,24 @@ class ClipHeadModel(Predictor):
     def encoder(self) -> ClipEncoder:
         if self._encoder is None:
             self._encoder = ClipEncoder(self.encoder_path, threads=1, workers=self.threads or 2)
-            want = self.meta.get("encoder", {}).get("sha256")
-            if want and want != self._encoder.sha256:
-                raise ValueError(f"{self._encoder.path} is not the encoder this head was trained on "
-                                 f"(SHA-256 {self._encoder.sha256[:16]}..., the head wants {want[:16]}...)")
+            self.check_encoder(self._encoder)
         return self._encoder
 
+    def check_encoder(self, encoder: ClipEncoder) -> None:
+        """Refuse an encoder other than the one this head was fitted on, or features other
+        than its (a head fitted on a saturating CPU's features is another model elsewhere)."""
+        info = self.meta.get("encoder", {})
+        want = info.get("sha256")
+        if want and want != encoder.sha256:
+            raise ValueError(f"{encoder.path} is not the encoder this head was trained on "
+                             f"(SHA-256 {encoder.sha256[:16]}..., the head wants {want[:16]}...)")
+        got = encoder.describe()["features"]
+        if want and info.get("features") != got:
+            raise ValueError(f"this head was fitted on {info.get('features') or 'CPU-dependent (saturated int8)'} "
+                             f"CLIP features, the encoder gives {got}; retrain it with train-head")
+
     def use_encoder(self, encoder: ClipEncoder) -> ClipHeadModel:
+        self.check_encoder(encoder)
         self._encoder = encoder
         return self
 
@@ -120,8 +131,11 @@ class ClipHeadModel(Predictor):
 
     def describe(self) -> dict:
         enc = self.meta.get("encoder", {})
-        return {**super().describe(), "encoder": enc.get("name", ENCODER_NAME),
-                "encoder_sha256": (enc.get("sha256") or "")[:16]}
+        out = {**super().describe(), "encoder": enc.get("name", ENCODER_NAME),
+               "encoder_sha256": (enc.get("sha256") or "")[:16], "features": enc.get("features")}
+        if self._encoder is not None:
+            out["encoder_kernel"] = self._encoder.kernel
+        return out
 
 
 def _build(arch: str, layers: list, config: dict) -> ClipHeadModel:
