@@ -16,6 +16,7 @@ from typing import TextIO
 
 from .data.datasets import CLASS_NAMES
 from .data.media import kind_of
+from .text import printable, unsurrogate  # noqa: F401  (printable: re-exported for the writers' callers)
 
 REAL, FAKE = CLASS_NAMES
 NO_FACE = "NoFace"  # faces were asked for and none was found: no verdict, not a failure
@@ -106,21 +107,27 @@ def is_error(row: dict) -> bool:
 
 
 # --- writers ------------------------------------------------------------------------------
-def printable(text) -> str:
-    """``text`` safe for a terminal: control characters (newlines, escape codes...) written as
-    Python escapes, so a crafted file name cannot fake rows or drive the terminal."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def csv_cell(value):
+    """A CSV cell: text escaped as :func:`unsurrogate` does, and a cell that a spreadsheet
+    would run as a formula (``=HYPERLINK(...)``) prefixed with ``'``; numbers as they are."""
+    if not isinstance(value, str):
+        return value
+    value = unsurrogate(value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def json_safe(obj):
-    """``obj`` with every NaN or infinite float replaced by None: strict JSON has neither."""
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has neither) and
+    every string made writable (:func:`unsurrogate`)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return unsurrogate(obj)
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {unsurrogate(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
@@ -152,7 +159,7 @@ class RowWriter:
             if self._csv is None:
                 self._csv = csv.DictWriter(self.out, fieldnames=list(self.columns), extrasaction="ignore")
                 self._csv.writeheader()
-            self._csv.writerow({k: row.get(k) for k in self.columns})
+            self._csv.writerow({k: csv_cell(row.get(k)) for k in self.columns})
         else:
             print(table_line(row), file=self.out)
 

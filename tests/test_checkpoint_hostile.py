@@ -326,6 +326,57 @@ def test_an_onnx_file_is_checked_alike(onnx_file, tmp_path, case, edit, match):
     refused(onnx_with(onnx_file, tmp_path / f"{case}.onnx", edit), match, loader=load)
 
 
+def onnx_weights_with(src, dst, edit):
+    """``src`` with ``edit(name, array) -> array or None`` applied to every initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    for t in proto.graph.initializer:
+        new = edit(t.name, numpy_helper.to_array(t).copy())
+        if new is not None:
+            t.CopyFrom(numpy_helper.from_array(new, t.name))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def _first_weight(value):
+    done = []
+
+    def edit(name, a):
+        if a.dtype.kind == "f" and a.ndim >= 2 and not done:
+            done.append(name)
+            a.flat[0] = value
+            return a
+        return None
+    return edit
+
+
+def _zero_all_weights(name, a):
+    return np.zeros_like(a) if a.dtype.kind == "f" else None
+
+
+@pytest.mark.parametrize("case,edit,match", [
+    ("nan-weight", _first_weight(np.nan), "holds NaN or infinite values"),
+    ("inf-weight", _first_weight(np.inf), "holds NaN or infinite values"),
+    ("blind", _zero_all_weights, "the same for a black image and a noise image"),
+])
+def test_an_onnx_graph_is_checked_to_its_weights(onnx_file, tmp_path, case, edit, match):
+    refused(onnx_weights_with(onnx_file, tmp_path / f"{case}.onnx", edit), match, loader=load)
+
+
+def test_deeply_nested_metadata_json_is_one_line_not_a_recursion_error(onnx_file, tmp_path):
+    deep = onnx_with(onnx_file, tmp_path / "deep.onnx", lambda p: p["meta"].update(x="PLACEHOLDER"))
+    import onnx
+
+    proto = onnx.load(str(deep))
+    for prop in proto.metadata_props:
+        if prop.key == "meta":
+            prop.value = prop.value.replace('"PLACEHOLDER"', "[" * 100000 + "]" * 100000)
+    onnx.save(proto, str(deep))
+    refused(deep, "nests deeper than", loader=load)
+
+
 def test_a_clip_head_checkpoint_is_checked_alike(tmp_path):
     save_model(create_model("clip-logistic"), tmp_path / "head.npz", extra_meta={"temperature": 0.0})
     refused(tmp_path / "head.npz", "temperature 0.0 is not a finite number > 0", loader=load)

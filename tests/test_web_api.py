@@ -92,7 +92,10 @@ def same_row(api: dict, cli: dict):
 def test_health(server, model):
     r = requests.get(f"{server.url}/api/health", timeout=TIMEOUT)
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model": json.loads(json.dumps(model.describe())), "version": __version__}
+    from deepfake_detector.cpu import cpu_line
+
+    assert r.json() == {"status": "ok", "model": json.loads(json.dumps(model.describe())), "version": __version__,
+                        "cpu": cpu_line()}
 
 
 def test_binds_localhost(server):
@@ -344,3 +347,35 @@ def test_cli_serve_defaults_to_localhost_and_calls_the_library(monkeypatch, mode
     monkeypatch.setattr("deepfake_detector.web.serve", lambda **kw: seen.update(kw))
     assert cli.main(["serve", "--model", str(model_path), "--port", "9999"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 9999 and seen["model_path"] == str(model_path)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_a_wrong_method_is_405_json(server, method):
+    r = requests.request(method, f"{server.url}/api/predict", timeout=TIMEOUT)
+    assert r.status_code == 405 and "error" in r.json() and r.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/api/nope", "/api/predict/extra", "/elsewhere"])
+def test_an_unknown_path_is_404_json(server, path):
+    r = requests.get(f"{server.url}{path}", timeout=TIMEOUT)
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+
+
+def test_a_huge_multipart_boundary_is_400_json(server):
+    r = requests.post(f"{server.url}/api/predict", data=b"--" + b"b" * 70000 + b"\r\n",
+                      headers={"Content-Type": "multipart/form-data; boundary=" + "b" * 70000}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "boundary" in r.json()["error"]
+
+
+def test_the_full_app_answers_json_for_api_refusals(model, uploads_dir):
+    pytest.importorskip("gradio", reason="the web extra is not installed")
+    from deepfake_detector.web import create_app
+
+    with BackgroundServer(create_app(model, max_upload_mb=2, temp_dir=uploads_dir)) as srv:
+        r = requests.get(f"{srv.url}/api/predict", timeout=TIMEOUT)
+        assert r.status_code == 405 and "error" in r.json()
+        r = requests.delete(f"{srv.url}/api/health", timeout=TIMEOUT)
+        assert r.status_code == 405 and "error" in r.json()
+        r = requests.get(f"{srv.url}/api/unknown", timeout=TIMEOUT)
+        assert r.status_code == 404 and "error" in r.json()
+        assert requests.get(f"{srv.url}/api/health", timeout=TIMEOUT).json()["status"] == "ok"

@@ -87,7 +87,9 @@ class IgnoredFiles:
             return ""
         types = ", ".join(f"{k}: {n}" for k, n in self.by_type.most_common())
         more = ", ..." if self.count > len(self.examples) else ""
-        return f"{self.count} ignored ({types}), e.g. {', '.join(map(str, self.examples))}{more}"
+        from ..text import printable
+
+        return f"{self.count} ignored ({types}), e.g. {', '.join(printable(e) for e in self.examples)}{more}"
 
 
 class MediaWalk:

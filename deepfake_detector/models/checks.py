@@ -130,3 +130,64 @@ def checked_config(name, arch, config) -> dict:
     for k, v in config.items():
         _check_value(name, k, v)
     return {**config, **{k: v for k, v in NO_DOWNLOAD.items() if k in params or takes_any}}
+
+
+MAX_META_JSON = 1 << 20  # bytes of one JSON metadata value (ONNX metadata, a bundle manifest)
+MAX_META_DEPTH = 32  # nesting of lists and objects in it
+
+
+def bounded_json(name, text, what: str = "metadata"):
+    """``json.loads(text)`` with a size and a nesting limit: a CheckpointError, never a
+    RecursionError or a multi-GB parse."""
+    import json
+
+    if len(text) > MAX_META_JSON:
+        raise CheckpointError(f"{name}: its {what} JSON is {len(text)} bytes (at most {MAX_META_JSON})")
+    depth = best = 0
+    in_string = escaped = False
+    for ch in text if isinstance(text, str) else text.decode("utf-8", "replace"):  # nesting, before parsing
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+            if best > MAX_META_DEPTH:
+                raise CheckpointError(f"{name}: its {what} JSON nests deeper than {MAX_META_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{name}: unreadable {what} JSON ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def check_onnx_weights(name, data: bytes) -> None:
+    """Every floating-point initializer and constant of the ONNX graph in ``data`` is finite
+    (a NaN weight makes every verdict the same; an infinite one, "Fake 1.0000")."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001  protobuf raises its own types
+        raise CheckpointError(f"{name}: not a readable ONNX graph ({type(e).__name__})") from e
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    yield from tensors(g)
+
+    for t in tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise CheckpointError(f"{name}: tensor {t.name} lives in an external file; a model file must hold "
+                                  "every weight")
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise CheckpointError(f"{name}: weight {t.name} holds NaN or infinite values")

@@ -221,7 +221,7 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
     """The model in a bundle file; ``only``: one part of it alone, or ``"fast"``: the part the
     manifest names as the fast variant (default: the first)."""
     from ..nn.io import CheckpointError
-    from .checks import check_model_meta, finite_number
+    from .checks import bounded_json, check_model_meta, check_onnx_weights, finite_number
     from .clip.head import ClipHeadModel
     from .onnx_model import OnnxModel
 
@@ -231,10 +231,7 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
         if total > MAX_BUNDLE_BYTES:
             raise CheckpointError(f"{path}: its members would take {total} bytes once decompressed, over the "
                                   f"{MAX_BUNDLE_BYTES}-byte limit; refused")
-        try:
-            manifest = json.loads(_read(z, MANIFEST))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable {MANIFEST} ({e})") from e
+        manifest = bounded_json(path, _read(z, MANIFEST), MANIFEST)
         if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path}: not a deepfake-detector bundle")
         check_model_meta(path, manifest.get("meta", {}))
@@ -256,6 +253,7 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
             if entry["kind"] == "onnx":
                 parts[entry["name"]] = OnnxModel(f"{path.name}:{entry['file']}", threads, device, data=data)
             elif entry["kind"] == "clip-head":
+                check_onnx_weights(f"{path}:{entry['file']}", data)
                 check_model_meta(f"{path}:{entry['file']}", entry.get("meta", {}))
                 part = ClipHeadModel(OnnxHead(data, threads, entry.get("parameters")), entry["arch"],
                                      entry.get("config", {}),

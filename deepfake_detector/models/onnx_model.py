@@ -7,7 +7,6 @@ alone predicts, with onnxruntime only. It gives no gradients (heatmaps use occlu
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from ..nn.backend import DeviceError
 from ..nn.io import CheckpointError
 from . import onnx_format as fmt
-from .checks import check_model_meta
+from .checks import bounded_json, check_model_meta, check_onnx_weights
 from .predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
 
 
@@ -63,6 +62,7 @@ class OnnxModel(Predictor):
         self._source = data if data is not None else self.path
         self.threads = threads
         self.device = device
+        check_onnx_weights(self.path, data if data is not None else self.path.read_bytes())
         self.session = _session(self._source, threads, device, str(self.path))
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         if props.get(fmt.META_FORMAT) != fmt.FORMAT:
@@ -70,10 +70,10 @@ class OnnxModel(Predictor):
                                  "(export it with `deepfake-detector export` / export_onnx)")
         try:
             self.arch: str = props[fmt.META_ARCH]
-            self.config: dict = json.loads(props.get(fmt.META_CONFIG, "{}"))
-            pp = json.loads(props[fmt.META_PREPROCESS])
-            names = json.loads(props.get(fmt.META_CLASS_NAMES, "null"))
-            self.meta: dict = json.loads(props.get(fmt.META_META, "{}"))
+            self.config: dict = bounded_json(self.path, props.get(fmt.META_CONFIG, "{}"))
+            pp = bounded_json(self.path, props[fmt.META_PREPROCESS])
+            names = bounded_json(self.path, props.get(fmt.META_CLASS_NAMES, "null"))
+            self.meta: dict = bounded_json(self.path, props.get(fmt.META_META, "{}"))
             self._num_parameters = int(props[fmt.META_PARAMETERS]) if fmt.META_PARAMETERS in props else None
         except (KeyError, ValueError, TypeError) as e:
             raise OnnxModelError(f"{self.path}: unreadable deepfake_detector metadata ({e})") from e
@@ -91,6 +91,23 @@ class OnnxModel(Predictor):
                                  f"{self.input_size}")
         dim0 = inputs[fmt.INPUT_NAME].shape[0]
         self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+        self._check_it_sees()
+
+    def _check_it_sees(self) -> None:
+        """Refuse a model whose output is not finite, or is the same for a black image and a
+        noise image: its verdict would not depend on the input."""
+        s = self.input_size
+        probe = np.stack([np.zeros((s, s, 3), np.uint8),
+                          np.random.default_rng(0).integers(0, 256, (s, s, 3), dtype=np.uint8)])
+        try:
+            z = np.asarray(self.logits(probe), np.float64)
+        except Exception as e:  # noqa: BLE001  onnxruntime raises its own types
+            raise OnnxModelError(f"{self.path}: it fails on a probe image ({type(e).__name__}: {e})") from e
+        if not np.isfinite(z).all():
+            raise OnnxModelError(f"{self.path}: its output is NaN or infinite on a probe image")
+        if np.array_equal(z[0], z[1]):
+            raise OnnxModelError(f"{self.path}: its output is the same for a black image and a noise image "
+                                 "(it does not look at its input)")
 
     @classmethod
     def exported_from(cls, model, threads: int | None = None, device: str = "cpu") -> OnnxModel:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from .. import __version__
-from ..results import is_error
+from ..results import is_error, printable
 from .guards import (
     DEFAULT_MAX_UPLOADS,
     DEFAULT_UPLOAD_DEADLINE,
@@ -195,6 +195,29 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
     app.add_api_route(f"{prefix}/predict", predict, methods=["POST"], summary="Classify one image or video",
                       response_class=JSONResponse)
     app.add_api_route(f"{prefix}/health", get_health, methods=["GET"], summary="Model and version")
+    add_json_refusals(app, prefix, {f"{prefix}/predict": ["POST"], f"{prefix}/health": ["GET", "HEAD"]})
+
+
+def add_json_refusals(app, prefix: str, routes: dict[str, list[str]]) -> None:
+    """Every refusal under ``prefix`` as ``{"error": ...}`` JSON: 405 (with ``Allow``) for a
+    known path asked with another method, 404 for an unknown one. Routes, not an exception
+    handler, so that a UI mounted at ``/`` (which catches every other path) cannot answer
+    for the API."""
+    from fastapi.responses import JSONResponse
+
+    others = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    for path, allowed in routes.items():
+        def wrong_method(allowed=allowed):
+            return JSONResponse({"error": f"method not allowed; use {' or '.join(allowed)}"}, status_code=405,
+                                headers={"Allow": ", ".join(allowed)})
+
+        app.add_api_route(path, wrong_method, methods=[m for m in others if m not in allowed],
+                          include_in_schema=False)
+
+    def not_found(rest: str):
+        return JSONResponse({"error": f"no such endpoint: {prefix}/{printable(rest)[:200]}"}, status_code=404)
+
+    app.add_api_route(prefix + "/{rest:path}", not_found, methods=others, include_in_schema=False)
 
 
 def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = 32,
@@ -207,4 +230,11 @@ def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=Non
                   openapi_url="/api/openapi.json")
     add_api_routes(app, model, max_upload_mb, temp_dir, n_frames, detector=detector, upload_timeout=upload_timeout,
                    upload_deadline=upload_deadline, max_uploads=max_uploads)
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def json_error(request, exc: HTTPException):  # any other path or method: JSON too
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(HTTPException, json_error)
     return app

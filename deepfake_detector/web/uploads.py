@@ -19,6 +19,7 @@ DEFAULT_MAX_UPLOAD_MB = 50.0
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48-MP phone photo passes; a small file that decodes to gigabytes does not
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the file
 SNIFF_BYTES = 64
+MAX_BOUNDARY = 200  # multipart boundary length: RFC 2046 allows 70; a longer one is refused with 400
 HEADER_BYTES = 1 << 20  # enough for an image's size: a JPEG's frame header follows its EXIF and ICC blocks
 
 
@@ -271,6 +272,9 @@ async def receive_file(request, dest_dir, max_upload_mb: float = DEFAULT_MAX_UPL
     ctype, params = pm.parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise UploadError("send the file as multipart/form-data in a field named 'file'")
+    if not 1 <= len(params[b"boundary"]) <= MAX_BOUNDARY:
+        raise UploadError(f"malformed multipart body: a boundary of {len(params[b'boundary'])} characters "
+                          f"(RFC 2046 allows 1 to 70; at most {MAX_BOUNDARY} taken)")
 
     state = {"name": None, "filename": None, "writer": None, "field": bytearray(), "headers": {},
              "header_field": bytearray(), "header_value": bytearray(), "error": None}
