@@ -232,7 +232,8 @@ def fused_model_card(model, report: dict) -> str:
         d = part.describe()
         role = part.meta.get("role") or ("the domain gate" if name == model.gate else "an expert")
         lines.append(f"- `{name}`: {d.get('arch')} ({d.get('engine')}, input {d.get('input_size')} px"
-                     + (f", encoder {d['encoder']}" if d.get("encoder") else "") + f"): {role}")
+                     + (f", encoder {d['encoder']}" if d.get("encoder") else "")
+                     + (f", {d['features']} features" if d.get("features") else "") + f"): {role}")
     experts = [n for n in model.parts if n != model.gate]
     feats = ([f"{n} x g" for n in experts] + [f"{n} x (1 - g)" for n in experts] + ["g"]) if model.gate else experts
     lines += ["", "Stack weights (features of the parts' logit differences"
@@ -243,6 +244,11 @@ def fused_model_card(model, report: dict) -> str:
               f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",
               ""]
     lines += _rate_tables(report)
+    if any(p.kind == "clip" for p in model.parts.values()):
+        lines += ["**Features.** The CLIP parts were fitted on exact integer features (`exact-int-v1`): the "
+                  "encoder's int8 products computed without saturation, so the embeddings, and every figure "
+                  "above, are the same on every x86-64 CPU, with or without VNNI "
+                  "(`tests/test_clip_exact.py` pins them with golden probe embeddings).", ""]
     lines += ["**Framing.** Every source is framed as `predict --faces` frames a photo: the square around the "
               "detector's face box, no margin (dfdc-faces crops already are; faces-wild photos are cropped so).",
               "", "**Known limits.** Trained on DFDC face swaps and on FFHQ / UTKFace photos against StyleGAN, "
