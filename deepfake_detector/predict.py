@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .data import ImageDecodeError, eval_transform, load_image
-from .data.media import MediaWalk, walk_media
+from .data.media import MediaWalk, sniffed_kind, walk_media
 from .models import Predictor
 from .results import error_row, image_row
 
@@ -101,7 +101,8 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
             yield image_row(path, r["p_fake"], model.threshold, message=r["message"], **extra)
         pending.clear()
 
-    for path, kind in files.items():
+    for path, named in files.items():
+        kind = sniffed_kind(path, named)  # a JPEG named .mp4 is decoded as the JPEG it is, never by FFmpeg
         if kind == "video":
             yield from flush()
             from .video.analyze import analyze_video

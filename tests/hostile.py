@@ -164,3 +164,54 @@ def make_corpus(folder: Path, seed: int = 0, special: bool = True) -> dict[str, 
             f.truncate(1536 * 2**20)
         expected["sparse.jpg"] = "file too large: 1536.0 MB"
     return expected
+
+
+# --- round two: cost in seconds, extreme shapes, a type that lies by its name ---------------
+def progressive_jpeg(img: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.fromarray(img).save(out, "JPEG", progressive=True, quality=90)
+    return out.getvalue()
+
+
+def scan_bomb(img: np.ndarray, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``repeats`` times: each repeat is one
+    more pass over the whole image for the decoder, and libjpeg warns of none of them."""
+    data = progressive_jpeg(img)
+    last = data.rindex(b"\xff\xda")
+    scan = data[last:-2]  # SOS header and its entropy-coded data, up to EOI
+    return data[:last] + scan * repeats + b"\xff\xd9"
+
+
+def strip_png(width: int, height: int) -> bytes:
+    """A valid PNG of ``width x height`` black pixels (tiny: a 1 x 64M strip compresses well)."""
+    import struct
+    import zlib
+
+    raw = zlib.compress((b"\x00" + b"\x00" * width) * height, 9)  # filter byte + greyscale row
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+def make_round_two(folder: Path, seed: int = 0) -> dict[str, str | None]:
+    """Round two's files: ``{name: expected error substring, or None for a valid file}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(seed).integers(0, 256, (96, 96, 3), np.uint8)
+    cut = jpeg(img)
+    files = {
+        "scan-bomb.jpg": (scan_bomb(img, 400), "scans; at most 100 are decoded"),
+        "progressive.jpg": (progressive_jpeg(img), None),
+        "strip-1x20000.png": (strip_png(20000, 1), "extreme shape"),
+        "really-a-jpeg.mp4": (cut, None),  # decoded as the image it is
+        "cut-jpeg-as.mp4": (cut[: len(cut) // 2] + b"\xff\xd9", "truncated or corrupt JPEG data"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: want for name, (_, want) in files.items()}

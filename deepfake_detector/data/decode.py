@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .limits import InputRefused, Limits, check_pixels, current_limits, read_file
+from .limits import InputRefused, Limits, check_jpeg_scans, check_pixels, current_limits, read_file
 
 __all__ = ["ImageDecodeError", "decode_bytes", "image_header", "load_image", "resize"]
 
@@ -88,6 +88,7 @@ def decode_bytes(data: bytes, size_hint: int | None = None, name: str = "<bytes>
         if data[:3] == _JPEG_MAGIC:
             width, height, orientation = image_header(data, name)
             _check_pixels(name, width, height, limits)
+            _check_scans(name, data)
             img = _decode_jpeg(data, size_hint, orientation, name)
         if img is None:  # not a JPEG, or colours simplejpeg cannot convert
             img = _decode_pil(data, size_hint, name, limits)
@@ -155,6 +156,13 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- internals ---------------------------------------------------------------------------
+def _check_scans(name: str, data: bytes) -> None:
+    try:
+        check_jpeg_scans(name, data)
+    except InputRefused as e:
+        raise ImageDecodeError(name, e.reason) from e
+
+
 def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) from a JPEG's markers, up to its start-of-frame."""
     i, n, orientation = 2, len(data), 1

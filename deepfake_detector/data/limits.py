@@ -21,7 +21,8 @@ import stat
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB", "InputRefused", "Limits",
-           "check_pixels", "current_limits", "open_regular", "read_file", "regular_file_size", "set_limits"]
+           "check_pixels", "current_limits", "open_regular", "read_file", "regular_file_size", "set_limits",
+           "check_jpeg_scans", "MAX_ASPECT", "MAX_JPEG_SCANS"]
 
 # An 8K frame is 33 MP and a 48-MP phone photo passes; decoded, 64 MP is 192 MB of RGB, so a
 # few such requests at once fit a 24 GB machine with room to spare.
@@ -171,12 +172,29 @@ def read_file(path, kind: str = "image", limits: Limits | None = None) -> bytes:
     return data
 
 
+MAX_ASPECT = 100  # longer side / shorter side: a 1 x 64,000,000 strip decodes to gigabytes in some readers
+MAX_JPEG_SCANS = 100  # a progressive JPEG decodes each scan as another pass (libjpeg's own progressive mode: 10)
+
+
+def check_jpeg_scans(name: str, data: bytes) -> None:
+    """:class:`InputRefused` for a JPEG of more than :data:`MAX_JPEG_SCANS` scans: 25,000
+    repeated scans of an 8000-px image run for minutes, with no warning from libjpeg. Each
+    scan starts with an SOS marker, which entropy-coded data cannot hold (0xFF is stuffed)."""
+    n = data.count(b"\xff\xda")
+    if n > MAX_JPEG_SCANS:
+        raise InputRefused(name, f"a JPEG of {n} scans; at most {MAX_JPEG_SCANS} are decoded (each is another "
+                                 "pass over the whole image)")
+
+
 def check_pixels(name: str, width: int, height: int, what: str = "image", limits: Limits | None = None) -> None:
     """:class:`InputRefused` unless ``width x height`` (from a header) is a sane size within
     ``max_pixels``."""
     limits = limits or current_limits()
     if width <= 0 or height <= 0:
         raise InputRefused(name, f"the header gives an impossible size, {width} x {height}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputRefused(name, f"{what} of an extreme shape: {width} x {height} pixels by its header; at most "
+                                 f"{MAX_ASPECT}:1 is decoded")
     if width * height > limits.max_pixels:
         raise InputRefused(name, f"{what} too large: {width} x {height} pixels by its header; the limit is "
                                  f"{limits.max_pixels / 1e6:g} megapixels (--max-pixels)")

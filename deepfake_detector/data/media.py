@@ -43,6 +43,36 @@ def kind_of(path: str | os.PathLike) -> str | None:
     return _BY_EXTENSION.get(os.path.splitext(os.fspath(path))[1].lower())
 
 
+
+_IMAGE_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def content_kind(head: bytes) -> str | None:
+    """``"image"``, ``"video"`` or None (unknown) from a file's first bytes (16 are enough):
+    the bytes, not the name, decide which decoder a file gets."""
+    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:6] in (b"GIF87a", b"GIF89a") \
+            or head[:4] in (b"II*\x00", b"MM\x00*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") \
+            or head[:2] == b"BM":
+        return "image"
+    if head[4:8] == b"ftyp":
+        return "image" if head[8:12] in _IMAGE_BRANDS else "video"
+    if head[:4] == b"\x1a\x45\xdf\xa3" or head[:3] == b"FLV" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return "video"
+    return None
+
+
+def sniffed_kind(path, named: str | None) -> str | None:
+    """The kind of ``path`` by its content, or ``named`` (by its name) where the content says
+    nothing or the file cannot be opened (its decoder then reports why)."""
+    from .limits import InputRefused, open_regular
+
+    try:
+        with open_regular(path, named or "image") as f:
+            head = f.read(16)
+    except (InputRefused, OSError):
+        return named
+    return content_kind(head) or named
+
 @dataclass
 class IgnoredFiles:
     """What a :class:`MediaWalk` skipped: how many, the first few, and how many of each type.
