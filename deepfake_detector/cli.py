@@ -34,7 +34,7 @@ def _add_model_args(p, with_faces=True, with_device=True):
 
 def _add_limit_args(p):
     """The decoding gate's limits (data.limits): what one input file may cost."""
-    from .data.limits import DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_VIDEO_MB
+    from .data.limits import DEFAULT_MAX_DECODED_MB, DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_VIDEO_MB
 
     g = p.add_argument_group("input limits", "files over these are refused with an Error row, never decoded")
     g.add_argument("--max-pixels", type=int, metavar="N",
@@ -43,13 +43,25 @@ def _add_limit_args(p):
                    help=f"largest image file, read whole into memory (default {DEFAULT_MAX_IMAGE_MB:g})")
     g.add_argument("--max-video-mb", type=float, metavar="MB",
                    help=f"largest video file, streamed (default {DEFAULT_MAX_VIDEO_MB:g})")
+    g.add_argument("--max-decoded-mb", type=float, metavar="MB",
+                   help=f"largest decoded image: width x height x channels x bytes per sample "
+                        f"(default {DEFAULT_MAX_DECODED_MB:g})")
+    g.add_argument("--follow-links", action="store_true",
+                   help="read file links inside a folder that point out of it (default: skipped and counted)")
 
 
 def _apply_limits(args) -> None:
-    if any(getattr(args, k, None) is not None for k in ("max_pixels", "max_image_mb", "max_video_mb")):
+    if getattr(args, "follow_links", False):
+        import os
+
+        from .data.media import ENV_FOLLOW_LINKS
+
+        os.environ[ENV_FOLLOW_LINKS] = "1"  # the walk, and scan workers, read it
+    keys = ("max_pixels", "max_image_mb", "max_video_mb", "max_decoded_mb")
+    if any(getattr(args, k, None) is not None for k in keys):
         from .data.limits import set_limits
 
-        set_limits(args.max_image_mb, args.max_video_mb, args.max_pixels)
+        set_limits(args.max_image_mb, args.max_video_mb, args.max_pixels, getattr(args, "max_decoded_mb", None))
 
 
 def _lost_inputs(ignored) -> int:

@@ -64,6 +64,10 @@ def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = Fal
     return rows
 
 
+BATCH_BUDGET = 256 << 20  # bytes of model input per batch: 32 crops at 224 px, 4 at 1024 px, 1 at 2048 px
+PENDING_BUDGET = 384 << 20  # decoded images held before a batch runs: two 64-MP photos, not eight
+
+
 def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole_if_no_face: bool = False,
                   batch_size: int = 32, n_frames: int = 32, every: int | None = None,
                   detector=None, all_faces: bool = False) -> Iterator[dict]:
@@ -72,6 +76,8 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
     videos get a per-video verdict."""
     files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
+    s = int(model.input_size)
+    batch_size = max(1, min(batch_size, BATCH_BUDGET // (s * s * 3 * 4 * 2)))  # float32 input and a copy
 
     def rows_of(batch) -> list[dict | str]:
         """The batch's rows; should it fail, each image alone, so that an image that breaks the
@@ -116,6 +122,6 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
             yield from flush()
             yield error_row(path, str(e), "image", model.threshold)
             continue
-        if len(pending) >= batch_size:
+        if len(pending) >= batch_size or sum(img.nbytes for _, img in pending) > PENDING_BUDGET:
             yield from flush()
     yield from flush()

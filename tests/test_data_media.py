@@ -128,7 +128,7 @@ def test_walk_reports_folder_links_and_broken_links(tmp_path):
     (tmp_path / "top").mkdir()
     try:
         os.symlink(tmp_path / "real", tmp_path / "top" / "linked")
-        os.symlink(tmp_path / "gone.jpg", tmp_path / "top" / "broken.jpg")
+        os.symlink(tmp_path / "top" / "gone.jpg", tmp_path / "top" / "broken.jpg")  # inside: followed
         os.symlink(tmp_path / "gone.txt", tmp_path / "top" / "broken.txt")
     except OSError:
         pytest.skip("cannot create symbolic links here")

@@ -75,7 +75,7 @@ def test_the_gate_refuses_each_crafted_image_with_its_reason_before_decoding(cor
 
 def test_predict_gives_one_row_per_file_and_scores_the_valid_ones(corpus):
     folder, expected = corpus
-    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", folder)
+    rc, out, err, peak = run_cli("predict", "--fast", "--follow-links", "--format", "json", folder)
     rows = {Path(r["path"]).name: r for r in json.loads(out)}
     assert sorted(rows) == sorted(expected)
     for name, want in expected.items():
@@ -97,7 +97,7 @@ def test_predict_gives_one_row_per_file_and_scores_the_valid_ones(corpus):
 
 def test_table_output_escapes_file_names_and_messages_are_stable(corpus):
     folder, _ = corpus
-    runs = [run_cli("predict", "--fast", folder) for _ in range(2)]
+    runs = [run_cli("predict", "--fast", "--follow-links", folder) for _ in range(2)]
     assert runs[0][1] == runs[1][1]  # the same corpus, the same table, byte for byte
     out = runs[0][1]
     assert "\x1b" not in out and "evil\\n\\x1b[31mname.png" in out
@@ -131,7 +131,7 @@ def test_evaluate_skips_and_counts_the_bad_files(corpus, tmp_path):
                     dst.write_bytes(src.read_bytes())
     n_bad = sum(1 for n, e in expected.items() if e is not None and not n.endswith(".mp4"))
     del rng
-    rc, out, err, peak = run_cli("evaluate", "--fast", "--json", "--data", data, "--workers", "1")
+    rc, out, err, peak = run_cli("evaluate", "--fast", "--follow-links", "--json", "--data", data, "--workers", "1")
     assert rc == 0, err[-2000:]
     result = json.loads(out)
     assert result["skipped"] == 2 * n_bad and result["n"] == 2 * 4
@@ -152,7 +152,8 @@ def test_train_finishes_its_epoch_past_the_bad_files(corpus, tmp_path):
                                   "augment": None, "early_stopping": None,
                                   "model_config": {"input_size": 32, "widths": [8, 8, 8, 8, 8],
                                                    "depths": [1, 1, 1, 1, 1]}}))
-    rc, out, err, peak = run_cli("train", "--config", config, "--data", ds, "--out", tmp_path / "run", "--quiet")
+    rc, out, err, peak = run_cli("train", "--config", config, "--data", ds, "--out", tmp_path / "run", "--quiet",
+                                 "--follow-links")
     assert rc == 0, err[-3000:]
     assert (tmp_path / "run" / "best.npz").exists()
     assert "skipping unreadable image" in err and "a FIFO (named pipe)" in err
@@ -163,7 +164,7 @@ def test_train_finishes_its_epoch_past_the_bad_files(corpus, tmp_path):
 def test_scan_does_not_hang_and_reports_what_it_could_not_read(corpus, tmp_path):
     folder, expected = corpus
     rc, out, err, peak = run_cli("scan", folder, "--out", tmp_path / "results.csv", "--fast", "--workers", "0",
-                                 "--json", "--quiet")
+                                 "--follow-links", "--json", "--quiet")
     summary = json.loads(out)
     unread = {"fifo.jpg", "zero.jpg", "loop.jpg", "sparse.jpg"}  # never read, so no hash and no row
     assert summary["unreadable"] == len(unread)
@@ -330,3 +331,86 @@ def test_round_two_files_get_their_refusal_or_are_read_as_their_content(tmp_path
         else:
             assert r["label"] == "Error" and want in r["error"], (name, r)
     assert rc == 1 and "Traceback" not in err and peak < PEAK_LIMIT_MB
+
+
+@pytest.fixture(scope="module")
+def big_pngs(tmp_path_factory):
+    """A 36-MP RGBA PNG and a 36-MP 16-bit grey PNG (smooth, so small on disk)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("big")
+    ramp = np.linspace(0, 1, 6000, dtype=np.float32)
+    rgba = np.empty((6000, 6000, 4), np.uint8)
+    rgba[..., 0] = (ramp * 255).astype(np.uint8)[None, :]
+    rgba[..., 1] = (ramp * 255).astype(np.uint8)[:, None]
+    rgba[..., 2] = 90
+    rgba[..., 3] = 200
+    Image.fromarray(rgba).save(folder / "rgba.png", compress_level=1)
+    del rgba
+    grey = (ramp[None, :] * ramp[:, None] * 65535).astype(np.uint16)
+    Image.fromarray(grey).save(folder / "grey16.png", compress_level=1)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "grey16.png"])
+def test_a_big_deep_png_is_decoded_within_a_gigabyte(big_pngs, name):
+    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", big_pngs / name)
+    row = json.loads(out)[0]
+    assert rc == 0 and row["label"] in ("Real", "Fake"), (row, err[-500:])
+    assert peak < 1024, f"peak {peak:.0f} MB"
+
+
+def test_the_decoded_bytes_budget_counts_channels_and_sample_size(big_pngs):
+    rc, out, err, _ = run_cli("predict", "--fast", "--format", "json", "--max-decoded-mb", "100", big_pngs)
+    rows = {Path(r["path"]).name: r for r in json.loads(out)}
+    assert "6000 x 6000 x 4 channels x 1 byte(s) = 137 MB" in rows["rgba.png"]["error"]
+    assert rows["grey16.png"]["label"] in ("Real", "Fake")  # 6000 x 6000 x 1 x 2 = 69 MB: decoded
+    assert rc == 1
+
+
+# --- folder walks: any depth, no loops, no links out of the folder unless asked -------------------
+def test_a_walk_holds_on_any_tree_and_skips_links_out_of_its_folder(tmp_path):
+    from deepfake_detector.data.media import walk_media
+
+    root = tmp_path / "root"
+    root.mkdir()
+    deep = root
+    for _ in range(1200):  # deeper than Python's recursion limit (1,000), within PATH_MAX
+        deep = deep / "a"
+        os.mkdir(deep)
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"x")
+    (deep / "deep.jpg").write_bytes(b"x")
+    (root / "inside.jpg").write_bytes(b"x")
+    os.symlink(root / "inside.jpg", root / "link-in.jpg")
+    os.symlink(outside, root / "link-out.jpg")
+    os.symlink(root, root / "a" / "loop")  # a folder link back to the root
+    walk = walk_media(root)
+    names = [p.name for p in walk]
+    assert sorted(names) == ["deep.jpg", "inside.jpg", "link-in.jpg"]
+    assert walk.ignored.by_type["link out of the folder"] == 1 and walk.ignored.by_type["folder link"] == 1
+    assert "link-out.jpg" in walk.ignored.describe()
+    followed = [p.name for p in walk_media(root, follow_links=True)]
+    assert "link-out.jpg" in followed
+    remove_deep(root / "a", 1200)
+
+
+def remove_deep(top: Path, depth: int) -> None:
+    """Remove a chain of ``depth`` nested folders bottom-up (shutil.rmtree recurses, and
+    pytest's clean-up would hit the recursion limit on it)."""
+    chain = [top]
+    for _ in range(depth - 1):
+        chain.append(chain[-1] / "a")
+    for folder in reversed(chain):
+        for entry in os.scandir(folder):
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        os.rmdir(folder)
+
+
+def test_predict_says_what_it_skipped_out_of_the_folder(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.symlink("/etc/hostname" if os.path.exists("/etc/hostname") else __file__, root / "x.jpg")
+    rc, out, err, _ = run_cli("predict", "--fast", "--format", "json", root)
+    assert json.loads(out) == [] and "link out of the folder" in err

@@ -118,9 +118,13 @@ def image_header(data: bytes, name: str = "<bytes>") -> tuple[int, int, int]:
     return int(w), int(h), 1
 
 
-def _check_pixels(name: str, width: int, height: int, limits: Limits) -> None:
+_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+def _check_pixels(name: str, width: int, height: int, limits: Limits, channels: int = 3,
+                  sample_bytes: int = 1) -> None:
     try:
-        check_pixels(name, width, height, limits=limits)
+        check_pixels(name, width, height, limits=limits, channels=channels, sample_bytes=sample_bytes)
     except InputRefused as e:
         raise ImageDecodeError(name, e.reason) from e
 
@@ -242,7 +246,8 @@ def _decode_jpeg(data: bytes, size_hint: int | None, orientation: int, name: str
 def _decode_pil(data: bytes, size_hint: int | None, name: str, limits: Limits) -> np.ndarray:
     """One open: the header's size through the gate, then the decode."""
     with _open_pil(data, name) as im:
-        _check_pixels(name, *im.size, limits)
+        # what Pillow holds decoded: its bands at their sample size
+        _check_pixels(name, *im.size, limits, len(im.getbands()), _SAMPLE_BYTES.get(im.mode, 1))
         try:
             if size_hint and im.format == "JPEG":
                 im.draft("RGB", (size_hint, size_hint))  # DCT-domain downscale, keeps >= hint
@@ -267,14 +272,23 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     """Any Pillow mode -> uint8 (H, W, 3). Alpha is composited on black; 16-bit keeps the top byte."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grey
         a = np.asarray(im)
-        if im.mode.startswith("I;16") or a.max(initial=0) > 255:  # 16-bit range -> 8-bit
-            a = np.clip(a.astype(np.float64) / 257.0 + 0.5, 0, 255)
-        g = a.astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+        wide = im.mode.startswith("I;16") or a.max(initial=0) > 255  # 16-bit range -> 8-bit
+        out = np.empty(a.shape[:2] + (3,), np.uint8)
+        for r in range(0, len(a), _BAND_ROWS):  # in bands of rows: no full-size float copy
+            band = a[r : r + _BAND_ROWS]
+            g = np.clip(band.astype(np.float64) / 257.0 + 0.5, 0, 255) if wide else band
+            out[r : r + _BAND_ROWS] = g.astype(np.uint8)[:, :, None]
+        return out
     has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         im.mode == "P" and "transparency" in im.info)
     if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
-        rgb = (rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255  # over black
-        return rgb.astype(np.uint8)
+        rgba = np.asarray(im.convert("RGBA"))
+        out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+        for r in range(0, len(rgba), _BAND_ROWS):  # over black, in bands of rows (uint16 per band only)
+            band = rgba[r : r + _BAND_ROWS].astype(np.uint16)
+            out[r : r + _BAND_ROWS] = (band[:, :, :3] * band[:, :, 3:] + 127) // 255
+        return out
     return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+_BAND_ROWS = 256  # rows converted at a time

@@ -20,7 +20,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB", "InputRefused", "Limits",
+__all__ = ["DEFAULT_MAX_DECODED_MB", "DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB",
+           "InputRefused", "Limits",
            "check_pixels", "current_limits", "open_regular", "read_file", "regular_file_size", "set_limits",
            "check_jpeg_scans", "MAX_ASPECT", "MAX_JPEG_SCANS"]
 
@@ -34,6 +35,10 @@ DEFAULT_MAX_VIDEO_MB = 4096.0
 ENV_MAX_IMAGE_MB = "DEEPFAKE_DETECTOR_MAX_IMAGE_MB"
 ENV_MAX_VIDEO_MB = "DEEPFAKE_DETECTOR_MAX_VIDEO_MB"
 ENV_MAX_PIXELS = "DEEPFAKE_DETECTOR_MAX_PIXELS"
+# What one decoded image may hold: width x height x channels x bytes per sample. A 64-MP RGB
+# photo is 192 MB and passes; a 64-MP RGBA or 16-bit RGB PNG (256 or 384 MB) is refused.
+DEFAULT_MAX_DECODED_MB = 256.0
+ENV_MAX_DECODED_MB = "DEEPFAKE_DETECTOR_MAX_DECODED_MB"
 
 
 class InputRefused(ValueError):
@@ -53,9 +58,10 @@ class Limits:
     max_image_mb: float = DEFAULT_MAX_IMAGE_MB
     max_video_mb: float = DEFAULT_MAX_VIDEO_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decoded_mb: float = DEFAULT_MAX_DECODED_MB
 
     def __post_init__(self):
-        for name in ("max_image_mb", "max_video_mb", "max_pixels"):
+        for name in ("max_image_mb", "max_video_mb", "max_pixels", "max_decoded_mb"):
             v = getattr(self, name)
             if not (v > 0):  # also refuses NaN
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -76,15 +82,18 @@ def current_limits() -> Limits:
             raise ValueError(f"{name}={text!r} is not a number") from e
 
     return Limits(env(ENV_MAX_IMAGE_MB, DEFAULT_MAX_IMAGE_MB, float),
-                  env(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int))
+                  env(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int),
+                  env(ENV_MAX_DECODED_MB, DEFAULT_MAX_DECODED_MB, float))
 
 
 def set_limits(max_image_mb: float | None = None, max_video_mb: float | None = None,
-               max_pixels: int | None = None) -> Limits:
+               max_pixels: int | None = None, max_decoded_mb: float | None = None) -> Limits:
     """Change the limits for this process and its children (None keeps a limit); returns them."""
-    given = {"max_image_mb": max_image_mb, "max_video_mb": max_video_mb, "max_pixels": max_pixels}
+    given = {"max_image_mb": max_image_mb, "max_video_mb": max_video_mb, "max_pixels": max_pixels,
+             "max_decoded_mb": max_decoded_mb}
     Limits(**{k: v for k, v in given.items() if v is not None})  # a bad value fails here, not at a file
-    env = {ENV_MAX_IMAGE_MB: max_image_mb, ENV_MAX_VIDEO_MB: max_video_mb, ENV_MAX_PIXELS: max_pixels}
+    env = {ENV_MAX_IMAGE_MB: max_image_mb, ENV_MAX_VIDEO_MB: max_video_mb, ENV_MAX_PIXELS: max_pixels,
+           ENV_MAX_DECODED_MB: max_decoded_mb}
     for name, value in env.items():
         if value is not None:
             os.environ[name] = str(value)
@@ -186,9 +195,11 @@ def check_jpeg_scans(name: str, data: bytes) -> None:
                                  "pass over the whole image)")
 
 
-def check_pixels(name: str, width: int, height: int, what: str = "image", limits: Limits | None = None) -> None:
+def check_pixels(name: str, width: int, height: int, what: str = "image", limits: Limits | None = None,
+                 channels: int = 3, sample_bytes: int = 1) -> None:
     """:class:`InputRefused` unless ``width x height`` (from a header) is a sane size within
-    ``max_pixels``."""
+    ``max_pixels``, of a sane shape, and decodes (``channels`` samples of ``sample_bytes``
+    each per pixel) to at most ``max_decoded_mb``."""
     limits = limits or current_limits()
     if width <= 0 or height <= 0:
         raise InputRefused(name, f"the header gives an impossible size, {width} x {height}")
@@ -198,3 +209,8 @@ def check_pixels(name: str, width: int, height: int, what: str = "image", limits
     if width * height > limits.max_pixels:
         raise InputRefused(name, f"{what} too large: {width} x {height} pixels by its header; the limit is "
                                  f"{limits.max_pixels / 1e6:g} megapixels (--max-pixels)")
+    decoded = width * height * channels * sample_bytes
+    if decoded > limits.max_decoded_mb * 2**20:
+        raise InputRefused(name, f"{what} too large once decoded: {width} x {height} x {channels} channels x "
+                                 f"{sample_bytes} byte(s) = {decoded / 2**20:.0f} MB; the limit is "
+                                 f"{limits.max_decoded_mb:g} MB (--max-decoded-mb)")

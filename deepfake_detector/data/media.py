@@ -79,7 +79,8 @@ class IgnoredFiles:
 
     ``by_type`` keys are lower-case extensions (``".txt"``), ``"no extension"``, or, for
     entries that are not plain files, ``"folder link"`` (symbolic links to folders are not
-    followed), ``"unreadable folder"`` (see :attr:`lost`) and ``"not a file"`` (sockets,
+    followed), ``"link out of the folder"`` (a file link whose target lies outside the walked
+    folder), ``"unreadable folder"`` (see :attr:`lost`) and ``"not a file"`` (sockets,
     FIFOs... without an image or video name; with one they are yielded, so the caller gives
     them an error row saying what they are).
     """
@@ -130,7 +131,8 @@ class MediaWalk:
     """
 
     def __init__(self, sources: str | os.PathLike | Iterable[str | os.PathLike],
-                 kinds: str | Iterable[str] = MEDIA_KINDS, *, max_examples: int = 5):
+                 kinds: str | Iterable[str] = MEDIA_KINDS, *, max_examples: int = 5, follow_links: bool = False):
+        self.follow_links = follow_links
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
         self.sources = list(sources)
@@ -173,37 +175,59 @@ class MediaWalk:
             else:  # named by the caller: yielded as given, the caller reports what is wrong with it
                 yield p
 
-    def _walk_dir(self, folder: Path) -> Iterator[Path]:
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            self.ignored.add(folder, UNREADABLE)
-            return
-        for e in entries:
-            if e.name.startswith("."):
+    def _walk_dir(self, root: Path) -> Iterator[Path]:
+        """Depth first in sorted order, with a stack of its own (any depth: no recursion).
+        Links to folders are not followed (no loops); a file link whose target lies outside
+        ``root`` is skipped and counted, unless ``follow_links``."""
+        real_root = os.path.realpath(root)
+        stack = [self._entries(root)]
+        while stack:
+            folder, entries = stack[-1]
+            e = next(entries, None)
+            if e is None:
+                stack.pop()
                 continue
             path = folder / e.name
             try:
                 if e.is_dir(follow_symlinks=False):
-                    yield from self._walk_dir(path)
+                    stack.append(self._entries(path))
                     continue
                 if e.is_dir():
                     self.ignored.add(path, "folder link")
                     continue
                 is_file = e.is_file()
+                link = e.is_symlink()
             except OSError:
-                is_file = False
+                is_file, link = False, False
             if kind_of(e.name) in self.kinds:
+                if link and not self.follow_links and not _inside(os.path.realpath(path), real_root):
+                    self.ignored.add(path, "link out of the folder")
+                    continue
                 yield path  # a FIFO, device or broken link too: the decoding gate says what it is
             elif not is_file:
                 self.ignored.add(path, "not a file")
             else:
                 self.ignored.add(path, os.path.splitext(e.name)[1].lower() or "no extension")
 
+    def _entries(self, folder: Path):
+        """(folder, an iterator over its sorted entries but hidden ones); an unreadable folder
+        is counted and gives none."""
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            self.ignored.add(folder, UNREADABLE)
+            entries = []
+        return folder, iter(entries)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
 
 def walk_media(sources: str | os.PathLike | Iterable[str | os.PathLike],
-               kinds: str | Iterable[str] = MEDIA_KINDS, *, max_examples: int = 5) -> MediaWalk:
+               kinds: str | Iterable[str] = MEDIA_KINDS, *, max_examples: int = 5,
+               follow_links: bool | None = None) -> MediaWalk:
     """The image and/or video files of ``sources``, as :class:`~pathlib.Path`, lazily.
 
     Parameters
@@ -216,6 +240,8 @@ def walk_media(sources: str | os.PathLike | Iterable[str | os.PathLike],
     kinds : ``"image"``, ``"video"`` or both (:data:`MEDIA_KINDS`, the default), by
         :func:`kind_of`.
     max_examples : how many ignored paths ``ignored.examples`` keeps.
+    follow_links : read file links whose target lies outside the walked folder (default
+        ``$DEEPFAKE_DETECTOR_FOLLOW_LINKS``, else no: they are counted as ignored).
 
     Returns
     -------
@@ -229,4 +255,9 @@ def walk_media(sources: str | os.PathLike | Iterable[str | os.PathLike],
         if walk.ignored:
             log.warning("%s: %s", folder, walk.ignored.describe())
     """
-    return MediaWalk(sources, kinds, max_examples=max_examples)
+    if follow_links is None:
+        follow_links = os.environ.get(ENV_FOLLOW_LINKS, "") not in ("", "0")
+    return MediaWalk(sources, kinds, max_examples=max_examples, follow_links=follow_links)
+
+
+ENV_FOLLOW_LINKS = "DEEPFAKE_DETECTOR_FOLLOW_LINKS"  # --follow-links; scan workers inherit it
