@@ -76,6 +76,7 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
     videos get a per-video verdict."""
     files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
+    held = [0]  # bytes of the decoded images in pending
     s = int(model.input_size)
     batch_size = max(1, min(batch_size, BATCH_BUDGET // (s * s * 3 * 4 * 2)))  # float32 input and a copy
 
@@ -106,9 +107,12 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
                 continue
             yield image_row(path, r["p_fake"], model.threshold, message=r["message"], **extra)
         pending.clear()
+        held[0] = 0
 
     for path, named in files.items():
-        kind = sniffed_kind(path, named)  # a JPEG named .mp4 is decoded as the JPEG it is, never by FFmpeg
+        # a JPEG named .mp4 is decoded as the JPEG it is, never by FFmpeg (an image name needs no
+        # sniff: the image decoder reads the format from the bytes itself)
+        kind = sniffed_kind(path, named) if named != "image" else named
         if kind == "video":
             yield from flush()
             from .video.analyze import analyze_video
@@ -118,10 +122,11 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
             continue
         try:
             pending.append((path, load_image(path)))  # the decoding gate: one bad file is one Error row
+            held[0] += pending[-1][1].nbytes
         except ImageDecodeError as e:
             yield from flush()
             yield error_row(path, str(e), "image", model.threshold)
             continue
-        if len(pending) >= batch_size or sum(img.nbytes for _, img in pending) > PENDING_BUDGET:
+        if len(pending) >= batch_size or held[0] > PENDING_BUDGET:
             yield from flush()
     yield from flush()
