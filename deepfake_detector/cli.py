@@ -34,7 +34,13 @@ def _add_model_args(p, with_faces=True, with_device=True):
 
 def _add_limit_args(p):
     """The decoding gate's limits (data.limits): what one input file may cost."""
-    from .data.limits import DEFAULT_MAX_DECODED_MB, DEFAULT_MAX_IMAGE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_VIDEO_MB
+    from .data.limits import (
+        DEFAULT_DECODE_SECONDS,
+        DEFAULT_MAX_DECODED_MB,
+        DEFAULT_MAX_IMAGE_MB,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_VIDEO_MB,
+    )
 
     g = p.add_argument_group("input limits", "files over these are refused with an Error row, never decoded")
     g.add_argument("--max-pixels", type=int, metavar="N",
@@ -46,6 +52,9 @@ def _add_limit_args(p):
     g.add_argument("--max-decoded-mb", type=float, metavar="MB",
                    help=f"largest decoded image: width x height x channels x bytes per sample "
                         f"(default {DEFAULT_MAX_DECODED_MB:g})")
+    g.add_argument("--decode-seconds", type=float, metavar="S",
+                   help="longest decode of one image (every format but JPEG runs in a worker process, "
+                        f"stopped at this deadline; default {DEFAULT_DECODE_SECONDS:g})")
     g.add_argument("--follow-links", action="store_true",
                    help="read file links inside a folder that point out of it (default: skipped and counted)")
 
@@ -57,11 +66,12 @@ def _apply_limits(args) -> None:
         from .data.media import ENV_FOLLOW_LINKS
 
         os.environ[ENV_FOLLOW_LINKS] = "1"  # the walk, and scan workers, read it
-    keys = ("max_pixels", "max_image_mb", "max_video_mb", "max_decoded_mb")
+    keys = ("max_pixels", "max_image_mb", "max_video_mb", "max_decoded_mb", "decode_seconds")
     if any(getattr(args, k, None) is not None for k in keys):
         from .data.limits import set_limits
 
-        set_limits(args.max_image_mb, args.max_video_mb, args.max_pixels, getattr(args, "max_decoded_mb", None))
+        set_limits(args.max_image_mb, args.max_video_mb, args.max_pixels, getattr(args, "max_decoded_mb", None),
+                   getattr(args, "decode_seconds", None))
 
 
 def _lost_inputs(ignored) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .data import ImageDecodeError, eval_transform, load_image
+from .data.deadline import check_cancelled
 from .data.media import MediaWalk, sniffed_kind, walk_media
 from .models import Predictor
 from .results import error_row, image_row
@@ -65,7 +66,7 @@ def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = Fal
 
 
 BATCH_BUDGET = 256 << 20  # bytes of model input per batch: 32 crops at 224 px, 4 at 1024 px, 1 at 2048 px
-PENDING_BUDGET = 384 << 20  # decoded images held before a batch runs: two 64-MP photos, not eight
+PENDING_BUDGET = 128 << 20  # decoded images held before a batch runs: four 4096 x 2731 (the most a photo is decoded to)
 
 
 def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole_if_no_face: bool = False,
@@ -110,6 +111,7 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole
         held[0] = 0
 
     for path, named in files.items():
+        check_cancelled()  # a web request whose client left stops here
         # a JPEG named .mp4 is decoded as the JPEG it is, never by FFmpeg (an image name needs no
         # sniff: the image decoder reads the format from the bytes itself)
         kind = sniffed_kind(path, named) if named != "image" else named

@@ -32,12 +32,15 @@ try:
     rc = main(sys.argv[1:])
 finally:
     # its own high-water mark from /proc (ru_maxrss of RUSAGE_SELF keeps the parent's size from
-    # before exec on Linux, so a large test process would inflate it), and its children's
+    # before exec on Linux, so a large test process would inflate it), plus its largest child's
+    # (the decode worker, stopped and waited for first): the two can be at their peaks together
+    from deepfake_detector.data.deadline import shutdown
+    shutdown()
     try:
         own = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
     except (OSError, StopIteration):
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(f"PEAK_KB {peak}", file=sys.stderr)
 sys.exit(rc)
 """

@@ -23,12 +23,17 @@ from PIL import Image, ImageOps
 
 from .limits import InputRefused, Limits, check_jpeg_scans, check_pixels, current_limits, read_file
 
-__all__ = ["ImageDecodeError", "decode_bytes", "image_header", "load_image", "resize"]
+__all__ = ["MAX_SIDE", "ImageDecodeError", "decode_bytes", "image_header", "load_image", "resize"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # libjpeg's recoverable warnings that lose nothing (camera files often have stray bytes)
 _HARMLESS_JPEG_WARNINGS = ("extraneous bytes before marker",)
 _OBJECT_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>")
+
+
+# The longest side an image is decoded to: a face in a 24-MP group photo keeps its pixels, and a
+# 64-MP image (192 MB decoded) reaches the caller as 48 MB.
+MAX_SIDE = 4096
 
 
 class ImageDecodeError(ValueError):
@@ -39,8 +44,12 @@ class ImageDecodeError(ValueError):
         self.name = name
         self.reason = reason
 
+    def __reduce__(self):  # sent back from a decode worker
+        return type(self), (self.name, self.reason)
 
-def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Limits | None = None) -> np.ndarray:
+
+def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Limits | None = None,
+               max_side: int | None = MAX_SIDE) -> np.ndarray:
     """Read an image file as RGB, through the decoding gate.
 
     Parameters
@@ -51,6 +60,12 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Li
         much faster for big photos, but the pixels differ slightly from a full decode, so
         use it only where training used it too. The DataLoader does not.
     limits : the gate's limits (default: :func:`~.limits.current_limits`).
+    max_side : the longest side returned (:data:`MAX_SIDE`, None: no reduction). A larger
+        image is reduced to it as it decodes: a JPEG in the DCT (libjpeg's 1/2, 1/4, 1/8,
+        never below ``max_side``), then with ``INTER_AREA``; any other format right after its
+        decode, in the decode worker, so only the reduced array reaches the caller. Every
+        reader uses the same default, so a file gets the same pixels in ``predict``,
+        ``evaluate``, training and the web app.
 
     Returns
     -------
@@ -60,7 +75,7 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Li
     ------
     ImageDecodeError
         Missing, not a regular file, too large (bytes or pixels), empty, truncated or
-        corrupt file; ``reason`` says which.
+        corrupt file, or a decode past ``limits.decode_seconds``; ``reason`` says which.
     """
     name = os.fspath(path)
     limits = limits or current_limits()
@@ -68,14 +83,17 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None, limits: Li
         data = read_file(name, "image", limits)
     except InputRefused as e:
         raise ImageDecodeError(name, e.reason) from e
-    return decode_bytes(data, size_hint=size_hint, name=name, limits=limits)
+    return decode_bytes(data, size_hint=size_hint, name=name, limits=limits, max_side=max_side)
 
 
 def decode_bytes(data: bytes, size_hint: int | None = None, name: str = "<bytes>",
-                 limits: Limits | None = None) -> np.ndarray:
+                 limits: Limits | None = None, in_worker: bool = False, max_side: int | None = MAX_SIDE) -> np.ndarray:
     """Decode an encoded image held in memory (an upload, say); see :func:`load_image`.
 
-    Returns uint8 (H, W, 3) RGB; raises :class:`ImageDecodeError` naming ``name``.
+    A JPEG is decoded here, after its pixels and scans are checked; any other format in a
+    worker process, stopped after ``limits.decode_seconds`` (:mod:`.deadline`; ``in_worker``:
+    this is that worker). Returns uint8 (H, W, 3) RGB; raises :class:`ImageDecodeError`
+    naming ``name``.
     """
     limits = limits or current_limits()
     if not data:
@@ -89,9 +107,12 @@ def decode_bytes(data: bytes, size_hint: int | None = None, name: str = "<bytes>
             width, height, orientation = image_header(data, name)
             _check_pixels(name, width, height, limits)
             _check_scans(name, data)
-            img = _decode_jpeg(data, size_hint, orientation, name)
-        if img is None:  # not a JPEG, or colours simplejpeg cannot convert
-            img = _decode_pil(data, size_hint, name, limits)
+            img = _decode_jpeg(data, _dct_floor(width, height, size_hint, max_side), orientation, name)
+        elif not in_worker:
+            return _decode_with_deadline(data, size_hint, name, limits, max_side)  # reduced there
+        if img is None:  # a JPEG whose colours simplejpeg cannot convert, or this is the worker
+            img = _decode_pil(data, size_hint, name, limits, max_side)
+        img = _reduce(img, max_side)
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001  whatever a decoder raises on a crafted file is that file's error
@@ -160,6 +181,19 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- internals ---------------------------------------------------------------------------
+def _decode_with_deadline(data: bytes, size_hint, name: str, limits: Limits, max_side) -> np.ndarray:
+    from .deadline import DecodeTimeout, decode_in_worker
+
+    try:
+        return decode_in_worker(data, name, limits.decode_seconds, size_hint=size_hint, limits=limits,
+                                max_side=max_side)
+    except DecodeTimeout as e:
+        raise ImageDecodeError(name, f"decoding took over {limits.decode_seconds:g} s and was stopped "
+                                     "(--decode-seconds)") from e
+    except EOFError as e:
+        raise ImageDecodeError(name, "the decoder crashed (its worker process died)") from e
+
+
 def _check_scans(name: str, data: bytes) -> None:
     try:
         check_jpeg_scans(name, data)
@@ -220,12 +254,33 @@ def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
     return img if turned is None else np.ascontiguousarray(turned(img))
 
 
-def _decode_jpeg(data: bytes, size_hint: int | None, orientation: int, name: str) -> np.ndarray | None:
+def _dct_floor(width: int, height: int, size_hint: int | None, max_side: int | None) -> tuple[int, int] | None:
+    """(min width, min height) a JPEG may be scaled down to in the DCT, or None (full size):
+    ``size_hint`` on both sides, else the size that brings the longer side to ``max_side``."""
+    if size_hint:
+        return min(size_hint, width), min(size_hint, height)
+    longest = max(width, height)
+    if max_side and longest > max_side:
+        return -(-width * max_side // longest), -(-height * max_side // longest)
+    return None
+
+
+def _reduce(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``img`` with its longer side brought down to ``max_side`` (INTER_AREA), aspect kept."""
+    h, w = img.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def _decode_jpeg(data: bytes, floor: tuple[int, int] | None, orientation: int, name: str) -> np.ndarray | None:
     """libjpeg-turbo, strict: a file with missing or corrupt data is refused. None where it
-    cannot convert the file's colours (CMYK...): Pillow then decodes it."""
+    cannot convert the file's colours (CMYK...): Pillow then decodes it. ``floor``: the
+    (width, height) the DCT may scale it down to (never below)."""
     import simplejpeg
 
-    hint = {"min_height": size_hint, "min_width": size_hint} if size_hint else {}
+    hint = {"min_width": floor[0], "min_height": floor[1]} if floor else {}
     try:
         try:
             rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **hint)
@@ -243,15 +298,20 @@ def _decode_jpeg(data: bytes, size_hint: int | None, orientation: int, name: str
     return _upright(rgb, orientation)
 
 
-def _decode_pil(data: bytes, size_hint: int | None, name: str, limits: Limits) -> np.ndarray:
+def _decode_pil(data: bytes, size_hint: int | None, name: str, limits: Limits, max_side: int | None) -> np.ndarray:
     """One open: the header's size through the gate, then the decode."""
     with _open_pil(data, name) as im:
         # what Pillow holds decoded: its bands at their sample size
         _check_pixels(name, *im.size, limits, len(im.getbands()), _SAMPLE_BYTES.get(im.mode, 1))
         try:
-            if size_hint and im.format == "JPEG":
-                im.draft("RGB", (size_hint, size_hint))  # DCT-domain downscale, keeps >= hint
-            return _to_rgb(ImageOps.exif_transpose(im))  # also forces the full decode
+            floor = _dct_floor(*im.size, size_hint, max_side)
+            if floor and im.format == "JPEG":
+                im.draft("RGB", floor)  # DCT-domain downscale, keeps >= floor
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # no full-size copy
+            if max_side and max(im.size) >= 2 * max_side:  # a box reduction by a whole factor first, in
+                im = im.reduce(max(im.size) // max_side)  # Pillow: never a full-size array (then _reduce)
+            return _to_rgb(im)
         except Exception as e:  # noqa: BLE001  Pillow raises OSError, SyntaxError, ValueError, ...
             raise ImageDecodeError(name, _pil_reason(e, name)) from e
 
@@ -288,7 +348,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
             band = rgba[r : r + _BAND_ROWS].astype(np.uint16)
             out[r : r + _BAND_ROWS] = (band[:, :, :3] * band[:, :, 3:] + 127) // 255
         return out
-    return np.array(im.convert("RGB"), dtype=np.uint8)
+    return np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
 
 
 _BAND_ROWS = 256  # rows converted at a time

@@ -20,7 +20,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_DECODED_MB", "DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB",
+__all__ = ["DEFAULT_DECODE_SECONDS",
+           "DEFAULT_MAX_DECODED_MB", "DEFAULT_MAX_IMAGE_MB", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VIDEO_MB",
            "InputRefused", "Limits",
            "check_pixels", "current_limits", "open_regular", "read_file", "regular_file_size", "set_limits",
            "check_jpeg_scans", "MAX_ASPECT", "MAX_JPEG_SCANS"]
@@ -39,6 +40,11 @@ ENV_MAX_PIXELS = "DEEPFAKE_DETECTOR_MAX_PIXELS"
 # photo is 192 MB and passes; a 64-MP RGBA or 16-bit RGB PNG (256 or 384 MB) is refused.
 DEFAULT_MAX_DECODED_MB = 256.0
 ENV_MAX_DECODED_MB = "DEEPFAKE_DETECTOR_MAX_DECODED_MB"
+# Wall-clock seconds for decoding one image whose cost its header cannot bound (every format but
+# JPEG, whose scans are counted first): such a decode runs in a worker process, killed at the
+# deadline (data.deadline). A 54-MP PNG decodes in about 3 s on a 2-core Xeon.
+DEFAULT_DECODE_SECONDS = 8.0
+ENV_DECODE_SECONDS = "DEEPFAKE_DETECTOR_DECODE_SECONDS"
 
 
 class InputRefused(ValueError):
@@ -59,9 +65,10 @@ class Limits:
     max_video_mb: float = DEFAULT_MAX_VIDEO_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decoded_mb: float = DEFAULT_MAX_DECODED_MB
+    decode_seconds: float = DEFAULT_DECODE_SECONDS
 
     def __post_init__(self):
-        for name in ("max_image_mb", "max_video_mb", "max_pixels", "max_decoded_mb"):
+        for name in ("max_image_mb", "max_video_mb", "max_pixels", "max_decoded_mb", "decode_seconds"):
             v = getattr(self, name)
             if not (v > 0):  # also refuses NaN
                 raise ValueError(f"{name} must be > 0, got {v}")
@@ -83,17 +90,19 @@ def current_limits() -> Limits:
 
     return Limits(env(ENV_MAX_IMAGE_MB, DEFAULT_MAX_IMAGE_MB, float),
                   env(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int),
-                  env(ENV_MAX_DECODED_MB, DEFAULT_MAX_DECODED_MB, float))
+                  env(ENV_MAX_DECODED_MB, DEFAULT_MAX_DECODED_MB, float),
+                  env(ENV_DECODE_SECONDS, DEFAULT_DECODE_SECONDS, float))
 
 
 def set_limits(max_image_mb: float | None = None, max_video_mb: float | None = None,
-               max_pixels: int | None = None, max_decoded_mb: float | None = None) -> Limits:
+               max_pixels: int | None = None, max_decoded_mb: float | None = None,
+               decode_seconds: float | None = None) -> Limits:
     """Change the limits for this process and its children (None keeps a limit); returns them."""
     given = {"max_image_mb": max_image_mb, "max_video_mb": max_video_mb, "max_pixels": max_pixels,
-             "max_decoded_mb": max_decoded_mb}
+             "max_decoded_mb": max_decoded_mb, "decode_seconds": decode_seconds}
     Limits(**{k: v for k, v in given.items() if v is not None})  # a bad value fails here, not at a file
     env = {ENV_MAX_IMAGE_MB: max_image_mb, ENV_MAX_VIDEO_MB: max_video_mb, ENV_MAX_PIXELS: max_pixels,
-           ENV_MAX_DECODED_MB: max_decoded_mb}
+           ENV_MAX_DECODED_MB: max_decoded_mb, ENV_DECODE_SECONDS: decode_seconds}
     for name, value in env.items():
         if value is not None:
             os.environ[name] = str(value)

@@ -125,7 +125,8 @@ class DataLoader:
         if batches_per_epoch is not None and (batches_per_epoch < 1 or not self.samples):
             raise ValueError(f"batches_per_epoch={batches_per_epoch} needs >= 1 and some samples")
         self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
-        if balance is not None and len(np.unique(self.labels)) < 2:
+        if balance is not None and len(np.unique(self.labels)) < 2 and not (balance == "cells" and synthesize):
+            # (cells of real samples alone are fine when the fakes are made from them on the fly)
             raise ValueError(f"balance={balance!r} needs samples of both classes")
         self.input_size, self.batch_size = int(input_size), int(batch_size)
         self.shuffle, self.augment, self.balance = shuffle, augment, balance

@@ -27,6 +27,7 @@ class DataRoot(NamedTuple):
     faces: bool = False
     weight: float = 1.0
     max_per_class: dict = {}
+    drop_fakes: tuple = ()  # splits whose fakes are left out ("train", "validation"): a reals-only expert
 
 
 ROOT_KEYS = frozenset(DataRoot._fields)
@@ -35,7 +36,7 @@ ROOT_KEYS = frozenset(DataRoot._fields)
 def data_roots(data) -> list[DataRoot]:
     """A config's ``data`` as a list of :class:`DataRoot`: a path (str), or a list whose items
     are paths or dicts ``{"root": path, "name": ..., "faces": bool, "weight": float,
-    "max_per_class": {split: n}}`` (only ``root`` required; ``name`` defaults to
+    "max_per_class": {split: n}, "drop_fakes": [split, ...]}`` (only ``root`` required; ``name`` defaults to
     :func:`~deepfake_detector.data.root_name`). Names must be unique; weights finite and
     >= 0. [] for no data."""
     if not data:
@@ -55,8 +56,11 @@ def data_roots(data) -> list[DataRoot]:
         unknown = set(caps) - {"train", "validation", "test"}
         if unknown:
             raise ValueError(f"max_per_class of {item['root']}: unknown split(s) {sorted(unknown)}")
+        drop = tuple(item.get("drop_fakes") or ())
+        if set(drop) - {"train", "validation"}:
+            raise ValueError(f"drop_fakes of {item['root']}: only 'train' and 'validation' (Test is never changed)")
         out.append(DataRoot(str(item["root"]), str(item.get("name") or root_name(item["root"])),
-                            bool(item.get("faces", False)), weight, caps))
+                            bool(item.get("faces", False)), weight, caps, drop))
     names = [r.name for r in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -85,7 +89,8 @@ def discover_roots(roots: list[DataRoot], val_fraction: float = 0.1, seed: int =
     parts = []
     for r in roots:
         sp = discover(r.root, val_fraction=val_fraction, seed=seed, name=r.name)
-        sp = Splits(*(capped(list(v), r.max_per_class.get(k)) for k, v in zip(("train", "validation", "test"), sp)))
+        sp = Splits(*([s for s in capped(list(v), r.max_per_class.get(k)) if not (s.label == 1 and k in r.drop_fakes)]
+                      for k, v in zip(("train", "validation", "test"), sp)))
         log.info("%s (%s): train %s, validation %s, test %s", r.name, r.root, class_counts(sp.train),
                  class_counts(sp.validation), class_counts(sp.test))
         parts.append(sp)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ..data.deadline import check_cancelled
 from ..faces.crop import crop_faces, model_margin
 from ..faces.detect import get_detector
 from ..results import NO_FACE, mark_error, rounded, verdict, video_confidence, video_row
@@ -143,6 +144,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                     if item is None:
                         break
                     index, t_s, rgb = item
+                    check_cancelled()  # a web request whose client left stops between frames
                     t = time.perf_counter()
                     pairs = crop_faces(rgb, detector, size, margin=model_margin(model, margin), all_faces=all_faces)
                     timings["detect_s"] += time.perf_counter() - t
@@ -159,6 +161,7 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
             raise VideoError(f"{path}: no frame could be decoded")
 
         if crops:
+            check_cancelled()
             t = time.perf_counter()
             probs = np.asarray(model.predict_proba(np.stack(crops), batch_size=batch_size),
                                dtype=np.float64).reshape(-1)

@@ -7,6 +7,7 @@ thread-safe, while face detection and decoding run in parallel in the worker thr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from .. import __version__
+from ..data.deadline import Cancelled, run_cancellable
 from ..results import is_error, printable
 from .guards import (
     DEFAULT_MAX_UPLOADS,
@@ -37,6 +39,7 @@ from .uploads import (
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal error; see the server log"
+DISCONNECT_POLL_S = 0.25  # how often a request in progress looks whether its client is still there
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
@@ -180,8 +183,18 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
             name = safe_name(got.filename, default="upload" + ftype.ext)
             path = Path(tmp) / ("upload" + ftype.ext)  # the library reads by extension: use the sniffed one
             got.path.rename(path)
+            cancel = threading.Event()
+            work = asyncio.ensure_future(run_in_threadpool(run_cancellable, cancel, predict_file, model, path,
+                                                           name, faces, n_frames, detector))
             try:
-                row = await run_in_threadpool(predict_file, model, path, name, faces, n_frames, detector)
+                # the slot is held until the work has stopped, so a client that leaves frees nothing early
+                while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+                    if not cancel.is_set() and await request.is_disconnected():
+                        log.info("the client left; stopping the work on %s", printable(name))
+                        cancel.set()
+                row = work.result()
+            except Cancelled:
+                return error(499, "the client closed the request")
             except Exception:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
                 log.exception("predict failed for %s", name)
                 return error(500, INTERNAL_ERROR)
