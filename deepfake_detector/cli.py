@@ -28,8 +28,12 @@ def _add_model_args(p, with_faces=True, with_device=True):
     p.add_argument("--detector", help="face detector (see `deepfake-detector models`); default: the best installed")
     p.add_argument("--fast", action="store_true",
                    help="the model file's fast variant (the default model's CNN part alone, without CLIP)")
-    if with_faces:
-        p.add_argument("--faces", action="store_true", help="detect and crop the largest face first")
+    if with_faces:  # None: the model's own framing (the default model: the largest face, NoFace without one)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--faces", dest="faces", action="store_const", const=True, default=None,
+                       help="crop the largest face first (what the default model does anyway)")
+        g.add_argument("--whole-image", dest="faces", action="store_const", const=False,
+                       help="score the whole image, not the face the model would crop")
 
 
 def _add_limit_args(p):
@@ -330,7 +334,7 @@ def cmd_fetch_encoder(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from .train_heads import HeadConfig, train_head
+    from .train_heads import HeadConfig, leave_one_source_out, train_head
 
     cfg = HeadConfig.from_file(args.config) if args.config else HeadConfig()
     for key in ("arch", "out", "epochs", "encoder", "max_false_alarm"):
@@ -338,6 +342,16 @@ def cmd_train_head(args) -> int:
             setattr(cfg, key, getattr(args, key))
     if args.data:
         cfg.data = args.data
+    if args.leave_out:
+        cfg.leave_out = list(args.leave_out)
+    if args.leave_one_source_out:
+        result = leave_one_source_out(cfg, progress=not args.quiet)
+        print(json.dumps(result, indent=2, default=float))
+        print(f"{'fake source':<16} {'AUC seen':>9} {'left out':>9} {'caught seen':>12} {'left out':>9}")
+        for r in result["rows"]:
+            print(f"{r['source']:<16} {r['seen_auc']:>9.3f} {r['left_out_auc']:>9.3f} {r['seen_caught']:>12.1%} "
+                  f"{r['left_out_caught']:>9.1%}")
+        return 0
     print(json.dumps(train_head(cfg, progress=not args.quiet), indent=2, default=float))
     return 0
 
@@ -434,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table",
                    help="table and csv print each row as it comes; json prints one list at the end")
-    p.add_argument("--whole-if-no-face", action="store_true", help="with --faces: classify the whole image")
+    p.add_argument("--whole-if-no-face", action="store_true",
+                   help="an image without a face is scored whole (default: NoFace)")
     p.add_argument("--all-faces", action="store_true", help="score every face, not only the largest (max wins)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
     p.add_argument("--every", type=int, help="sample every k-th frame instead")
@@ -558,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "called Fake")
     h.add_argument("--encoder", help="the encoder file (default: the cache)")
     h.add_argument("--out", help="run folder")
+    h.add_argument("--leave-out", action="append", metavar="SOURCE",
+                   help="train and choose the head without this source's fakes (repeatable); Test keeps them")
+    h.add_argument("--leave-one-source-out", action="store_true",
+                   help="for each fake source, a head without it, scored on it (OUT/loso-SOURCE, OUT/loso.json)")
     h.add_argument("--quiet", action="store_true")
     _add_limit_args(h)
     h.set_defaults(func=cmd_train_head)

@@ -29,7 +29,7 @@ def _pooled_samples(data, split: str):
     return [s for samples, _ in parts for s in samples], " + ".join(name for _, name in parts)
 
 
-def evaluate(model: Predictor, data, *, faces: bool = False, report_dir=None, workers: int = 2,
+def evaluate(model: Predictor, data, *, faces: bool | None = None, report_dir=None, workers: int = 2,
              limit: int | None = None, seed: int = 0, detector=None, per_source: bool | None = None) -> dict:
     """Metrics of ``model`` on a labelled folder, at 0.5 and at the model's own threshold.
 
@@ -40,13 +40,18 @@ def evaluate(model: Predictor, data, *, faces: bool = False, report_dir=None, wo
     has a ``source`` column, or several roots), or with ``per_source=True``, the result
     also holds ``sources``: :func:`~deepfake_detector.metrics.per_source_metrics` rows at
     the model's threshold (each single-class source ranked against the other class of its
-    own root); ``per_source=False`` leaves them out.
+    own root); ``per_source=False`` leaves them out. ``faces``: None frames each file as the
+    model does (the default model: its largest face); True crops the largest face; False
+    scores whole images. A file without a face is scored whole and counted (``no_face``).
     """
     samples, name = _pooled_samples(data, "test")
     if limit and limit < len(samples):
         pick = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(pick)]
+    from .predict import resolve_faces
+
     S = model.input_size
+    faces = resolve_faces(model, faces)
     if faces:
         from .data import load_image
         from .predict import predict_arrays

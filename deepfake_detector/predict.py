@@ -65,16 +65,26 @@ def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = Fal
     return rows
 
 
+def resolve_faces(model: Predictor, faces: bool | None) -> bool:
+    """``faces`` as asked (True: crop the largest face, False: the whole image), or None: the
+    model's own framing (:attr:`~deepfake_detector.models.Predictor.framing`)."""
+    return model.framing == "face" if faces is None else bool(faces)
+
+
 BATCH_BUDGET = 256 << 20  # bytes of model input per batch: 32 crops at 224 px, 4 at 1024 px, 1 at 2048 px
 PENDING_BUDGET = 128 << 20  # decoded images held before a batch runs: four 4096 x 2731 (the most a photo is decoded to)
 
 
-def predict_paths(inputs: Iterable, model: Predictor, faces: bool = False, whole_if_no_face: bool = False,
+def predict_paths(inputs: Iterable, model: Predictor, faces: bool | None = None, whole_if_no_face: bool = False,
                   batch_size: int = 32, n_frames: int = 32, every: int | None = None,
                   detector=None, all_faces: bool = False) -> Iterator[dict]:
     """One row per file, in input order; folders are walked recursively (pass a
     :class:`~deepfake_detector.data.media.MediaWalk` to read what the walk ignored);
-    videos get a per-video verdict."""
+    videos get a per-video verdict. ``faces``: None frames each image as the model does
+    (:func:`resolve_faces`: the default crops the largest face, and an image without one
+    gets ``NoFace`` unless ``whole_if_no_face``); True crops the face; False scores the whole
+    image."""
+    faces = resolve_faces(model, faces)
     files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
     held = [0]  # bytes of the decoded images in pending

@@ -77,6 +77,7 @@ class MeanModel(Predictor):
     """A stand-in whose score is a known function of the pixels: P(fake) = mean / 255."""
 
     input_size, threshold, arch = 32, 0.45, "mean"
+    meta = {"framing": "as-is"}  # a whole-image stand-in: it declares so, as a model file would
 
     def predict_proba(self, images, batch_size=64):
         return images.reshape(len(images), -1).mean(1) / 255

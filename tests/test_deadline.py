@@ -59,7 +59,8 @@ def test_a_cancelled_caller_stops_a_decode_in_its_worker(noisy_png):
 def test_predict_gives_the_slow_file_its_error_row_and_goes_on(noisy_png, tmp_path):
     (tmp_path / "a-slow.png").write_bytes(noisy_png)
     (tmp_path / "b-face.jpg").write_bytes(jpeg(face_like(np.random.default_rng(0), 96, False)))
-    rc, out, err, _ = run_cli("predict", "--fast", "--format", "json", "--decode-seconds", "0.05", tmp_path)
+    rc, out, err, _ = run_cli("predict", "--fast", "--whole-image", "--format", "json", "--decode-seconds", "0.05",
+                              tmp_path)
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert rows["a-slow.png"]["label"] == "Error" and "--decode-seconds" in rows["a-slow.png"]["error"]
     assert rows["b-face.jpg"]["label"] in ("Real", "Fake")  # a JPEG is bounded by its header: no worker
@@ -140,7 +141,7 @@ def test_a_folder_of_big_images_stays_within_a_gigabyte(big_photos, tmp_path):
     for i in range(4):  # eight 54-MP images, JPEG and PNG
         for ext in ("jpg", "png"):
             (tmp_path / f"{i}.{ext}").symlink_to(big_photos / f"photo.{ext}")
-    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", "--follow-links", tmp_path)
+    rc, out, err, peak = run_cli("predict", "--fast", "--whole-image", "--format", "json", "--follow-links", tmp_path)
     rows = json.loads(out)
     assert rc == 0 and len(rows) == 8 and all(r["label"] in ("Real", "Fake") for r in rows), err[-500:]
     assert peak < 1024, f"peak {peak:.0f} MB (the process and its decode worker)"

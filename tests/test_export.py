@@ -165,7 +165,7 @@ def test_cli_export_and_predict_on_onnxruntime(tmp_path, capsys):
     rows = {}
     onnx_path = str(tmp_path / "m.onnx")
     for args in (["--model", str(ckpt)], ["--model", onnx_path], ["--model", str(ckpt), "--runtime", "onnx"]):
-        assert main(["predict", str(img), "--format", "json", *args]) == 0
+        assert main(["predict", str(img), "--format", "json", "--whole-image", *args]) == 0
         rows[" ".join(args)] = json.loads(capsys.readouterr().out)[0]["p_fake"]
     values = list(rows.values())
     assert max(values) - min(values) < 1e-4

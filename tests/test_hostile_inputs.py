@@ -78,7 +78,7 @@ def test_the_gate_refuses_each_crafted_image_with_its_reason_before_decoding(cor
 
 def test_predict_gives_one_row_per_file_and_scores_the_valid_ones(corpus):
     folder, expected = corpus
-    rc, out, err, peak = run_cli("predict", "--fast", "--follow-links", "--format", "json", folder)
+    rc, out, err, peak = run_cli("predict", "--fast", "--whole-image", "--follow-links", "--format", "json", folder)
     rows = {Path(r["path"]).name: r for r in json.loads(out)}
     assert sorted(rows) == sorted(expected)
     for name, want in expected.items():
@@ -324,7 +324,7 @@ def test_round_two_files_get_their_refusal_or_are_read_as_their_content(tmp_path
         else:
             with pytest.raises(ImageDecodeError, match=want.split(";")[0]):
                 load_image(tmp_path / "r2" / name)
-    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", tmp_path / "r2")
+    rc, out, err, peak = run_cli("predict", "--fast", "--whole-image", "--format", "json", tmp_path / "r2")
     rows = {Path(r["path"]).name: r for r in json.loads(out)}
     assert sorted(rows) == sorted(expected)
     for name, want in expected.items():
@@ -357,14 +357,15 @@ def big_pngs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["rgba.png", "grey16.png"])
 def test_a_big_deep_png_is_decoded_within_a_gigabyte(big_pngs, name):
-    rc, out, err, peak = run_cli("predict", "--fast", "--format", "json", big_pngs / name)
+    rc, out, err, peak = run_cli("predict", "--fast", "--whole-image", "--format", "json", big_pngs / name)
     row = json.loads(out)[0]
     assert rc == 0 and row["label"] in ("Real", "Fake"), (row, err[-500:])
     assert peak < 1024, f"peak {peak:.0f} MB"
 
 
 def test_the_decoded_bytes_budget_counts_channels_and_sample_size(big_pngs):
-    rc, out, err, _ = run_cli("predict", "--fast", "--format", "json", "--max-decoded-mb", "100", big_pngs)
+    rc, out, err, _ = run_cli("predict", "--fast", "--whole-image", "--format", "json", "--max-decoded-mb", "100",
+                              big_pngs)
     rows = {Path(r["path"]).name: r for r in json.loads(out)}
     assert "6000 x 6000 x 4 channels x 1 byte(s) = 137 MB" in rows["rgba.png"]["error"]
     assert rows["grey16.png"]["label"] in ("Real", "Fake")  # 6000 x 6000 x 1 x 2 = 69 MB: decoded

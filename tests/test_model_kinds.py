@@ -40,7 +40,7 @@ class ToyModel(Predictor):
         spec = json.loads(Path(path).read_text())
         self.arch, self.config, self.class_names = "brightness", {}, ("Real", "Fake")
         self.preprocess = Preprocess(int(spec["input_size"]))
-        self.meta = {"threshold": float(spec["threshold"]), "version": "toy-1"}
+        self.meta = {"threshold": float(spec["threshold"]), "version": "toy-1", "framing": "as-is"}  # whole images
         self.calls = 0
 
     @property

@@ -65,7 +65,7 @@ def collection(dfdc_faces, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "small.npz"
-    save_model(create_model("seed-cnn", input_size=64, seed=3), path)
+    save_model(create_model("seed-cnn", input_size=64, seed=3), path, extra_meta={"framing": "as-is"})  # whole images
     return str(path)
 
 
@@ -184,7 +184,7 @@ def test_glob_source(reference, collection, model_path, tmp_path):
 
 def test_refuses_another_model_and_a_second_writer(reference, collection, tmp_path):
     other = tmp_path / "other.npz"
-    save_model(create_model("seed-cnn", input_size=64, seed=4), other)
+    save_model(create_model("seed-cnn", input_size=64, seed=4), other, extra_meta={"framing": "as-is"})
     with pytest.raises(ValueError, match="another folder"):
         scan(collection["root"], reference["out"], model_path=other, workers=0, progress=False)
     store = ResultsStore(tmp_path / "locked.parquet").open({"model": {"sha256": "x"}})

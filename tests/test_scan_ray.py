@@ -59,7 +59,7 @@ def setup(dfdc_faces, tmp_path_factory):
     root = tmp_path_factory.mktemp("collection")
     col = make_collection(dfdc_faces, root, n=48, n_dup=2)
     model = tmp_path_factory.mktemp("model") / "small.npz"
-    save_model(create_model("seed-cnn", input_size=64, seed=5), model)
+    save_model(create_model("seed-cnn", input_size=64, seed=5), model, extra_meta={"framing": "as-is"})
     out = tmp_path_factory.mktemp("local") / "local.parquet"
     col["local"] = scan(root, out, model_path=str(model), workers=0, progress=False, part_rows=16)
     col["local_df"], col["local_out"] = read_results(out), out

@@ -129,7 +129,7 @@ def test_image_is_the_cli_row(server, uploads_dir, face_jpg, model_path, capsys)
 def test_image_without_faces_option(server, uploads_dir, face_jpg, model):
     r = post(server, "face.jpeg", face_jpg.read_bytes(), faces="false")
     assert r.status_code == 200, r.text
-    (cli,) = predict_paths([str(face_jpg)], model)
+    (cli,) = predict_paths([str(face_jpg)], model, faces=False)
     assert "face" not in r.json()
     same_row(r.json(), cli)
     assert_no_temp_files(uploads_dir)

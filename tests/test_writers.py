@@ -59,7 +59,7 @@ def test_predict_csv_over_hostile_names_gives_one_row_each(tmp_path, capsysbinar
     names = [b"bad\xffname.png", b"=cmd.png", b"plain.png"]
     for n in names:
         img.save(os.path.join(os.fsencode(folder), n), format="PNG")
-    status = cli_main(["predict", str(folder), "--model", str(model), "--format", "csv"])
+    status = cli_main(["predict", str(folder), "--model", str(model), "--format", "csv", "--whole-image"])
     out = capsysbinary.readouterr().out.decode("utf-8")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert status == 0 and len(rows) == 3, out

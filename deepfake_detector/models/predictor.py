@@ -80,6 +80,17 @@ class Predictor:
         return float(self.meta.get("face_margin", 0.0))
 
     @property
+    def framing(self) -> str:
+        """How this model frames a new input, unless told otherwise: ``"face"`` (the largest face,
+        cropped with :attr:`face_margin` as its training crops were; no face: ``NoFace``) or
+        ``"as-is"`` (the whole image), from ``meta["framing"]``. Every model of this project is
+        trained on faces, so ``"face"`` unless its file says otherwise."""
+        framing = (getattr(self, "meta", None) or {}).get("framing", "face")
+        if framing not in ("face", "as-is"):
+            raise ValueError(f"unknown framing {framing!r} in the model file; 'face' or 'as-is'")
+        return framing
+
+    @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0))
 

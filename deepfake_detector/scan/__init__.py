@@ -22,7 +22,7 @@ __all__ = ["COLUMNS", "ScanInterrupted", "format_summary", "iter_sources", "read
 
 
 def scan(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-         ray_address: str | None = None, faces: bool = False, progress: bool = True, *,
+         ray_address: str | None = None, faces: bool | None = None, progress: bool = True, *,
          part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32,
          device: str = "cpu", runtime: str = "auto", threads: int | None = None,
          detector: str | None = None, fast: bool = False) -> dict:
@@ -36,7 +36,9 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     actors (default: one per CPU of the cluster).
     ``batch_size``: files per inference task. ``ray_address``: ``"auto"`` or ``"HOST:PORT"`` of
     a running Ray cluster (needs ``pip install 'deepfake-detector[ray]'``).
-    ``faces``: detect and crop the largest face of each image first (videos always do).
+    ``faces``: None frames each image as the model does (the default model: the largest face,
+    ``NoFace`` without one); True crops the largest face first; False scores whole images
+    (videos always look for faces).
     ``part_rows`` / ``part_seconds``: a part is committed every so many rows or seconds.
     ``n_frames``: frames sampled per video. ``device`` / ``runtime`` / ``threads``: as
     :func:`deepfake_detector.models.load` (local scans only); ``detector``: a face detector's name;

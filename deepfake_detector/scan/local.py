@@ -105,7 +105,7 @@ def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> 
 
 
 def scan_local(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               faces: bool = False, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
+               faces: bool | None = None, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
                part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32, device: str = "cpu",
                runtime: str = "auto", threads: int | None = None, detector: str | None = None,
                fast: bool = False) -> dict:
@@ -131,6 +131,9 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
     model_path = find_model(model_path)
     model = load(model_path, runtime, device, threads, fast=fast)  # fails here, once, if the model is unusable
     info = model_identity(model, model_path)
+    from ..predict import resolve_faces
+
+    faces = resolve_faces(model, faces)
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
     opts = (bool(faces), batch_size, int(n_frames))

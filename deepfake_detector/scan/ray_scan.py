@@ -100,7 +100,7 @@ def _arrow(columns: dict):
 
 
 def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, faces: bool = False, progress: bool = True,
+             batch_size: int = DEFAULT_BATCH_SIZE, faces: bool | None = None, progress: bool = True,
              part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS,
              n_frames: int = 32, window: int = DEFAULT_WINDOW, fast: bool = False) -> dict:
     """Scan ``sources`` into ``out`` on the Ray cluster at ``address``; see :func:`deepfake_detector.scan.scan`.
@@ -132,7 +132,12 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
     check_sources(sources)
     batch_size = max(1, int(batch_size))
     model_path = find_model(model_path)
-    info = model_identity(load(model_path, fast=fast), model_path)
+    from ..predict import resolve_faces
+
+    model = load(model_path, fast=fast)
+    info = model_identity(model, model_path)
+    faces = resolve_faces(model, faces)
+    del model
     store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
     started = not ray.is_initialized()
     col = None

@@ -75,13 +75,14 @@ def serial(model) -> SerialModel:
     return model if isinstance(model, SerialModel) else SerialModel(model)
 
 
-def predict_file(model, path, display_name: str, faces: bool = True, n_frames: int = 32,
+def predict_file(model, path, display_name: str, faces: bool | None = None, n_frames: int = 32,
                  detector=None) -> dict:
-    """The CLI's result object for one file on disk, with ``path`` shown as ``display_name``."""
+    """The CLI's result object for one file on disk, with ``path`` shown as ``display_name``;
+    ``faces`` as :func:`~deepfake_detector.predict.predict_paths` takes it (None: the model's
+    framing, ``NoFace`` for an image without a face)."""
     from ..predict import predict_paths
 
-    row = next(iter(predict_paths([str(path)], model, faces=faces, whole_if_no_face=faces, n_frames=n_frames,
-                                  detector=detector)))
+    row = next(iter(predict_paths([str(path)], model, faces=faces, n_frames=n_frames, detector=detector)))
     return rename_path(row, str(path), display_name)
 
 
@@ -99,7 +100,7 @@ def status_of(row: dict) -> int:
     return 422 if is_error(row) else 200
 
 
-def parse_bool(value, default: bool = True) -> bool:
+def parse_bool(value, default: bool | None = True) -> bool | None:
     if value is None or value == "":
         return default
     v = str(value).strip().lower()
@@ -123,10 +124,11 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
     """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
 
     ``POST {prefix}/predict`` takes multipart/form-data with the file in the field ``file`` and
-    an optional field ``faces`` (``true`` by default: classify the largest face when one is
-    found, the whole image otherwise -- ``predict --faces --whole-if-no-face``; ``false``: the
-    whole image). It answers with the object ``predict --format json`` gives for that file
-    (the image row, or the video result), except that ``path`` is the client's file name.
+    an optional field ``faces`` (unset: the model's own framing, as ``predict`` does -- the
+    default model classifies the largest face, and an image without one gets ``NoFace``;
+    ``true``: the largest face; ``false``: the whole image). It answers with the object
+    ``predict --format json`` gives for that file (the image row, or the video result), except
+    that ``path`` is the client's file name.
     Status: 200; 413 for a file over the limit (``{"error": ...}``); 415 for an empty file or a
     type that is not a supported image or video, judged by content (``{"error": ...}``); 422
     when the file has a supported type but cannot be decoded (the result object, with
@@ -175,7 +177,7 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
                 got = await receive_file(request, tmp, max_upload_mb, idle_timeout=upload_timeout,
                                          deadline=upload_deadline)
                 ftype = sniff(got.head)
-                faces = parse_bool(got.fields.get("faces"), True)
+                faces = parse_bool(got.fields.get("faces"), None)  # None: the model's framing
                 if ftype.kind == "image":
                     check_pixels(got.path, max_pixels)
             except UploadError as e:

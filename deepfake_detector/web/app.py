@@ -81,10 +81,11 @@ def analyse_image(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, met
                   name: str | None = None, detector=None, uploads: Path | None = None) -> dict:
     """One image file -> ``{"row", "annotated", "crop", "heatmap", "overlay"}``.
 
-    ``row`` is the CLI's row (``predict --faces --whole-if-no-face``); ``annotated`` the
-    photo (at most :data:`DISPLAY_MAX_SIDE`) with the face box; ``crop`` the model's input
-    (the face crop, or the whole image when no face was found); ``heatmap`` the evidence
-    map over it and ``overlay`` both blended. Raises :class:`UploadError` for a refused file.
+    ``row`` is the CLI's row (``predict``: the model's framing, so ``NoFace`` for a photo
+    without a face); ``annotated`` the photo (at most :data:`DISPLAY_MAX_SIDE`) with the face
+    box; ``crop`` the model's input (the face crop, or the whole image for a model that scores
+    whole images); ``heatmap`` the evidence map over it and ``overlay`` both blended (None for
+    ``NoFace``: there is no verdict to explain). Raises :class:`UploadError` for a refused file.
     ``uploads``: the folder ``path`` must lie in (the UI passes Gradio's upload folder).
     """
     from ..data import eval_transform, load_image
@@ -100,13 +101,15 @@ def analyse_image(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, met
     rec = _RecordingDetector(detector or get_detector())
     with tempfile.TemporaryDirectory(prefix="dfd-ui-") as tmp:
         local = _with_extension(path, ftype.ext, tmp)
-        row = predict_file(model, local, name, faces=True, detector=rec)
+        row = predict_file(model, local, name, detector=rec)
         if row.get("error"):
             raise UploadError(row["error"], 422)
         img = load_image(local)
     S = int(model.input_size)
     face = max(rec.faces, key=lambda f: f.area) if rec.faces else None
     crop = square_crop(img, face.box, model.face_margin, S) if face is not None else eval_transform(img, S)
+    if row.get("p_fake") is None:  # NoFace
+        return {"row": row, "annotated": draw_face(img, None, row), "crop": crop, "heatmap": None, "overlay": None}
     heat = model.explain(crop, method)
     big = cv2.resize(crop, (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_CUBIC)
     from ..explain import overlay
@@ -171,8 +174,7 @@ def analyse_images(model, paths, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, o
             if ftype.kind != "image":
                 raise UploadError(f"a {ftype.name} video: use the Video tab", 415)
             with tempfile.TemporaryDirectory(prefix="dfd-ui-") as tmp:
-                rows.append(predict_file(model, _with_extension(path, ftype.ext, tmp), name, faces=True,
-                                         detector=detector))
+                rows.append(predict_file(model, _with_extension(path, ftype.ext, tmp), name, detector=detector))
         except UploadError as e:
             rows.append(error_row(name, e.message, "image", model.threshold))
     csv_path = None
