@@ -63,8 +63,9 @@ def head_samples(cfg: HeadConfig) -> dict:
     return {split: [(s, framing[s.root]) for s in samples] for split, samples in zip(SPLITS, splits)}
 
 
-def embed_split(items, encoder, cache, workers: int, progress: bool):
-    """Embeddings (N, 512), labels, sources and roots of one split's items (failed files dropped)."""
+def embed_split(items, encoder, cache, workers: int, progress: bool, feature: str = "pooled"):
+    """Feature vectors (N, dim), labels, sources and roots of one split's items (failed files dropped)."""
+    from .models.clip.encoder import FEATURE_DIMS
     from .models.clip.features import embed_files
 
     keep, emb = [], []
@@ -73,12 +74,12 @@ def embed_split(items, encoder, cache, workers: int, progress: bool):
         if not group:
             continue
         e, errors = embed_files([s.path for s in group], encoder, cache, framing, workers=workers,
-                                progress=progress)
+                                progress=progress, feature=feature)
         ok = [i for i, s in enumerate(group) if s.path not in errors]
         keep += [group[i] for i in ok]
         emb.append(e[ok])
     labels = np.array([s.label for s in keep], np.int64)
-    return (np.concatenate(emb) if emb else np.zeros((0, 512), np.float32), labels,
+    return (np.concatenate(emb) if emb else np.zeros((0, FEATURE_DIMS[feature]), np.float32), labels,
             [s.source for s in keep], [s.root for s in keep])
 
 
@@ -105,7 +106,8 @@ def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     encoder = ClipEncoder(cfg.encoder, threads=1, workers=cfg.workers)
     cache = EmbeddingCache(cfg.cache or cache_dir() / "embeddings.sqlite")
-    data = {split: embed_split(items, encoder, cache, cfg.workers, progress)
+    feature = cfg.model_config.get("feature", "pooled")
+    data = {split: embed_split(items, encoder, cache, cfg.workers, progress, feature)
             for split, items in head_samples(cfg).items()}
     for split in ("train", "validation"):  # a left-out source is seen at Test only
         data[split] = _without_fakes_of(data[split], set(cfg.leave_out))

@@ -241,3 +241,92 @@ def test_a_head_fitted_on_other_features_is_refused(tmp_path, encoder_file):
         head.use_encoder(e)
     head.meta["encoder"] = e.describe()
     assert head.use_encoder(e).encoder is e
+
+
+# --- patch-token features: from the same encoder pass as the pooled embedding -------------------
+def tiny_encoder_with_tokens(path: Path, seed: int = 0) -> Path:
+    """As :func:`tiny_encoder`, plus a second output of 197 x 768 "tokens": a CLS row and 196
+    patch rows, each a random projection of the grey image's 16 x 16 patches."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    init = [numpy_helper.from_array(rng.standard_normal((3, 512)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal((256, 768)).astype(np.float32) / 16, "wp"),
+            numpy_helper.from_array(rng.standard_normal((3, 768)).astype(np.float32), "wc"),
+            numpy_helper.from_array(np.array([-1, 14, 16, 14, 16], np.int64), "s5"),
+            numpy_helper.from_array(np.array([-1, 196, 256], np.int64), "s3"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax1")]
+    nodes = [helper.make_node("ReduceMean", ["pixel_values"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["image_embeds"]),
+             helper.make_node("ReduceMean", ["pixel_values"], ["grey"], axes=[1], keepdims=0),  # (B, 224, 224)
+             helper.make_node("Reshape", ["grey", "s5"], ["g5"]),
+             helper.make_node("Transpose", ["g5"], ["g5t"], perm=[0, 1, 3, 2, 4]),  # (B, 14, 14, 16, 16)
+             helper.make_node("Reshape", ["g5t", "s3"], ["patches"]),  # (B, 196, 256)
+             helper.make_node("MatMul", ["patches", "wp"], ["ptok"]),
+             helper.make_node("MatMul", ["m", "wc"], ["cls"]),
+             helper.make_node("Unsqueeze", ["cls", "ax1"], ["cls1"]),
+             helper.make_node("Concat", ["cls1", "ptok"], ["tokens"], axis=1)]
+    graph = helper.make_graph(nodes, "tiny-clip-tokens",
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["B", 3, 224, 224])],
+                              [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["B", 512]),
+                               helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", 197, 768])],
+                              initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def token_encoder(tmp_path, monkeypatch) -> Path:
+    path = tiny_encoder_with_tokens(tmp_path / "tiny-tokens.onnx")
+    monkeypatch.setenv(enc.ENV_ENCODER, str(path))
+    monkeypatch.setenv(enc.ENV_CACHE, str(tmp_path / "cache"))
+    return path
+
+
+def test_the_patch_mean_is_the_mean_of_the_196_patch_tokens_and_one_pass_caches_both(tmp_path, token_encoder):
+    e = enc.ClipEncoder(token_encoder)
+    assert e.feature_names == ("pooled", "patch-mean")
+    assert enc.ClipEncoder(tiny_encoder(tmp_path / "plain.onnx")).feature_names == ("pooled",)
+    crops = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), np.uint8)
+    x = normalize(crops)
+    f = e.features(x)
+    grey = x.mean(1)  # (2, 224, 224): the patch rows by hand, in NumPy
+    patches = grey.reshape(2, 14, 16, 14, 16).transpose(0, 1, 3, 2, 4).reshape(2, 196, 256)
+    wp = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(token_encoder)).graph.initializer if i.name == "wp"))
+    np.testing.assert_allclose(f["patch-mean"], (patches @ wp).mean(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(f["pooled"], e.embed(x))
+    paths = faces(tmp_path, n=4)
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    calls = e.calls
+    patch, errors = embed_files(paths, e, cache, "as-is", feature="patch-mean")
+    assert not errors and patch.shape == (4, 768) and e.calls == calls + 4
+    pooled, _ = embed_files(paths, e, cache, "as-is")  # filled by the same pass: no encoder call
+    assert pooled.shape == (4, 512) and e.calls == calls + 4
+    with pytest.raises(ValueError, match="gives no 'patch-mean' feature"):
+        embed_files(paths, enc.ClipEncoder(tmp_path / "plain.onnx"), cache, "as-is", feature="patch-mean")
+
+
+def test_a_patch_head_and_a_pooled_head_share_one_encoder_pass_in_a_bundle(tmp_path, token_encoder):
+    from deepfake_detector.models.fusion import FusedModel, save_bundle
+
+    patch = create_model("clip-mlp", seed=1, feature="patch-mean")
+    assert patch.feature == "patch-mean" and patch.head.layers[0].params["weight"].shape == (256, 768)
+    save_model(patch, tmp_path / "patch.npz")
+    back = load(tmp_path / "patch.npz")
+    crops = np.random.default_rng(5).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    assert back.feature == "patch-mean"
+    np.testing.assert_allclose(back.logits(crops), patch.logits(crops), rtol=1e-6)
+    pooled = create_model("clip-logistic", seed=2)
+    fused = FusedModel({"patch": patch, "pooled": pooled}, [0.5, -0.8], 0.1, {"threshold": 0.5})
+    encoder = patch.encoder
+    pooled.use_encoder(encoder)
+    before = encoder.calls
+    s = fused.part_scores(crops)
+    assert encoder.calls == before + 3  # one call per crop for both heads
+    for k, part in enumerate((patch, pooled)):
+        z = part.logits(crops)
+        np.testing.assert_allclose(s[:, k], z[:, 1] - z[:, 0], rtol=1e-5, atol=1e-6)
+    again = load(save_bundle(fused, tmp_path / "b.zip"))
+    np.testing.assert_allclose(again.predict_proba(crops), fused.predict_proba(crops), rtol=1e-5)

@@ -78,6 +78,20 @@ def real_encoder_path():
     return path
 
 
+def test_the_patch_token_feature_comes_from_the_same_pass_and_is_pinned(real_encoder_path):
+    pytest.importorskip("skimage")
+    from deepfake_detector.models.clip.features import normalize
+
+    golden = np.load(GOLDEN)
+    e = enc.ClipEncoder(real_encoder_path, threads=1)
+    assert e.feature_names == ("pooled", "patch-mean")
+    feats = [e.features(normalize(img[None])) for img in probe_images().values()]
+    assert e.calls == 3  # one encoder call per image gives both
+    for key, name in (("embeds", "pooled"), ("patch_mean", "patch-mean")):
+        got = np.concatenate([f[name] for f in feats])
+        assert not mismatches(got, golden[key]), (name, mismatches(got, golden[key]))
+
+
 @pytest.mark.parametrize("kernel", ["auto", "exact"])
 def test_the_encoder_reproduces_the_golden_embeddings(real_encoder_path, kernel):
     pytest.importorskip("skimage")

@@ -67,7 +67,8 @@ class FusedModel(Predictor):
 
     def part_scores(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> (N, parts) logit differences, each part at its own input size;
-        heads on one CLIP encoder share its embeddings (one encoder call per image)."""
+        heads on one CLIP encoder share its features (one encoder call per image, whatever
+        feature each head reads)."""
         from .clip.head import ClipHeadModel
 
         images = np.asarray(images)
@@ -79,8 +80,8 @@ class FusedModel(Predictor):
             if isinstance(part, ClipHeadModel) and part.tta is None:
                 key = id(part.encoder)
                 if key not in embedded:
-                    embedded[key] = part.embed(x)
-                z = np.asarray(part.head_logits(embedded[key]), np.float64)
+                    embedded[key] = part.encoder.features(part.normalize(x))
+                z = np.asarray(part.head_logits(embedded[key][part.feature]), np.float64)
             else:
                 z = np.asarray(part.decision_logits(x, batch_size), np.float64)
             cols.append(z[:, 1] - z[:, 0])
@@ -154,8 +155,10 @@ def _part_entry(name: str, part: Predictor) -> tuple[dict, bytes]:
         return {"name": name, "kind": "onnx", "file": f"{name}.onnx"}, data
     if isinstance(part, ClipHeadModel):
         from ..export import head_onnx_bytes
+        from .clip.encoder import FEATURE_DIMS
 
-        data = head_onnx_bytes(part.head, 512) if hasattr(part.head, "layers") else part.head.data
+        dim = FEATURE_DIMS[part.feature]
+        data = head_onnx_bytes(part.head, dim) if hasattr(part.head, "layers") else part.head.data
         return {"name": name, "kind": "clip-head", "file": f"{name}.onnx", "arch": part.arch,
                 "config": part.config, "meta": part.meta, "parameters": part.num_parameters()}, data
     raise ValueError(f"part {name!r}: a {part.kind} model cannot go into a bundle (export it to ONNX first)")

@@ -36,6 +36,16 @@ ENV_CACHE = "DEEPFAKE_DETECTOR_CACHE"  # the cache folder (default ~/.cache/deep
 ENV_KERNEL = "DEEPFAKE_DETECTOR_CLIP_KERNEL"  # auto (default) | exact: always the rewrite | original: unchecked
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
 FEATURES = "exact-int-v1"  # the features heads are fitted on: integer products computed exactly, on any CPU
+# What one encoder pass gives a head: the projected CLS embedding, or the mean of the 196 patch
+# tokens of the last block (the graph's second output, 197 x 768), which keeps where in the face
+# a trace is instead of what the CLS token summarises.
+FEATURE_DIMS = {"pooled": EMBED_DIM, "patch-mean": 768}
+
+
+def check_feature(feature: str) -> str:
+    if feature not in FEATURE_DIMS:
+        raise ValueError(f"unknown CLIP feature {feature!r}; choose from {', '.join(FEATURE_DIMS)}")
+    return feature
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,34 @@ class ClipEncoder:
     def _one(self, x1: np.ndarray) -> np.ndarray:
         self.calls += 1
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x1})[0]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features this file gives: ``pooled``, and ``patch-mean`` where the graph also
+        outputs the last block's tokens (the shipped encoder does)."""
+        outs = self.session.get_outputs()
+        tokens = len(outs) > 1 and len(outs[1].shape) == 3 and outs[1].shape[1:] == [197, 768]
+        return ("pooled", "patch-mean") if tokens else ("pooled",)
+
+    def _all(self, x1: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        names = [o.name for o in self.session.get_outputs()[: len(self.feature_names)]]
+        out = self.session.run(names, {INPUT_NAME: x1})
+        return out[:1] + [t[:, 1:, :].mean(1) for t in out[1:]]  # tokens -> the mean of the 196 patches
+
+    def features(self, x) -> dict[str, np.ndarray]:
+        """Every feature of :attr:`feature_names` from one encoder pass per image:
+        ``{"pooled": (N, 512), "patch-mean": (N, 768)}``, float32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        chunks = [x[i : i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)]
+        if self.workers > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:
+                out = list(pool.map(self._all, chunks))
+        else:
+            out = [self._all(c) for c in chunks]
+        return {name: (np.concatenate([o[k] for o in out]).astype(np.float32) if out
+                       else np.zeros((0, FEATURE_DIMS[name]), np.float32))
+                for k, name in enumerate(self.feature_names)}
 
     def embed(self, x) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)  # (N, 3, 224, 224)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...faces.crop import FRAMINGS
 from .cache import EmbeddingCache, bytes_digest, content_key
-from .encoder import CLIP_MEAN, CLIP_STD, EMBED_DIM, INPUT_SIZE, ClipEncoder
+from .encoder import CLIP_MEAN, CLIP_STD, FEATURE_DIMS, INPUT_SIZE, ClipEncoder, check_feature
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +41,41 @@ def normalize(images) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std)
 
 
+def feature_identity(encoder: ClipEncoder, feature: str) -> str:
+    """The encoder part of a cache key: its identity, and the feature where it is not the pooled one."""
+    return encoder.identity if check_feature(feature) == "pooled" else f"{encoder.identity}:{feature}"
+
+
 def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | None, framing: str = "as-is",
                 workers: int = 2, detector=None, progress: bool = False,
-                commit_every: int = 256) -> tuple[np.ndarray, dict[str, str]]:
-    """(N, 512) embeddings of ``paths`` (zeros for a file that failed) and ``{path: error}``.
+                commit_every: int = 256, feature: str = "pooled") -> tuple[np.ndarray, dict[str, str]]:
+    """(N, dim) ``feature`` vectors of ``paths`` (zeros for a file that failed) and ``{path: error}``.
 
-    Cached embeddings are read, the others computed ``workers`` at a time and written back
-    every ``commit_every`` files, so an interrupted pass resumes where it stopped.
+    Cached vectors are read, the others computed ``workers`` at a time and written back every
+    ``commit_every`` files, so an interrupted pass resumes where it stopped. A computed file's
+    every feature goes into the cache (they come from the same encoder pass).
     """
     from ...data import ImageDecodeError, load_image
     from ...data.limits import InputRefused
 
     pid = preprocess_id(framing)
-    out = np.zeros((len(paths), EMBED_DIM), np.float32)
+    if check_feature(feature) not in encoder.feature_names:
+        raise ValueError(f"{encoder.path} gives no {feature!r} feature (it outputs {', '.join(encoder.feature_names)})")
+    out = np.zeros((len(paths), FEATURE_DIMS[feature]), np.float32)
     errors: dict[str, str] = {}
     keys: list[str | None] = []
+    digests: list[str | None] = []
     for p in paths:
         try:
-            keys.append(content_key(bytes_digest(p), pid, encoder.identity))
+            digests.append(bytes_digest(p))
+            keys.append(content_key(digests[-1], pid, feature_identity(encoder, feature)))
         except InputRefused as e:
             keys.append(None)
+            digests.append(None)
             errors[p] = f"cannot read {p}: {e.reason}"
         except OSError as e:
             keys.append(None)
+            digests.append(None)
             errors[p] = f"cannot read {p}: {e.strerror or e}"
     hits = cache.get_many([k for k in keys if k]) if cache is not None else {}
     todo = [i for i, k in enumerate(keys) if k and k not in hits]
@@ -77,7 +89,7 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
             x = encoder_input(load_image(paths[i]), framing, detector)
         except ImageDecodeError as e:
             return i, None, str(e)
-        return i, encoder.embed(normalize(x[None]))[0], None
+        return i, {k: v[0] for k, v in encoder.features(normalize(x[None])).items()}, None
 
     bar = None
     if progress:
@@ -86,12 +98,13 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
         bar = tqdm(total=len(todo), unit="img", desc=f"embed ({framing})", dynamic_ncols=True)
     pending: dict[str, np.ndarray] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding and onnxruntime both release the GIL
-        for i, emb, err in pool.map(one, todo):
+        for i, feats, err in pool.map(one, todo):
             if err is not None:
                 errors[paths[i]] = err
             else:
-                out[i] = emb
-                pending[keys[i]] = emb
+                out[i] = feats[feature]
+                for k, v in feats.items():
+                    pending[content_key(digests[i], pid, feature_identity(encoder, k))] = v
             if bar is not None:
                 bar.update(1)
             if cache is not None and len(pending) >= commit_every:

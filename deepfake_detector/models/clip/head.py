@@ -15,12 +15,12 @@ from ... import nn
 from ...nn.backend import to_numpy
 from ..predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
 from ..registry import register_model
-from .encoder import CLIP_MEAN, CLIP_STD, EMBED_DIM, ENCODER_NAME, INPUT_SIZE, ClipEncoder
+from .encoder import CLIP_MEAN, CLIP_STD, ENCODER_NAME, FEATURE_DIMS, INPUT_SIZE, ClipEncoder, check_feature
 
 
 @dataclass
 class ClipHeadModel(Predictor):
-    head: nn.Sequential  # (N, 512) unit embeddings -> (N, 2) logits
+    head: nn.Sequential  # (N, dim) unit feature vectors (config["feature"], pooled: 512) -> (N, 2) logits
     arch: str
     config: dict
     preprocess: Preprocess = field(default_factory=lambda: Preprocess(INPUT_SIZE, CLIP_MEAN, CLIP_STD))
@@ -53,10 +53,17 @@ class ClipHeadModel(Predictor):
         if want and want != encoder.sha256:
             raise ValueError(f"{encoder.path} is not the encoder this head was trained on "
                              f"(SHA-256 {encoder.sha256[:16]}..., the head wants {want[:16]}...)")
+        if self.feature not in encoder.feature_names:
+            raise ValueError(f"this head reads the {self.feature!r} feature, which {encoder.path} does not give")
         got = encoder.describe()["features"]
         if want and info.get("features") != got:
             raise ValueError(f"this head was fitted on {info.get('features') or 'CPU-dependent (saturated int8)'} "
                              f"CLIP features, the encoder gives {got}; retrain it with train-head")
+
+    @property
+    def feature(self) -> str:
+        """Which encoder output the head reads (:data:`~.encoder.FEATURE_DIMS`): ``pooled`` or ``patch-mean``."""
+        return check_feature(self.config.get("feature", "pooled"))
 
     def use_encoder(self, encoder: ClipEncoder) -> ClipHeadModel:
         self.check_encoder(encoder)
@@ -91,7 +98,7 @@ class ClipHeadModel(Predictor):
             self._encoder.workers = max(1, n or 2)
 
     def head_logits(self, embeddings, training: bool = False):
-        """(N, 512) raw embeddings -> (N, 2) logits (unit-normalised first)."""
+        """(N, dim) raw feature vectors -> (N, 2) logits (unit-normalised first)."""
         e = np.asarray(embeddings, np.float32)
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         if training:
@@ -101,8 +108,9 @@ class ClipHeadModel(Predictor):
 
     # --- pixels in, probabilities out ----------------------------------------------
     def embed(self, images) -> np.ndarray:
-        """uint8 (N, 224, 224, 3) crops -> (N, 512) embeddings, one encoder call per image."""
-        return self.encoder.embed(self.normalize(images))
+        """uint8 (N, 224, 224, 3) crops -> (N, dim) feature vectors, one encoder call per image."""
+        x = self.normalize(images)
+        return self.encoder.embed(x) if self.feature == "pooled" else self.encoder.features(x)[self.feature]
 
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
         if len(images) == 0:
@@ -122,7 +130,7 @@ class ClipHeadModel(Predictor):
         cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
         try:
             emb, errors = embed_files([str(p) for p in paths], self.encoder, cache, framing,
-                                      workers=max(1, self.encoder.workers))
+                                      workers=max(1, self.encoder.workers), feature=self.feature)
         finally:
             cache.close()
         z = np.asarray(self.head_logits(emb), np.float32)
@@ -142,17 +150,23 @@ def _build(arch: str, layers: list, config: dict) -> ClipHeadModel:
     return ClipHeadModel(nn.Sequential(*layers), arch, config)
 
 
+def _config(seed: int, feature: str, **rest) -> dict:
+    """The builder's keywords as saved; ``feature`` only where it is not the default (old files stay equal)."""
+    return {"seed": seed, **rest, **({"feature": feature} if check_feature(feature) != "pooled" else {})}
+
+
 @register_model("clip-logistic")
-def clip_logistic(seed: int = 0) -> ClipHeadModel:
-    """Logistic regression on the unit CLIP embedding."""
+def clip_logistic(seed: int = 0, feature: str = "pooled") -> ClipHeadModel:
+    """Logistic regression on a unit CLIP feature vector (``feature``: see FEATURE_DIMS)."""
     rng = np.random.default_rng(seed)
-    return _build("clip-logistic", [nn.Dense(EMBED_DIM, 2, rng=rng)], {"seed": seed})
+    return _build("clip-logistic", [nn.Dense(FEATURE_DIMS[check_feature(feature)], 2, rng=rng)],
+                  _config(seed, feature))
 
 
 @register_model("clip-mlp")
-def clip_mlp(seed: int = 0, hidden: int = 256, dropout: float = 0.2) -> ClipHeadModel:
-    """One hidden layer of ``hidden`` ReLU units, dropout ``dropout``."""
+def clip_mlp(seed: int = 0, hidden: int = 256, dropout: float = 0.2, feature: str = "pooled") -> ClipHeadModel:
+    """One hidden layer of ``hidden`` ReLU units, dropout ``dropout``, on a unit CLIP feature vector."""
     rng = np.random.default_rng(seed)
-    layers = [nn.Dense(EMBED_DIM, hidden, rng=rng), nn.ReLU(), nn.Dropout(dropout, seed=seed),
-              nn.Dense(hidden, 2, rng=rng)]
-    return _build("clip-mlp", layers, {"seed": seed, "hidden": hidden, "dropout": dropout})
+    layers = [nn.Dense(FEATURE_DIMS[check_feature(feature)], hidden, rng=rng), nn.ReLU(),
+              nn.Dropout(dropout, seed=seed), nn.Dense(hidden, 2, rng=rng)]
+    return _build("clip-mlp", layers, _config(seed, feature, hidden=hidden, dropout=dropout))
