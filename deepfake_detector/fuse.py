@@ -97,7 +97,13 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     from .models.fusion import FusedModel, fit_stack, save_bundle, stack_features
     from .train_heads import HeadConfig, head_samples
 
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # checked before the scoring, not after it
     models = {name: load(path) for name, path in parts.items()}
+    for name, m in models.items():  # a part the bundle cannot hold fails now, not after the scoring
+        if m.kind not in ("onnx", "clip"):
+            raise ValueError(f"part {name!r}: a {m.kind} model cannot go into a bundle (export it to ONNX first: "
+                             "deepfake-detector export)")
     gate = None
     if gate_root:
         clip = next(m for m in models.values() if m.kind == "clip")  # the gate shares its encoder
@@ -155,7 +161,6 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
         p = _sigmoid(chosen_scores[split] / temperature)
         report[f"{split}_sources"] = per_source_metrics(ys, p, ss, threshold, roots=rs)
 
-    out = Path(out)
     meta = {"threshold": threshold, "temperature": temperature, "face_margin": 0.0,
             "version": f"{choice}-{time.strftime('%Y%m%d')}", "threshold_rule": report["threshold_rule"],
             "validation_sources": report["validation_sources"], "test_sources": report["test_sources"],

@@ -330,3 +330,12 @@ def test_a_patch_head_and_a_pooled_head_share_one_encoder_pass_in_a_bundle(tmp_p
         np.testing.assert_allclose(s[:, k], z[:, 1] - z[:, 0], rtol=1e-5, atol=1e-6)
     again = load(save_bundle(fused, tmp_path / "b.zip"))
     np.testing.assert_allclose(again.predict_proba(crops), fused.predict_proba(crops), rtol=1e-5)
+
+
+def test_fuse_refuses_a_part_no_bundle_can_hold_before_scoring_anything(tmp_path):
+    from deepfake_detector.fuse import fuse
+
+    save_model(create_model("seed-cnn", input_size=16), tmp_path / "cnn.npz")
+    with pytest.raises(ValueError, match="export it to ONNX first"):
+        fuse({"cnn": str(tmp_path / "cnn.npz")}, data=[str(tmp_path / "no-such-root")], out=tmp_path / "new" / "b.zip")
+    assert (tmp_path / "new").is_dir()  # the output folder is made first, too
