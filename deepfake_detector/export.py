@@ -4,8 +4,10 @@ File contract: input ``image`` float32 (N, 3, S, S), already normalised (``Model
 makes it from uint8 pixels), output ``logits`` float32 (N, 2); the architecture, config,
 preprocessing, class names and ``meta`` go into ``metadata_props`` (:func:`metadata_of`),
 which :class:`deepfake_detector.models.onnx_model.OnnxModel` reads back. Main names:
-:func:`export_onnx`, :func:`verify_export`, :func:`sequential_graph` (the layer -> ONNX
-rules), :data:`EXPORTERS` (one per ``model.engine``); ``onnx`` is imported only when exporting.
+:func:`export_onnx` (which asks the model to write its own graph: ``model.export_onnx``,
+through :func:`export_sequential` for the from-scratch engine and :func:`export_torch` for
+torch), :func:`verify_export`, :func:`sequential_graph` (the layer -> ONNX rules); ``onnx`` is
+imported only when exporting.
 Near 500 lines because the engine's layer-by-layer converter lives beside the writer it feeds.
 """
 
@@ -73,7 +75,7 @@ def _dumps(o) -> str:
 def metadata_of(model, bn_folded: bool | None = None) -> dict[str, str]:
     """The ``metadata_props`` written into the .onnx file for ``model`` (all strings)."""
     pp = model.preprocess
-    num_params = model.num_parameters() if hasattr(model, "num_parameters") else None
+    num_params = model.num_parameters()
     props = {
         META_FORMAT: FORMAT,
         META_FORMAT_VERSION: str(FORMAT_VERSION),
@@ -83,7 +85,7 @@ def metadata_of(model, bn_folded: bool | None = None) -> dict[str, str]:
                                  "std": [float(v) for v in pp.std]}),
         META_CLASS_NAMES: _dumps([str(c) for c in model.class_names]),
         META_META: _dumps(dict(model.meta)),
-        META_SOURCE_ENGINE: str(getattr(model, "engine", "numpy")),
+        META_SOURCE_ENGINE: str(model.engine),
     }
     if num_params is not None:
         props[META_PARAMETERS] = str(int(num_params))
@@ -336,7 +338,7 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
     return h.make_graph(g.nodes, graph_name, [inp], [out], initializer=g.inits)
 
 
-def _export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, fold_bn: bool = True) -> None:
+def export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, fold_bn: bool = True) -> None:
     onnx = _require_onnx()
     from . import nn
 
@@ -375,7 +377,7 @@ def _save_atomic(onnx, proto, out_path: Path) -> None:
             tmp.unlink()
 
 
-def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **options) -> None:
+def export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **options) -> None:
     """A torch-engine model (``model.net``: a ``torch.nn.Module``) through ``torch.onnx.export``,
     then our metadata added, so the .onnx file alone predicts (without torch)."""
     import tempfile
@@ -395,10 +397,6 @@ def _export_torch(model, out_path: Path, opset: int, dynamic_batch: bool, **opti
     onnx.checker.check_model(proto)
     _save_atomic(onnx, proto, out_path)
 
-
-# model.engine -> exporter(model, out_path, opset, dynamic_batch, **options); options: fold_bn
-# (meaningful to the from-scratch engine only; others ignore it)
-EXPORTERS: dict[str, Callable] = {"numpy": _export_sequential, "torch": _export_torch}
 
 
 def half_weights(proto, min_size: int = 16):
@@ -450,12 +448,10 @@ def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fo
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} not supported: choose {MIN_OPSET}..{newest}")
-    engine = getattr(model, "engine", "numpy")
-    exporter = EXPORTERS.get(engine)
-    if exporter is None:
-        raise ExportError(f"no ONNX exporter for engine {engine!r}; known: {sorted(EXPORTERS)}")
+    if not model.abilities.exportable:
+        raise ExportError(f"a {model.kind} model ({model.engine}) cannot be exported to ONNX")
     out_path = Path(out_path)
-    exporter(model, out_path, opset, dynamic_batch, fold_bn=fold_bn)
+    model.export_onnx(out_path, opset, dynamic_batch, fold_bn=fold_bn)  # each model writes its own graph
     if half:
         proto = half_weights(onnx.load(str(out_path)))
         onnx.checker.check_model(proto)

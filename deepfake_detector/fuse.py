@@ -101,12 +101,11 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     out.parent.mkdir(parents=True, exist_ok=True)  # checked before the scoring, not after it
     models = {name: load(path) for name, path in parts.items()}
     for name, m in models.items():  # a part the bundle cannot hold fails now, not after the scoring
-        if m.kind not in ("onnx", "clip"):
-            raise ValueError(f"part {name!r}: a {m.kind} model cannot go into a bundle (export it to ONNX first: "
-                             "deepfake-detector export)")
+        if not m.abilities.bundle_part:
+            m.bundle_part(name)  # raises, saying why
     gate = None
     if gate_root:
-        clip = next(m for m in models.values() if m.kind == "clip")  # the gate shares its encoder
+        clip = next(m for m in models.values() if m.abilities.shared_encoder)  # the gate shares its encoder
         models["domain"], gate = fit_domain_gate(data, gate_root, clip, seed), "domain"
     names = list(models)
     experts = [n for n in names if n != gate]
@@ -140,7 +139,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
                            for r in by_source[n]["rows"])]
     choice = beats_fusion[0] if beats_fusion else "fusion"
     if fast_part is None:  # the best of the experts that need no encoder, by the same rule
-        light = [n for n in experts if models[n].kind != "clip"] or experts
+        light = [n for n in experts if not models[n].abilities.shared_encoder] or experts
         fast_part = max(light, key=lambda n: by_source[n]["mean_auc"] or 0.0)
 
     w, b = fit_stack(fv, yv, cells)
@@ -249,7 +248,7 @@ def fused_model_card(model, report: dict) -> str:
               f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",
               ""]
     lines += _rate_tables(report)
-    if any(p.kind == "clip" for p in model.parts.values()):
+    if any(p.abilities.shared_encoder for p in model.parts.values()):
         lines += ["**Features.** The CLIP parts were fitted on exact integer features (`exact-int-v1`): the "
                   "encoder's int8 products computed without saturation, so the embeddings, and every figure "
                   "above, are the same on every x86-64 CPU, with or without VNNI "

@@ -1,5 +1,5 @@
 """Binary detection metrics, per data source too; threshold choice and temperature scaling
-are in :mod:`deepfake_detector.calibration` (their names are importable from here as well).
+are in :mod:`deepfake_detector.calibration`, which builds on these.
 
 Conventions used throughout: label 0 = Real, 1 = Fake; a score is P(fake) in [0, 1];
 a sample is predicted Fake when ``p_fake >= threshold``. Fake is the positive class
@@ -294,19 +294,6 @@ def source_table(rows: Sequence[dict]) -> str:
     body = [[str(r["source"]), *(_cell(r.get(k)) for k, _ in SOURCE_COLUMNS[1:])] for r in rows]
     return _fixed_width(header, body)
 
-
-# the threshold and temperature functions live in .calibration; these names stay importable here
-_CALIBRATION_NAMES = ("T_BOUNDS", "THRESHOLD_METHODS", "apply_temperature", "calibrate_on_validation",
-                      "choose_threshold", "fit_temperature", "threshold_at_false_alarm", "threshold_rule",
-                      "_logit_diff", "_nll", "_operating_points", "_representative")
-
-
-def __getattr__(name: str):
-    if name in _CALIBRATION_NAMES:
-        from . import calibration
-
-        return getattr(calibration, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # --- text table -------------------------------------------------------------------------
 def _cell(v) -> str:

@@ -1,7 +1,7 @@
-"""Images, folders and videos in; one result row per input out (rows: :mod:`.results`).
+"""Images, folders and videos in; one typed result per input out (:mod:`.results`).
 
 The library functions behind ``deepfake-detector predict``, the web app and the scanner.
-A file that cannot be read gets an Error row; the others go on.
+A file that cannot be read gets an Error result; the others go on.
 """
 
 from __future__ import annotations
@@ -12,113 +12,127 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .data import ImageDecodeError, eval_transform, load_image
+from .data import ImageDecodeError, load_image
 from .data.deadline import check_cancelled
 from .data.media import MediaWalk, sniffed_kind, walk_media
+from .faces.crop import frame
 from .models import Predictor
-from .results import error_row, image_row
+from .options import PredictOptions
+from .results import FaceScore, ImageResult, Result, error_row, image_row, rounded
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PredictOptions", "predict_arrays", "predict_paths", "resolve_faces",
+           "retry_alone", "score_framed"]
 
-def predict_arrays(model: Predictor, images: list[np.ndarray], faces: bool = False, detector=None,
-                   whole_if_no_face: bool = False, margin: float | None = None,
-                   all_faces: bool = False) -> list[dict]:
-    """Classify decoded RGB images (any size) in one batch.
 
-    Returns one dict per image: ``p_fake`` (None when no face was found), ``message`` and,
-    with ``faces``, ``face`` (the largest face's box) and ``faces`` (each face's box,
-    detector score and P(fake)); with ``all_faces`` the image's score is the maximum over
-    its faces (a photo is fake if any face in it is).
-    """
-    S = model.input_size
-    margin = model.face_margin if margin is None else margin  # frame faces as the training crops were
-    crops, owners, rows = [], [], []
-    for i, img in enumerate(images):
-        row = {"p_fake": None, "message": None}
-        rows.append(row)
-        if not faces:
-            crops.append(eval_transform(img, S))
-            owners.append((i, None))
+def score_framed(model: Predictor, framed: list[list[tuple]], batch_size: int = 64,
+                 keep_crops: bool = True) -> list[tuple[float | None, list[FaceScore]]]:
+    """Crop, score, take the max per owner: for photos and video frames alike.
+
+    ``framed``: per owner (an image, a frame), its ``(face, crop)`` pairs (:func:`frame`; a
+    face of None is the whole image). All crops go through the model in one call. Returns
+    per owner (the highest P(fake) of its crops, or None without one; a :class:`FaceScore`
+    per face, its crop kept with ``keep_crops``)."""
+    crops = [crop for pairs in framed for _, crop in pairs]
+    probs = (np.asarray(model.predict_proba(np.stack(crops), batch_size=batch_size), dtype=np.float64).reshape(-1)
+             if crops else np.empty(0))
+    if probs.shape[0] != len(crops):
+        raise ValueError(f"the model returned {probs.shape[0]} scores for {len(crops)} crops")
+    out, at = [], 0
+    for pairs in framed:
+        ps = [float(p) for p in probs[at:at + len(pairs)]]
+        at += len(pairs)
+        faces = [FaceScore.of(face, crop if keep_crops else None, rounded(p))
+                 for (face, crop), p in zip(pairs, ps) if face is not None]
+        out.append((max(ps) if ps else None, faces))
+    return out
+
+
+def predict_arrays(model: Predictor, images: list[np.ndarray], options: PredictOptions | None = None,
+                   paths: list | None = None, batch_size: int = 64, **changes) -> list[ImageResult]:
+    """Classify decoded RGB images (any size) in one batch: one :class:`ImageResult` each,
+    framed as ``options`` say (or keyword changes to them: ``faces=True``...); ``paths``
+    name them (default: empty). A non-finite score is an Error result."""
+    opts = PredictOptions.of(options, **changes).framed_for(model)
+    S = int(model.input_size)
+    detector = opts.face_detector() if opts.faces else None
+    paths = [""] * len(images) if paths is None else paths
+    framed, messages = [], []
+    for img in images:
+        pairs, message = frame(img, S, opts.faces, detector, opts.margin_for(model), opts.all_faces,
+                               opts.whole_if_no_face)
+        framed.append(pairs)
+        messages.append(message)
+    out = []
+    for path, img, pairs, m, (p, faces) in zip(paths, images, framed, messages,
+                                                score_framed(model, framed, batch_size, opts.keep_pixels)):
+        if p is not None and not math.isfinite(p):
+            out.append(error_row(path, f"the model gave a non-finite score ({p}) for {path}", "image",
+                                 model.threshold))
             continue
-        from .faces import crop_faces, get_detector
-
-        found = crop_faces(img, detector or get_detector(), S, margin=margin, all_faces=all_faces)
-        row.update(face=None, faces=[])
-        for face, crop in found:
-            row["faces"].append({"box": [round(float(v), 1) for v in face.box], "det_score": round(face.score, 4)})
-            crops.append(crop)
-            owners.append((i, len(row["faces"]) - 1))
-        if found:
-            row["face"] = row["faces"][0]["box"]
-        elif whole_if_no_face:
-            crops.append(eval_transform(img, S))
-            owners.append((i, None))
-            row["message"] = "no face found; the whole image was classified"
-        else:
-            row["message"] = "no face found"
-    if crops:
-        for (i, f), p in zip(owners, model.predict_proba(np.stack(crops))):
-            rows[i]["p_fake"] = max(rows[i]["p_fake"] or 0.0, float(p))
-            if f is not None:
-                rows[i]["faces"][f]["score"] = round(float(p), 6)
-    return rows
+        r = image_row(path, p, model.threshold, message=m, faces=faces if opts.faces else None)
+        if opts.keep_pixels:
+            r.image, r.crop = img, (pairs[0][1] if pairs else None)
+        out.append(r)
+    return out
 
 
 def resolve_faces(model: Predictor, faces: bool | None) -> bool:
     """``faces`` as asked (True: crop the largest face, False: the whole image), or None: the
     model's own framing (:attr:`~deepfake_detector.models.Predictor.framing`)."""
-    return model.framing == "face" if faces is None else bool(faces)
+    return bool(PredictOptions(faces=faces).framed_for(model).faces)
+
+
+def retry_alone(run, items: list, describe=str, reraise: tuple = (ImportError, FileNotFoundError)) -> list:
+    """The one retry policy: ``run(items)`` -> one result per item; should it raise, each item
+    is run alone, so that an item that breaks the batch costs only its own result, which is
+    then the error's message (a str). Set-up errors (``reraise``: no detector, no encoder) are
+    not an item's fault and go up."""
+    try:
+        out = list(run(items))
+        if len(out) != len(items):
+            raise RuntimeError(f"{len(out)} results for {len(items)} inputs")
+        return out
+    except reraise:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported in the item's result
+        if len(items) == 1:
+            log.warning("analysis of %s failed", describe(items[0]), exc_info=True)
+            return [f"analysis failed: {type(e).__name__}: {e}"]
+        return [r for item in items for r in retry_alone(run, [item], describe, reraise)]
 
 
 BATCH_BUDGET = 256 << 20  # bytes of model input per batch: 32 crops at 224 px, 4 at 1024 px, 1 at 2048 px
 PENDING_BUDGET = 128 << 20  # decoded images held before a batch runs: four 4096 x 2731 (the most a photo is decoded to)
 
 
-def predict_paths(inputs: Iterable, model: Predictor, faces: bool | None = None, whole_if_no_face: bool = False,
-                  batch_size: int = 32, n_frames: int = 32, every: int | None = None,
-                  detector=None, all_faces: bool = False) -> Iterator[dict]:
-    """One row per file, in input order; folders are walked recursively (pass a
-    :class:`~deepfake_detector.data.media.MediaWalk` to read what the walk ignored);
-    videos get a per-video verdict. ``faces``: None frames each image as the model does
-    (:func:`resolve_faces`: the default crops the largest face, and an image without one
-    gets ``NoFace`` unless ``whole_if_no_face``); True crops the face; False scores the whole
-    image."""
-    faces = resolve_faces(model, faces)
+def predict_paths(inputs: Iterable, model: Predictor, options: PredictOptions | None = None,
+                  batch_size: int = 32, **changes) -> Iterator[Result]:
+    """One result per file, in input order: an :class:`~deepfake_detector.results.ImageResult`
+    or a :class:`~deepfake_detector.results.VideoResult`. Folders are walked recursively
+    (pass a :class:`~deepfake_detector.data.media.MediaWalk` to read what the walk ignored).
+    ``options`` (:class:`PredictOptions`, or keyword changes to it: ``faces=True``...) say
+    how images are framed and videos sampled: by default as the model frames its input (the
+    default crops the largest face, and an image without one gets ``NoFace``)."""
+    opts = PredictOptions.of(options, **changes).framed_for(model)
     files = inputs if isinstance(inputs, MediaWalk) else walk_media(inputs)
     pending: list[tuple[str, np.ndarray]] = []
     held = [0]  # bytes of the decoded images in pending
     s = int(model.input_size)
     batch_size = max(1, min(batch_size, BATCH_BUDGET // (s * s * 3 * 4 * 2)))  # float32 input and a copy
 
-    def rows_of(batch) -> list[dict | str]:
-        """The batch's rows; should it fail, each image alone, so that an image that breaks the
-        detector or the model costs only its own row (the error message in its place)."""
-        try:
-            return predict_arrays(model, [img for _, img in batch], faces, detector, whole_if_no_face,
-                                  all_faces=all_faces)
-        except (ImportError, FileNotFoundError):  # a set-up error (no detector, no encoder): not the file's
-            raise
-        except Exception as e:  # noqa: BLE001 - reported in the file's row
-            if len(batch) == 1:
-                log.warning("analysis of %s failed", batch[0][0], exc_info=True)
-                return [f"analysis failed: {type(e).__name__}: {e}"]
-            return [r for item in batch for r in rows_of([item])]
-
     def flush():
-        rows = rows_of(pending) if pending else []
-        for (path, _), r in zip(pending, rows):
-            if isinstance(r, str):
-                yield error_row(path, r, "image", model.threshold)
-                continue
-            extra = {k: r[k] for k in ("face", "faces") if k in r}
-            if r["p_fake"] is not None and not math.isfinite(r["p_fake"]):
-                yield error_row(path, f"the model gave a non-finite score ({r['p_fake']}) for {path}", "image",
-                                model.threshold)
-                continue
-            yield image_row(path, r["p_fake"], model.threshold, message=r["message"], **extra)
+        batch = list(pending)
         pending.clear()
         held[0] = 0
+        if not batch:
+            return
+        rows = retry_alone(lambda items: predict_arrays(model, [img for _, img in items], opts,
+                                                        paths=[path for path, _ in items]),
+                           batch, describe=lambda item: item[0])
+        for (path, _), r in zip(batch, rows):
+            yield error_row(path, r, "image", model.threshold) if isinstance(r, str) else r
 
     for path, named in files.items():
         check_cancelled()  # a web request whose client left stops here
@@ -129,8 +143,7 @@ def predict_paths(inputs: Iterable, model: Predictor, faces: bool | None = None,
             yield from flush()
             from .video.analyze import analyze_video
 
-            yield analyze_video(path, model, detector=detector, n_frames=n_frames, every=every,
-                                all_faces=all_faces)
+            yield analyze_video(path, model, opts)
             continue
         try:
             pending.append((path, load_image(path)))  # the decoding gate: one bad file is one Error row

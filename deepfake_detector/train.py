@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from . import nn
 from .calibration import calibrate_on_validation, threshold_rule
+from .configs import TrainConfig
 from .data import (
     AugmentConfig,
     DataLoader,
@@ -52,69 +52,6 @@ from .models import Model, create_model, save_model
 from .models.scratch import load_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; written to ``config.json`` and reloaded by ``--resume``."""
-
-    # dataset root with Train/[Validation/][Test/] of Fake/ and Real/, or a list of them, each a
-    # path or {"root": path, "name": str, "faces": bool, "weight": float} (see data_roots)
-    data: str | list | None = None
-    real_dirs: list = field(default_factory=list)  # or explicit folders, as the original took
-    fake_dirs: list = field(default_factory=list)
-    out: str = "runs/latest"
-    arch: str = "df-cnn"
-    model_config: dict = field(default_factory=dict)  # builder keyword arguments (widths, dropout)
-    epochs: int = 10
-    batch_size: int = 64
-    batches_per_epoch: int | None = None  # None: one pass over the (balanced) training set
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | exponential | step | cosine (warm-up + cosine)
-    gamma: float = 0.95  # exponential: per epoch (the original recipe); step: per step_epochs
-    step_epochs: int = 10
-    warmup_epochs: float = 0.3  # cosine: linear warm-up, in epochs
-    clip_norm: float | None = 5.0  # global gradient norm; None turns clipping off
-    label_smoothing: float = 0.0
-    # auto: "cells" with more than one source (or a weight set), else undersample (as before) |
-    # undersample | weighted | cells (each (source x class) cell its weighted share) | None
-    balance: str | None = "auto"
-    source_weights: dict = field(default_factory=dict)  # source name -> weight of its cells (cells)
-    augment: dict | None = field(default_factory=dict)  # AugmentConfig fields; None turns it off
-    synthesize_fakes: str | None = None  # "sbi": real training faces become self-blended pseudo-fakes
-    sbi: dict = field(default_factory=dict)  # SBIConfig fields (probability: 0.5, jitter ranges)
-    cache: bool = True  # keep decoded images in memory across epochs
-    workers: int = 2
-    val_fraction: float = 0.1  # carved from Train (grouped) when there is no Validation split
-    early_stopping: int | None = 5  # epochs without a better validation AUC before stopping
-    threshold_method: str = "youden"
-    max_false_alarm: float | None = None  # threshold: at most this share of validation reals called Fake
-    face_margin: float = 0.0  # framing of the training crops (dfdc-faces: tight); --faces crops alike
-    faces: bool = False  # crop the largest face of each (whole-photo) image first, once, into the run
-    detector: str | None = None  # the face detector that crops them (None: the default one)
-    whole_if_no_face: bool = False  # with faces: keep images without a face whole instead of skipping
-    checkpoint_every: int = 50  # batches between mid-epoch checkpoints
-    seed: int = 0
-    device: str = "cpu"
-
-    @classmethod
-    def from_file(cls, path) -> TrainConfig:
-        return config_from_file(cls, path)
-
-
-def config_from_file(cls, path):
-    """A config dataclass ``cls`` from a JSON file: a ``comment`` key is allowed, any other
-    key the dataclass does not have is an error."""
-    with open(path) as f:
-        d = json.load(f)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known - {"comment"}
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-    return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def build_splits(cfg: TrainConfig) -> Splits:
@@ -203,16 +140,11 @@ def cell_weights(cfg: TrainConfig, samples) -> dict[tuple[str, str, int], float]
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "constant":
-        return nn.Constant(cfg.lr)
-    if cfg.schedule == "exponential":
-        return nn.ExponentialDecay(cfg.lr, cfg.gamma, every=steps_per_epoch)
-    if cfg.schedule == "step":
-        return nn.StepDecay(cfg.lr, cfg.step_epochs * steps_per_epoch, cfg.gamma)
-    if cfg.schedule == "cosine":
-        return nn.WarmupCosine(cfg.lr, total, int(cfg.warmup_epochs * steps_per_epoch), min_lr=cfg.lr * 0.01)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {sorted(nn.SCHEDULES)}")
+    """The run's learning-rate schedule, built by its class from the settings it reads."""
+    if cfg.schedule not in nn.SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {sorted(nn.SCHEDULES)}")
+    return nn.SCHEDULES[cfg.schedule].for_run(cfg.lr, steps_per_epoch, cfg.epochs, gamma=cfg.gamma,
+                                              step_epochs=cfg.step_epochs, warmup_epochs=cfg.warmup_epochs)
 
 
 def make_optimizer(cfg: TrainConfig, model):
@@ -255,173 +187,215 @@ def _write_history(run: Path, history: list[dict]) -> None:
     os.replace(tmp, run / "metrics.jsonl")
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
-          splits: Splits | None = None) -> dict:
-    """Train a model as ``cfg`` says; return a summary (best epoch, validation metrics, paths).
+class Trainer:
+    """One run as ``cfg`` says, in the steps a reader follows: set up (data, model, loader,
+    schedule, optimiser), :meth:`resume`, then per epoch :meth:`train_epoch`, :meth:`validate`
+    and :meth:`checkpoint`; :meth:`run` strings them together."""
 
-    ``resume=True`` continues from ``cfg.out/last.npz``. ``stop_after_steps`` ends the run
-    after that many optimiser steps in this call, as if it were killed there (for tests).
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, cfg: TrainConfig, splits: Splits | None = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.run_dir = run = Path(cfg.out)
+        run.mkdir(parents=True, exist_ok=True)
+        for orphan in run.glob(".tmp-*.npz"):  # a checkpoint write this run's folder saw killed
+            orphan.unlink(missing_ok=True)
+        splits = splits or build_splits(cfg)
+        crop_roots = face_roots(cfg)
+        if crop_roots is None or crop_roots:
+            splits = face_splits(splits, run / "faces", cfg, crop_roots)
+        self.splits = splits
 
-    from .report import plot_training_curves  # matplotlib: loaded by a run, not by the import
+        self.model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config).to(cfg.device)
+        augment = None if cfg.augment is None else AugmentConfig.from_dict(cfg.augment)
+        self.balance = balance = resolve_balance(cfg, splits.train)
+        if balance != "cells" and (cfg.source_weights or any(r.weight != 1.0 for r in data_roots(cfg.data))):
+            log.warning("balance=%r: the root and source weights are not used (they weigh balance='cells')", balance)
+        self.loader = DataLoader(splits.train, self.model.input_size, cfg.batch_size, shuffle=True, augment=augment,
+                                 balance=balance, seed=cfg.seed, workers=cfg.workers, cache=cfg.cache,
+                                 batches_per_epoch=cfg.batches_per_epoch, drop_last=True,
+                                 synthesize=make_synthesizer(cfg),
+                                 cell_weights=cell_weights(cfg, splits.train) if balance == "cells" else None)
+        self.steps_per_epoch = len(self.loader)
+        self.schedule = make_schedule(cfg, self.steps_per_epoch)
+        self.opt = make_optimizer(cfg, self.model)
+        # where the run stands: the next epoch and batch, optimiser steps, the best AUC so far
+        self.epoch, self.batch, self.step, self.best_auc, self.bad_epochs = 0, 0, 0, -math.inf, 0
+        self.running = {"seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}  # the interrupted epoch's
+        self.data_info = {"train": class_counts(splits.train), "validation": class_counts(splits.validation),
+                          "test": class_counts(splits.test), "root": cfg.data,
+                          "roots": [r._asdict() for r in data_roots(cfg.data)], "balance": balance,
+                          "sources": {k: source_counts(v) for k, v in splits._asdict().items()}}
 
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    for orphan in run.glob(".tmp-*.npz"):  # a checkpoint write this run's folder saw killed
-        orphan.unlink(missing_ok=True)
-    splits = splits or build_splits(cfg)
-    crop_roots = face_roots(cfg)
-    if crop_roots is None or crop_roots:
-        splits = face_splits(splits, run / "faces", cfg, crop_roots)
-    rng_seed = cfg.seed
-
-    model = create_model(cfg.arch, seed=cfg.seed, **cfg.model_config).to(cfg.device)
-    S = model.input_size
-    augment = None if cfg.augment is None else AugmentConfig.from_dict(cfg.augment)
-    balance = resolve_balance(cfg, splits.train)
-    if balance != "cells" and (cfg.source_weights or any(r.weight != 1.0 for r in data_roots(cfg.data))):
-        log.warning("balance=%r: the root and source weights are not used (they weigh balance='cells')", balance)
-    loader = DataLoader(splits.train, S, cfg.batch_size, shuffle=True, augment=augment, balance=balance,
-                        seed=cfg.seed, workers=cfg.workers, cache=cfg.cache,
-                        batches_per_epoch=cfg.batches_per_epoch, drop_last=True,
-                        synthesize=make_synthesizer(cfg),
-                        cell_weights=cell_weights(cfg, splits.train) if balance == "cells" else None)
-    steps_per_epoch = len(loader)
-    schedule = make_schedule(cfg, steps_per_epoch)
-    opt = make_optimizer(cfg, model)
-
-    start_epoch, start_batch, step, best_auc, bad_epochs = 0, 0, 0, -math.inf, 0
-    running = {"seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}  # the interrupted epoch's, so far
-    if resume and (run / "last.npz").exists():
-        model, groups, meta = load_checkpoint(run / "last.npz", cfg.device)
-        opt = make_optimizer(cfg, model)
-        opt.load_state_arrays(groups.get("optim", {}), meta.get("optim_t", 0))
+    # --- the steps ---------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``last.npz``: weights, optimiser state and where the run stood."""
+        last = self.run_dir / "last.npz"
+        if not last.exists():
+            log.warning("%s has no last.npz; starting from scratch", self.run_dir)
+            return
+        self.model, groups, meta = load_checkpoint(last, self.cfg.device)
+        self.opt = make_optimizer(self.cfg, self.model)
+        self.opt.load_state_arrays(groups.get("optim", {}), meta.get("optim_t", 0))
         p = meta["progress"]
-        start_epoch, start_batch, step = p["epoch"], p["batch"], p["step"]
-        best_auc, bad_epochs = p["best_auc"], p["bad_epochs"]
-        running.update(p.get("running", {}) if start_batch else {})
-        log.info("resuming %s at epoch %d, batch %d (step %d)", run, start_epoch + 1, start_batch, step)
-    elif resume:
-        log.warning("%s has no last.npz; starting from scratch", run)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    history = _read_history(run, start_epoch)
+        self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
+        self.best_auc, self.bad_epochs = p["best_auc"], p["bad_epochs"]
+        self.running.update(p.get("running", {}) if self.batch else {})
+        log.info("resuming %s at epoch %d, batch %d (step %d)", self.run_dir, self.epoch + 1, self.batch, self.step)
 
-    data_info = {"train": class_counts(splits.train), "validation": class_counts(splits.validation),
-                 "test": class_counts(splits.test), "root": cfg.data,
-                 "roots": [r._asdict() for r in data_roots(cfg.data)], "balance": balance,
-                 "sources": {k: source_counts(v) for k, v in splits._asdict().items()}}
-    log.info("train %s, validation %s", data_info["train"], data_info["validation"])
-    val_images, val_labels, val_errors = load_arrays(splits.validation, S, workers=cfg.workers)
-    if val_errors:
-        log.warning("validation: %d unreadable files skipped", len(val_errors))
-    val_kept = [s for s in splits.validation if s.path not in val_errors]  # aligned with val_labels
-    val_sources, val_roots = [s.source for s in val_kept], [s.root for s in val_kept]
+    def checkpoint(self, path, epoch: int, batch: int, extra: dict | None = None, running: dict | None = None):
+        """The model, its optimiser and where the run stands (mid-epoch: ``running``, the
+        epoch's training loss and accuracy so far)."""
+        state = {"epoch": epoch, "batch": batch, "step": self.step, "best_auc": self.best_auc,
+                 "bad_epochs": self.bad_epochs}
+        if running is not None:
+            state["running"] = running
+        save_model(self.model, path, optimizer=self.opt,
+                   extra_meta=dict(extra or {}, progress=state, data=self.data_info, face_margin=self.cfg.face_margin,
+                                   recipe=dataclasses.asdict(self.cfg)))
 
-    def checkpoint(path, epoch, batch, extra=None, running=None):
-        progress_state = {"epoch": epoch, "batch": batch, "step": step, "best_auc": best_auc,
-                          "bad_epochs": bad_epochs}
-        if running is not None:  # mid-epoch: the epoch's training loss and accuracy so far
-            progress_state["running"] = running
-        save_model(model, path, optimizer=opt,
-                   extra_meta=dict(extra or {}, progress=progress_state, data=data_info, face_margin=cfg.face_margin,
-                                   recipe=dataclasses.asdict(cfg)))
+    def train_epoch(self, epoch: int, first: int = 0, stop_after: int | None = None) -> dict | None:
+        """One pass of the loader from batch ``first``; its training loss and accuracy. None
+        when ``stop_after`` steps were taken first (a ``last.npz`` is written there)."""
+        from tqdm.auto import tqdm
 
-    def so_far():  # this epoch's running training loss and accuracy, for a mid-epoch checkpoint
-        return {"seen": seen, "loss_sum": loss_sum, "correct": correct, "seconds": time.time() - t0}
-
-    steps_this_call = 0
-    summary = {"stopped": "completed"}
-    for epoch in range(start_epoch, cfg.epochs):
+        cfg, model, opt = self.cfg, self.model, self.opt
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        first = start_batch if epoch == start_epoch else 0
         if first:  # resumed mid-epoch: the batches before the interruption count too
-            seen, loss_sum, correct = int(running["seen"]), float(running["loss_sum"]), int(running["correct"])
-            t0 -= float(running["seconds"])
-        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, unit="batch", dynamic_ncols=True)
-        for b, batch in enumerate(loader.epoch(epoch, start_batch=first), start=first):
-            model.reseed([rng_seed, step])  # dropout masks: a function of (seed, step), so resumes match
-            x = model.normalize(batch.images)
-            model.zero_grad()
-            logits = model.forward(x, training=True)
-            loss, dz = nn.softmax_cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
-            model.backward(dz)
-            if cfg.clip_norm:
-                opt.clip_grad_norm(cfg.clip_norm)
-            opt.step(lr=schedule(step))
-            step += 1
-            steps_this_call += 1
-            n = len(batch.labels)
-            seen += n
-            loss_sum += loss * n
-            correct += int((nn.to_numpy(logits).argmax(1) == batch.labels).sum())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen / (time.time() - t0):.1f}", lr=f"{schedule(step):.2e}")
-            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                checkpoint(run / "last.npz", epoch, b + 1, running=so_far())
-                bar.close()
-                return {"stopped": "stop_after_steps", "step": step}
-            if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                checkpoint(run / "last.npz", epoch, b + 1, running=so_far())
-        bar.close()
+            r = self.running
+            seen, loss_sum, correct = int(r["seen"]), float(r["loss_sum"]), int(r["correct"])
+            t0 -= float(r["seconds"])
 
-        # --- validation on held-out sources, never on training files; scored per source ---
-        z = validation_scores(model, val_images)
+        def so_far():
+            return {"seen": seen, "loss_sum": loss_sum, "correct": correct, "seconds": time.time() - t0}
+
+        bar = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not self.progress, unit="batch", dynamic_ncols=True)
+        try:
+            for b, batch in enumerate(self.loader.epoch(epoch, start_batch=first), start=first):
+                model.reseed([cfg.seed, self.step])  # dropout masks: a function of (seed, step), so resumes match
+                x = model.normalize(batch.images)
+                model.zero_grad()
+                logits = model.forward(x, training=True)
+                loss, dz = nn.softmax_cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
+                model.backward(dz)
+                if cfg.clip_norm:
+                    opt.clip_grad_norm(cfg.clip_norm)
+                opt.step(lr=self.schedule(self.step))
+                self.step += 1
+                n = len(batch.labels)
+                seen, loss_sum = seen + n, loss_sum + loss * n
+                correct += int((nn.to_numpy(logits).argmax(1) == batch.labels).sum())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / (time.time() - t0):.1f}", lr=f"{self.schedule(self.step):.2e}")
+                if stop_after is not None and self.step - self._step_at_start >= stop_after:
+                    self.checkpoint(self.run_dir / "last.npz", epoch, b + 1, running=so_far())
+                    return None
+                if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
+                    self.checkpoint(self.run_dir / "last.npz", epoch, b + 1, running=so_far())
+        finally:
+            bar.close()
+        return {"t0": t0, "seen": seen, "loss_sum": loss_sum, "correct": correct}
+
+    def load_validation(self) -> None:
+        """Validation images, once: held-out sources, never training files."""
+        self.val_images, self.val_labels, errors = load_arrays(self.splits.validation, self.model.input_size,
+                                                               workers=self.cfg.workers)
+        if errors:
+            log.warning("validation: %d unreadable files skipped", len(errors))
+        kept = [s for s in self.splits.validation if s.path not in errors]  # aligned with val_labels
+        self.val_sources, self.val_roots = [s.source for s in kept], [s.root for s in kept]
+
+    def validate(self, epoch: int, stats: dict, history: list) -> bool:
+        """Score Validation per source, log the epoch's row, keep ``best.npz`` when the mean
+        per-source AUC improved; whether it did."""
+        cfg = self.cfg
+        labels = self.val_labels
+        z = validation_scores(self.model, self.val_images)
         p_val = 1 / (1 + np.exp(-z))
-        vm = compute_metrics(val_labels, p_val)
-        both = 0 < int(np.sum(val_labels)) < len(val_labels)
+        vm = compute_metrics(labels, p_val)
+        both = 0 < int(np.sum(labels)) < len(labels)
         temperature = threshold = val_at_t = None
         if both:  # the threshold (and temperature) this epoch's checkpoint would get
-            temperature, threshold, val_at_t = calibrate_on_validation(z, val_labels, cfg.threshold_method,
+            temperature, threshold, val_at_t = calibrate_on_validation(z, labels, cfg.threshold_method,
                                                                        max_false_alarm=cfg.max_false_alarm)
-            p_cal = 1 / (1 + np.exp(-z / temperature))
-        sources = per_source_metrics(val_labels, p_cal if both else p_val, val_sources,
-                                     threshold if both else 0.5, roots=val_roots)
+            p_val = 1 / (1 + np.exp(-z / temperature))
+        sources = per_source_metrics(labels, p_val, self.val_sources, threshold if both else 0.5, roots=self.val_roots)
         pick = source_selection(sources)
-        row = {"epoch": epoch, "step": step, "lr": schedule(step), "seconds": round(time.time() - t0, 1),
-               "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-               "images_per_s": seen / (time.time() - t0), "val_loss": vm["log_loss"],
+        seen, t0 = max(stats["seen"], 1), stats["t0"]
+        row = {"epoch": epoch, "step": self.step, "lr": self.schedule(self.step), "seconds": round(time.time() - t0, 1),
+               "train_loss": stats["loss_sum"] / seen, "train_accuracy": stats["correct"] / seen,
+               "images_per_s": stats["seen"] / (time.time() - t0), "val_loss": vm["log_loss"],
                "val_accuracy": vm["accuracy"], "val_roc_auc": vm["roc_auc"],
                "val_average_precision": vm["average_precision"], "val_eer": vm["eer"],
                "val_mean_source_auc": pick["mean_auc"], "val_worst_source": pick["worst_source"],
                "val_worst_source_auc": pick["worst_auc"], "val_threshold": threshold, "val_sources": sources,
-               "skipped_files": len(loader.skipped)}
+               "skipped_files": len(self.loader.skipped)}
         history.append(row)
-        _write_history(run, history)
-        plot_training_curves(history, run / "curves.png")
+        _write_history(self.run_dir, history)
+        from .report import plot_training_curves  # matplotlib: loaded by a run, not by the import
+
+        plot_training_curves(history, self.run_dir / "curves.png")
         auc = pick["mean_auc"] if pick["mean_auc"] is not None else -math.inf  # one source: the pooled AUC
-        improved = auc > best_auc
+        improved = auc > self.best_auc
         if improved:
-            best_auc, bad_epochs = auc, 0
-            checkpoint(run / "best.npz", epoch + 1, 0, extra={
+            self.best_auc, self.bad_epochs = auc, 0
+            self.checkpoint(self.run_dir / "best.npz", epoch + 1, 0, extra={
                 "threshold": threshold, "temperature": temperature, "epoch": epoch + 1,
                 "validation": val_at_t, "validation_sources": sources,
                 "threshold_rule": threshold_rule(cfg.threshold_method, cfg.max_false_alarm),
                 "selection": "mean per-source validation ROC-AUC",
                 "version": f"{cfg.arch}-{time.strftime('%Y%m%d')}-e{epoch + 1}"})
         else:
-            bad_epochs += 1
-        checkpoint(run / "last.npz", epoch + 1, 0)
+            self.bad_epochs += 1
         worst = (f" | sources: mean AUC {pick['mean_auc']:.4f}, worst {pick['worst_source']} "
                  f"{pick['worst_auc']:.4f}" if len(sources) > 1 and pick["mean_auc"] is not None else "")
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
               f"val loss {vm['log_loss']:.4f} acc {vm['accuracy']:.3f} AUC {_num(vm['roc_auc'])}{worst}"
               f"{' (best)' if improved else ''} | {row['images_per_s']:.1f} img/s", flush=True)
-        if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
-            summary["stopped"] = f"early stopping after {bad_epochs} epochs without improvement"
-            break
-    if loader.skipped:
-        log.warning("%d unreadable training files were skipped", len(loader.skipped))
-    summary.update(best_val_roc_auc=best_auc, epochs_run=len(history), run=str(run),
-                   best=str(run / "best.npz"), skipped_files=len(loader.skipped))
-    return summary
+        return improved
+
+    def run(self, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+        """Epochs from where the run stands to ``cfg.epochs`` (or early stopping)."""
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        history = _read_history(self.run_dir, self.epoch)
+        log.info("train %s, validation %s", self.data_info["train"], self.data_info["validation"])
+        self.load_validation()
+        self._step_at_start = self.step
+        summary = {"stopped": "completed"}
+        start_epoch, start_batch = self.epoch, self.batch
+        for epoch in range(start_epoch, cfg.epochs):
+            stats = self.train_epoch(epoch, start_batch if epoch == start_epoch else 0, stop_after_steps)
+            if stats is None:
+                return {"stopped": "stop_after_steps", "step": self.step}
+            self.validate(epoch, stats, history)
+            self.checkpoint(self.run_dir / "last.npz", epoch + 1, 0)
+            if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
+                summary["stopped"] = f"early stopping after {self.bad_epochs} epochs without improvement"
+                break
+        if self.loader.skipped:
+            log.warning("%d unreadable training files were skipped", len(self.loader.skipped))
+        summary.update(best_val_roc_auc=self.best_auc, epochs_run=len(history), run=str(self.run_dir),
+                       best=str(self.run_dir / "best.npz"), skipped_files=len(self.loader.skipped))
+        return summary
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
+          splits: Splits | None = None) -> dict:
+    """Train a model as ``cfg`` says (:class:`Trainer`); return a summary (best epoch,
+    validation metrics, paths).
+
+    ``resume=True`` continues from ``cfg.out/last.npz``. ``stop_after_steps`` ends the run
+    after that many optimiser steps in this call, as if it were killed there (for tests).
+    """
+    return Trainer(cfg, splits, progress).run(resume, stop_after_steps)
 
 
 def _num(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-__all__ = ["DataRoot", "TrainConfig", "build_splits", "cell_weights", "data_roots", "face_roots", "face_splits",
-           "make_schedule", "make_optimizer", "resolve_balance", "train", "Sample"]
+__all__ = ["DataRoot", "TrainConfig", "Trainer", "build_splits", "cell_weights", "data_roots", "face_roots",
+           "face_splits", "make_schedule", "make_optimizer", "resolve_balance", "train", "Sample"]

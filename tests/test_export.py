@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -117,9 +119,16 @@ def test_unsupported_layer_is_a_clear_error(tmp_path):
     with pytest.raises(UnsupportedLayerError, match=r"'odd' \(Mystery\).*supported layers: .*Conv2D"):
         export_onnx(model, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
-    model.engine = "jax"
-    with pytest.raises(ExportError, match="no ONNX exporter for engine 'jax'"):
-        export_onnx(model, tmp_path / "x.onnx")
+
+    class JaxModel(Model):  # a model of another engine: it does not export itself
+        kind = "jax"
+
+        @property
+        def abilities(self):
+            return dataclasses.replace(super().abilities, exportable=False)
+
+    with pytest.raises(ExportError, match=r"a jax model .* cannot be exported"):
+        export_onnx(JaxModel(net, "custom", {}, Preprocess(8)), tmp_path / "x.onnx")
 
 
 def test_load_dispatches_on_the_file_kind(tmp_path, exported):

@@ -104,7 +104,7 @@ def test_table_output_escapes_file_names_and_messages_are_stable(corpus):
     assert runs[0][1] == runs[1][1]  # the same corpus, the same table, byte for byte
     out = runs[0][1]
     assert "\x1b" not in out and "evil\\n\\x1b[31mname.png" in out
-    assert len(out.splitlines()) == len(make_corpus_names(folder))  # no row split by a newline
+    assert len(out.splitlines()) == 1 + len(make_corpus_names(folder))  # the header, then no row split by a newline
     row = {"path": EVIL_NAME, "label": "Error", "p_fake": None, "confidence": None, "error": "x\ny"}
     assert "\n" not in table_line(row)
 

@@ -10,13 +10,11 @@ import pytest
 from scipy.special import expit
 from sklearn import metrics as skm
 
+from deepfake_detector.calibration import apply_temperature, choose_threshold, fit_temperature
 from deepfake_detector.metrics import (
-    apply_temperature,
-    choose_threshold,
     compute_metrics,
     equal_error_rate,
     expected_calibration_error,
-    fit_temperature,
     metrics_table,
     reliability_curve,
 )

@@ -170,3 +170,77 @@ def test_a_gif_and_an_flv_in_a_folder_get_rows(tmp_path, toy, capsys):
     assert set(rows) == {"anim.gif", "clip.flv"}
     assert rows["anim.gif"]["label"] == "Fake" and rows["clip.flv"]["label"] == ERROR
     assert "1 ignored" in captured.err and "notes.txt" in captured.err
+
+
+# --- dispatch on the object: callers ask what a model can do, never its kind ---------------
+def test_a_model_that_cannot_be_exported_or_bundled_says_so(tmp_path, toy):
+    from deepfake_detector.export import ExportError, export_onnx
+
+    model = load(toy)
+    with pytest.raises(ExportError, match="a toy model"):
+        export_onnx(model, tmp_path / "t.onnx")
+    with pytest.raises(ValueError, match="cannot go into a bundle"):
+        model.bundle_part("toy")
+
+
+def test_export_asks_the_model_to_write_its_own_graph(tmp_path, monkeypatch):
+    from deepfake_detector.export import export_onnx
+    from deepfake_detector.models.scratch import Model
+
+    model = create_model("seed-cnn", input_size=32)
+    calls = []
+    real = Model.export_onnx
+    monkeypatch.setattr(Model, "export_onnx", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    path = export_onnx(model, tmp_path / "s.onnx")
+    assert calls and path.exists() and load(path).kind == "onnx"
+    part, data = load(path).bundle_part("cnn")
+    assert part == {"name": "cnn", "kind": "onnx", "file": "cnn.onnx"} and data == path.read_bytes()
+
+
+def test_one_registration_records_an_architecture_with_its_defaults():
+    from deepfake_detector.models import list_models
+    from deepfake_detector.models.registry import model_entry
+    from deepfake_detector.models.torch.engine import TorchArch, arch_spec
+
+    for name in ("mobilenet-v2", "efficientnet-lite0", "vit-tiny"):
+        e = model_entry(name)
+        assert e.needs == "torch" and isinstance(e.spec, TorchArch) and arch_spec(name) is e.spec
+        assert e.input_size == 224 and e.spec.heads and e.spec.mean
+    assert model_entry("df-cnn").input_size == 128 and model_entry("df-cnn").needs is None
+    assert arch_spec("df-cnn") == TorchArch()  # a name without torch defaults
+    with pytest.raises(KeyError, match="known:"):
+        model_entry("no-such-net")
+    assert len(list_models()) == len(set(list_models()))
+
+
+def test_models_says_which_architectures_need_the_torch_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert main(["models"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "mobilenet-v2 (224 px, needs pip install 'deepfake-detector[torch]')" in line
+    assert "df-cnn (128 px)" in line
+
+
+def test_the_web_app_draws_from_the_result_without_decoding_again(tmp_path, monkeypatch):
+    pytest.importorskip("cv2")
+    import deepfake_detector.data.decode as decode
+    from deepfake_detector.web.app import analyse_image
+
+    model = create_model("seed-cnn", input_size=32)
+    model.meta["framing"] = "as-is"  # scores whole images: no detector needed
+    path = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)).save(path)
+    decodes = []
+    real = decode.load_image
+    import deepfake_detector.data as data
+    import deepfake_detector.predict as predict
+
+    for module in (decode, data, predict):  # every name the image decoder goes by
+        monkeypatch.setattr(module, "load_image", lambda *a, **k: decodes.append(a) or real(*a, **k))
+    out = analyse_image(model, path)
+    assert len(decodes) == 1  # the photo was decoded once, for the verdict and the drawing alike
+    assert out["annotated"].shape == (40, 48, 3) and out["crop"].shape == (32, 32, 3)
+    assert out["row"]["label"] in ("Real", "Fake") and out["heatmap"] is not None

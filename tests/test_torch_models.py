@@ -146,7 +146,7 @@ def test_save_and_load_give_identical_predictions(arch, faces, tmp_path):
 def test_linear_probe_trains_only_the_head(arch, faces):
     images, labels = faces
     model = build(arch, mode="linear-probe")
-    head = tm.HEADS[arch]
+    head = tm.arch_spec(arch).heads
     assert model.parameters() and all(k.split(".")[0] in head for k in model.parameters())
     assert model.num_trainable_parameters() == 2 * model.net.state_dict()[next(
         k for k in model.parameters() if k.endswith("weight"))].shape[1] + 2
@@ -180,7 +180,7 @@ def test_backward_input_gradient():
 def _check_backbone_equals_file(model, arch):
     path, desc = tm.packaged_weights(arch)
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    head = tm.HEADS[arch]
+    head = tm.arch_spec(arch).heads
     net_sd = model.net.state_dict()
     compared = 0
     for k, v in net_sd.items():

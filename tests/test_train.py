@@ -130,9 +130,9 @@ def test_release_ships_weights_only_with_test_metrics(synthetic, tmp_path):
 
 def test_release_calibrate_on_refits_threshold_and_temperature_on_that_folder(synthetic, tmp_path):
     train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
+    from deepfake_detector.calibration import choose_threshold, fit_temperature
     from deepfake_detector.data import load_arrays as load_images
     from deepfake_detector.data import load_split
-    from deepfake_detector.metrics import choose_threshold, fit_temperature
     from deepfake_detector.release import release
 
     val = synthetic / "Validation"
@@ -176,9 +176,9 @@ def test_torch_train_resume_exact(synthetic, tmp_path):
 
 def test_release_with_flip_tta_recalibrates_with_it_and_ships_it(synthetic, tmp_path):
     train(cfg_for(synthetic, tmp_path / "run", epochs=1), progress=False)
+    from deepfake_detector.calibration import fit_temperature
     from deepfake_detector.data import load_arrays as load_images
     from deepfake_detector.data import load_split
-    from deepfake_detector.metrics import fit_temperature
     from deepfake_detector.release import release
 
     with pytest.raises(ValueError, match="calibrate_on"):

@@ -211,9 +211,9 @@ def test_smooth_flicker_confidence():
 def test_analyze_face_video(face_video, detector):
     path, boxes = face_video
     model = StubModel(0.9)
-    r = analyze_video(path, model, detector, n_frames=8)
+    r = analyze_video(path, model, detector=detector, n_frames=8)
     assert RESULT_KEYS <= set(r)
-    json.dumps(r)  # JSON-serialisable as is
+    json.dumps(r.to_dict())  # JSON-serialisable as a dict
     assert r["kind"] == "video" and r["error"] is None
     assert r["n_frames"] == 8 and len(r["frames"]) == 8
     assert r["n_frames_with_faces"] == 8
@@ -233,7 +233,7 @@ def test_analyze_face_video(face_video, detector):
 
 def test_analyze_every_k_and_real_label(face_video, detector):
     path, _ = face_video
-    r = analyze_video(path, StubModel(0.2), detector, every=6, aggregation="mean")
+    r = analyze_video(path, StubModel(0.2), detector=detector, every=6, aggregation="mean")
     assert [fr["index"] for fr in r["frames"]] == [0, 6, 12, 18]
     assert r["label"] == "Real" and r["p_fake"] == pytest.approx(0.2) and r["aggregation"] == "mean"
 
@@ -241,12 +241,12 @@ def test_analyze_every_k_and_real_label(face_video, detector):
 def test_analyze_frame_score_is_max_over_faces(tmp_path, detector):
     frames, _ = face_frames(n=6, two=True)
     path = write_video(tmp_path / "two.avi", frames)
-    r = analyze_video(path, StubModel("brightness"), detector, n_frames=3, all_faces=True)
+    r = analyze_video(path, StubModel("brightness"), detector=detector, n_frames=3, all_faces=True)
     assert r["error"] is None and r["n_frames"] == 3
     for fr in r["frames"]:
         assert len(fr["faces"]) == 2
         assert fr["score"] == pytest.approx(max(f["score"] for f in fr["faces"]))
-    one = analyze_video(path, StubModel("brightness"), detector, n_frames=3)
+    one = analyze_video(path, StubModel("brightness"), detector=detector, n_frames=3)
     assert all(len(fr["faces"]) == 1 for fr in one["frames"])
 
 
@@ -256,8 +256,8 @@ def test_analyze_no_face(tmp_path, detector):
                                                        for _ in range(5)]
     path = write_video(tmp_path / "noface.mp4", frames)
     model = StubModel(0.9)
-    r = analyze_video(path, model, detector, n_frames=6)
-    json.dumps(r)
+    r = analyze_video(path, model, detector=detector, n_frames=6)
+    json.dumps(r.to_dict())
     assert r["label"] == "NoFace" and r["p_fake"] is None and r["confidence"] is None
     assert r["error"] is None and "no face" in r["message"]
     assert r["n_frames"] == 6 and r["n_frames_with_faces"] == 0
@@ -271,8 +271,8 @@ def test_analyze_bad_files_give_error_results(tmp_path, detector):
     text = tmp_path / "readme.avi"
     text.write_text("not a video at all\n")
     for p in (broken, text, tmp_path / "missing.mov"):
-        r = analyze_video(p, StubModel(), detector)  # must not raise
-        json.dumps(r)
+        r = analyze_video(p, StubModel(), detector=detector)  # must not raise
+        json.dumps(r.to_dict())
         assert r["error"] and r["label"] == "Error" and r["p_fake"] is None
         assert r["path"] == str(p)
 
@@ -281,7 +281,7 @@ def test_analyze_with_untrained_model(face_video, detector):
     from deepfake_detector.models import create_model
 
     model = create_model("seed-cnn")
-    r = analyze_video(face_video[0], model, detector, n_frames=4)
+    r = analyze_video(face_video[0], model, detector=detector, n_frames=4)
     assert r["error"] is None and r["n_frames_with_faces"] == 4
     assert 0.0 <= r["p_fake"] <= 1.0 and r["label"] in ("Real", "Fake")
     assert r["model"] == model.describe()
@@ -301,7 +301,7 @@ def _read_all(path):
 
 def test_annotate_video_same_frames_and_size(tmp_path, face_video, detector):
     path, boxes = face_video
-    r = analyze_video(path, StubModel(0.9), detector, n_frames=5)
+    r = analyze_video(path, StubModel(0.9), detector=detector, n_frames=5)
     out = annotate_video(path, r, tmp_path / "out" / "annotated.mp4")
     src, dst = _read_all(path), _read_all(out["path"])
     assert out["frames_written"] == len(src) == len(dst) == 24
@@ -331,7 +331,7 @@ def _assert_png(path):
 
 
 def test_plot_timeline(tmp_path, face_video, detector):
-    r = analyze_video(face_video[0], StubModel("brightness"), detector, n_frames=6)
+    r = analyze_video(face_video[0], StubModel("brightness"), detector=detector, n_frames=6)
     _assert_png(plot_timeline(r, tmp_path / "t" / "timeline.png"))
     noface = {"path": "x.mp4", "label": "NoFace", "p_fake": None, "frames": [{"time": 0.0, "score": None}],
               "timeline_smoothed": [None], "threshold": 0.5, "duration": 1.0}
@@ -345,8 +345,8 @@ def test_dfdc_clip(videos_dir, tmp_path, detector):
     clip = videos_dir / "abqwwspghj.mp4"
     if not clip.exists():
         pytest.skip(f"{clip} not found")
-    r = analyze_video(clip, create_model("seed-cnn"), detector)  # 32 frames by default
-    json.dumps(r)
+    r = analyze_video(clip, create_model("seed-cnn"), detector=detector)  # 32 frames by default
+    json.dumps(r.to_dict())
     assert r["error"] is None
     assert r["n_frames"] == 32 and r["frames"][0]["index"] == 0 and r["frames"][-1]["index"] == 299
     assert (r["width"], r["height"], r["frame_count"]) == (1920, 1080, 300)

@@ -150,19 +150,40 @@ def crop_samples(samples, out_dir, detector: FaceDetector | None = None, margin:
 FRAMINGS = ("as-is", "face")  # a file as it is (already a face crop), or its largest face cut out first
 
 
-def frame_image(image: np.ndarray, framing: str, size: int, detector: FaceDetector | None = None,
-                margin: float = 0.0) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (size, size, 3) as a source is framed for a model: ``"as-is"``
-    resizes the whole image; ``"face"`` crops the largest face as ``predict --faces`` does
-    (the whole image where no face is found, as ``--whole-if-no-face``)."""
+NO_FACE_MESSAGE = "no face found"
+WHOLE_IMAGE_MESSAGE = "no face found; the whole image was classified"
+
+
+def frame(image: np.ndarray, size: int, faces: bool = True, detector: FaceDetector | None = None,
+          margin: float = 0.0, all_faces: bool = False,
+          whole_if_no_face: bool = False) -> tuple[list[tuple[Face | None, np.ndarray]], str | None]:
+    """The one framing rule, for photos, frames and training sources alike: ``image`` ->
+    (``[(face, crop)]``, message). ``faces`` False: the whole image, resized (face None).
+    Else the largest face (every face with ``all_faces``), cropped with ``margin``; without
+    a face, the whole image with ``whole_if_no_face``, else nothing (``NoFace``); the
+    message says which."""
     from ..data import eval_transform
 
-    if framing not in FRAMINGS:
-        raise ValueError(f"unknown framing {framing!r}; choose from {', '.join(FRAMINGS)}")
-    if framing == "face":
+    if not faces:
+        return [(None, eval_transform(image, size))], None
+    if detector is None:
         from .detect import get_detector
 
-        found = crop_faces(image, detector or get_detector(), size, margin=margin)
-        if found:
-            return found[0][1]
-    return eval_transform(image, size)
+        detector = get_detector()
+    found = crop_faces(image, detector, size, margin=margin, all_faces=all_faces)
+    if found:
+        return list(found), None
+    if whole_if_no_face:
+        return [(None, eval_transform(image, size))], WHOLE_IMAGE_MESSAGE
+    return [], NO_FACE_MESSAGE
+
+
+def frame_image(image: np.ndarray, framing: str, size: int, detector: FaceDetector | None = None,
+                margin: float = 0.0) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3) as a source is framed for a model
+    (:func:`frame`): ``"as-is"`` resizes the whole image; ``"face"`` crops the largest face
+    (the whole image where no face is found, as ``--whole-if-no-face``)."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; choose from {', '.join(FRAMINGS)}")
+    pairs, _ = frame(image, size, framing == "face", detector, margin, whole_if_no_face=True)
+    return pairs[0][1]

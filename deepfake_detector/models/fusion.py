@@ -69,7 +69,6 @@ class FusedModel(Predictor):
         """uint8 (N, S, S, 3) -> (N, parts) logit differences, each part at its own input size;
         heads on one CLIP encoder share its features (one encoder call per image, whatever
         feature each head reads)."""
-        from .clip.head import ClipHeadModel
 
         images = np.asarray(images)
         cols, embedded = [], {}
@@ -77,7 +76,7 @@ class FusedModel(Predictor):
             x = images
             if len(x) and x.shape[1] != part.input_size:
                 x = np.stack([cv2.resize(im, (part.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in x])
-            if isinstance(part, ClipHeadModel) and part.tta is None:
+            if part.abilities.shared_encoder and part.tta is None:
                 key = id(part.encoder)
                 if key not in embedded:
                     embedded[key] = part.encoder.features(part.normalize(x))
@@ -145,31 +144,12 @@ def fit_stack(scores, labels, cells=None, C: float = 1.0) -> tuple[np.ndarray, f
 
 
 # --- the bundle file ----------------------------------------------------------------------
-def _part_entry(name: str, part: Predictor) -> tuple[dict, bytes]:
-    """(manifest entry, ONNX bytes) of one part."""
-    from .clip.head import ClipHeadModel
-    from .onnx_model import OnnxModel
-
-    if isinstance(part, OnnxModel):
-        data = part._source if isinstance(part._source, bytes) else Path(part._source).read_bytes()
-        return {"name": name, "kind": "onnx", "file": f"{name}.onnx"}, data
-    if isinstance(part, ClipHeadModel):
-        from ..export import head_onnx_bytes
-        from .clip.encoder import FEATURE_DIMS
-
-        dim = FEATURE_DIMS[part.feature]
-        data = head_onnx_bytes(part.head, dim) if hasattr(part.head, "layers") else part.head.data
-        return {"name": name, "kind": "clip-head", "file": f"{name}.onnx", "arch": part.arch,
-                "config": part.config, "meta": part.meta, "parameters": part.num_parameters()}, data
-    raise ValueError(f"part {name!r}: a {part.kind} model cannot go into a bundle (export it to ONNX first)")
-
-
 def save_bundle(model: FusedModel, path) -> Path:
     """Write ``model`` as one zip: ``bundle.json`` and one ONNX graph per part."""
     path = Path(path)
     entries, blobs = [], {}
     for name, part in model.parts.items():
-        entry, data = _part_entry(name, part)
+        entry, data = part.bundle_part(name)
         entries.append(entry)
         blobs[entry["file"]] = data
     manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "arch": model.arch,
@@ -220,13 +200,22 @@ class OnnxHead:
         return self.parameters
 
 
+def part_loaders() -> dict:
+    """A part's kind (its model's ``kind``, as the manifest records it) -> the class method that
+    reads it back: the other half of each part's ``bundle_part``. Bundles written before
+    2026-12-03 name a CLIP head ``clip-head``."""
+    from .clip.head import ClipHeadModel
+    from .onnx_model import OnnxModel
+
+    loaders = {cls.kind: cls.from_bundle_part for cls in (OnnxModel, ClipHeadModel)}
+    return {**loaders, "clip-head": loaders[ClipHeadModel.kind]}
+
+
 def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
     """The model in a bundle file; ``only``: one part of it alone, or ``"fast"``: the part the
     manifest names as the fast variant (default: the first)."""
     from ..nn.io import CheckpointError
-    from .checks import bounded_json, check_model_meta, check_onnx_weights, finite_number
-    from .clip.head import ClipHeadModel
-    from .onnx_model import OnnxModel
+    from .checks import bounded_json, check_model_meta, finite_number
 
     path = Path(path)
     with zipfile.ZipFile(path) as z:
@@ -248,25 +237,18 @@ def load_bundle(path, device: str = "cpu", threads: int | None = None, only: str
             raise CheckpointError(f"{path}: {MANIFEST} must list its parts, each with a name, kind and file")
         if only == "fast":
             only = manifest.get("fast") or manifest["parts"][0]["name"]
-        parts, encoder = {}, None  # one encoder (one session, one hash of its file) for every CLIP head
+        parts, encoder = {}, None
         for entry in manifest["parts"]:
             if only and entry["name"] != only:
                 continue
             data = _read(z, entry["file"])
-            if entry["kind"] == "onnx":
-                parts[entry["name"]] = OnnxModel(f"{path.name}:{entry['file']}", threads, device, data=data)
-            elif entry["kind"] == "clip-head":
-                check_onnx_weights(f"{path}:{entry['file']}", data)
-                check_model_meta(f"{path}:{entry['file']}", entry.get("meta", {}))
-                part = ClipHeadModel(OnnxHead(data, threads, entry.get("parameters")), entry["arch"],
-                                     entry.get("config", {}),
-                                     meta=entry.get("meta", {}))
-                part.threads = threads
-                if encoder is None:
-                    encoder = part.encoder  # opened now: a missing one is a clear error at load
-                parts[entry["name"]] = part.use_encoder(encoder)
-            else:
+            loader = part_loaders().get(entry["kind"])
+            if loader is None:
                 raise ValueError(f"{path}: part {entry['name']!r} of unknown kind {entry['kind']!r}")
+            part = loader(entry, data, f"{path}:{entry['file']}", threads=threads, device=device, encoder=encoder)
+            if part.abilities.shared_encoder and encoder is None:
+                encoder = part.encoder  # one encoder (one session, one hash of its file) for every head
+            parts[entry["name"]] = part
     if only:
         if only not in parts:
             raise ValueError(f"{path}: no part named {only!r}")

@@ -99,12 +99,23 @@ def load(path=None, runtime: str = "auto", device: str = "cpu", threads: int | N
     if runtime == "onnx":
         model = kind.load(path, device="cpu", threads=threads)
         if model.abilities.exportable:
-            from .onnx_model import OnnxModel
-
-            return OnnxModel.exported_from(model, threads=threads, device=device)
+            return exported(model, threads=threads, device=device)
     raise ValueError(f"{path} is a {kind.name} model, which runs on {kind.runtime}"
                      f"{' (or on onnx, exported on the fly)' if kind.runtime != 'onnx' else ''}; "
                      f"runtime {runtime!r} cannot run it")
+
+
+def exported(model: Predictor, threads: int | None = None, device: str = "cpu") -> Predictor:
+    """``model`` exported to ONNX and run by onnxruntime; the export's temporary folder is
+    removed before this returns (the session keeps the graph in memory)."""
+    import tempfile
+
+    from ..export import export_onnx
+    from .onnx_model import OnnxModel
+
+    with tempfile.TemporaryDirectory(prefix="dfd-onnx-") as tmp:
+        data = export_onnx(model, Path(tmp) / f"{model.arch}.onnx").read_bytes()
+    return OnnxModel(f"{model.arch} (exported on the fly)", threads, device, data=data)
 
 
 # --- the kinds this package brings ---------------------------------------------------------

@@ -7,7 +7,6 @@ alone predicts, with onnxruntime only. It gives no gradients (heatmaps use occlu
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,20 +108,17 @@ class OnnxModel(Predictor):
             raise OnnxModelError(f"{self.path}: its output is the same for a black image and a noise image "
                                  "(it does not look at its input)")
 
-    @classmethod
-    def exported_from(cls, model, threads: int | None = None, device: str = "cpu") -> OnnxModel:
-        """``model`` exported to ONNX and run by onnxruntime; the export's temporary folder
-        is removed before this returns (the session keeps the graph in memory)."""
-        from ..export import export_onnx
-
-        with tempfile.TemporaryDirectory(prefix="dfd-onnx-") as tmp:
-            path = export_onnx(model, Path(tmp) / f"{model.arch}.onnx")
-            data = path.read_bytes()
-        return cls(f"{model.arch} (exported on the fly)", threads, device, data=data)
-
     @property
     def abilities(self) -> Abilities:
-        return Abilities(thread_safe=True, threads=self.threads)
+        return Abilities(thread_safe=True, bundle_part=True, threads=self.threads)
+
+    def bundle_part(self, name: str) -> tuple[dict, bytes]:
+        data = self._source if isinstance(self._source, bytes) else Path(self._source).read_bytes()
+        return {"name": name, "kind": self.kind, "file": f"{name}.onnx"}, data
+
+    @classmethod
+    def from_bundle_part(cls, entry: dict, data: bytes, where: str, threads=None, device: str = "cpu", **_):
+        return cls(where, threads, device, data=data)
 
     # --- the network ---------------------------------------------------------------
     def forward(self, x, training: bool = False) -> np.ndarray:

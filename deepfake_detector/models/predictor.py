@@ -46,6 +46,8 @@ class Abilities:
     trainable: bool = False  # make_optimizer(), forward/backward in training mode
     thread_safe: bool = False  # predict_proba may run in several threads at once
     exportable: bool = False  # export_onnx() can write it (so --runtime onnx can run it)
+    bundle_part: bool = False  # bundle_part() gives it as a part of a fused bundle
+    shared_encoder: bool = False  # a head on a frozen encoder: .encoder.features(x), head_logits(features)
     threads: int | None = None  # intra-op threads it runs with (None: its runtime's default)
 
 
@@ -174,6 +176,18 @@ class Predictor:
         """(activations, gradients of the log-odds), each (C, h, w), at the output of the last
         convolution block for one normalised input x (1, 3, S, S). Needs ``abilities.conv_maps``."""
         raise NotImplementedError(f"a {self.kind} model gives no convolution maps")
+
+    def export_onnx(self, out_path, opset: int = 17, dynamic_batch: bool = True, **options):
+        """Write this model's graph to ``out_path`` as ONNX (use
+        :func:`deepfake_detector.export.export_onnx`, which checks the opset and can halve the
+        weights). Needs ``abilities.exportable``."""
+        raise NotImplementedError(f"a {self.kind} model cannot be exported to ONNX")
+
+    def bundle_part(self, name: str) -> tuple[dict, bytes]:
+        """(manifest entry, ONNX bytes) of this model as part ``name`` of a fused bundle
+        (:mod:`deepfake_detector.models.fusion`). Needs ``abilities.bundle_part``."""
+        raise ValueError(f"part {name!r}: a {self.kind} model cannot go into a bundle "
+                         "(export it to ONNX first: deepfake-detector export)")
 
     def make_optimizer(self, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         """An optimiser over the trainable parameters. Needs ``abilities.trainable``."""

@@ -69,6 +69,13 @@ class Model(Predictor):
     engine: str = "numpy"
     kind = "numpy"
 
+    def export_onnx(self, out_path, opset: int = 17, dynamic_batch: bool = True, fold_bn: bool = True, **_):
+        """The network's layers as ONNX nodes, batch norms folded into the layer before
+        (``fold_bn``)."""
+        from ..export import export_sequential
+
+        return export_sequential(self, out_path, opset, dynamic_batch, fold_bn=fold_bn)
+
     @property
     def abilities(self) -> Abilities:
         return Abilities(input_gradients=True, conv_maps=self._last_conv_block_end() is not None, trainable=True,

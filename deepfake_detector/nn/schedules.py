@@ -2,6 +2,8 @@
 
 A step is whatever the caller counts (an optimiser step or an epoch); each schedule is a
 small frozen dataclass, so a run's schedule is stored in its config and rebuilt on resume.
+``SCHEDULES[name].for_run(lr, steps_per_epoch, epochs, **settings)`` builds one for a training
+run from its settings (each schedule takes the ones it needs).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Constant:
     base_lr: float
+
+    @classmethod
+    def for_run(cls, lr: float, steps_per_epoch: int, epochs: int, **_) -> Constant:
+        return cls(lr)
 
     def __call__(self, step: int) -> float:
         return self.base_lr
@@ -26,6 +32,10 @@ class ExponentialDecay:
     gamma: float = 0.95
     every: int = 1  # steps per decay, e.g. batches per epoch
 
+    @classmethod
+    def for_run(cls, lr: float, steps_per_epoch: int, epochs: int, gamma: float = 0.95, **_) -> ExponentialDecay:
+        return cls(lr, gamma, every=steps_per_epoch)  # gamma per epoch
+
     def __call__(self, step: int) -> float:
         return self.base_lr * self.gamma ** (step // self.every)
 
@@ -37,6 +47,11 @@ class StepDecay:
     base_lr: float
     step_size: int
     gamma: float = 0.1
+
+    @classmethod
+    def for_run(cls, lr: float, steps_per_epoch: int, epochs: int, gamma: float = 0.1, step_epochs: int = 10,
+                **_) -> StepDecay:
+        return cls(lr, step_epochs * steps_per_epoch, gamma)
 
     def __call__(self, step: int) -> float:
         return self.base_lr * self.gamma ** (step // self.step_size)
@@ -51,6 +66,12 @@ class WarmupCosine:
     warmup_steps: int = 0
     min_lr: float = 0.0
     start_factor: float = 0.1
+
+    @classmethod
+    def for_run(cls, lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
+                **_) -> WarmupCosine:
+        """Warm-up over ``warmup_epochs``, then cosine down to a hundredth of ``lr`` at the end."""
+        return cls(lr, epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), min_lr=lr * 0.01)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

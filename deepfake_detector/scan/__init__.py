@@ -11,6 +11,7 @@ machine or a Ray cluster), :func:`read_results` (RESULTS as a DataFrame), :func:
 
 from __future__ import annotations
 
+from ..options import PredictOptions
 from .collector import ScanInterrupted, format_summary
 from .infer import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from .infer import DEFAULT_PART_ROWS as DEFAULT_PART_ROWS
@@ -23,9 +24,9 @@ __all__ = ["COLUMNS", "ScanInterrupted", "format_summary", "iter_sources", "read
 
 def scan(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
          ray_address: str | None = None, faces: bool | None = None, progress: bool = True, *,
-         part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32,
-         device: str = "cpu", runtime: str = "auto", threads: int | None = None,
-         detector: str | None = None, fast: bool = False) -> dict:
+         part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS,
+         n_frames: int | None = None, device: str = "cpu", runtime: str = "auto", threads: int | None = None,
+         detector: str | None = None, fast: bool = False, options: PredictOptions | None = None) -> dict:
     """Classify every image and video of ``sources`` into the RESULTS folder ``out``; resumable.
 
     ``sources``: a path or a list of them: folders (walked recursively), image / video files,
@@ -40,7 +41,9 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
     ``NoFace`` without one); True crops the largest face first; False scores whole images
     (videos always look for faces).
     ``part_rows`` / ``part_seconds``: a part is committed every so many rows or seconds.
-    ``n_frames``: frames sampled per video. ``device`` / ``runtime`` / ``threads``: as
+    ``n_frames``: frames sampled per video (default 32). ``options``: a
+    :class:`~deepfake_detector.options.PredictOptions` (``faces``, ``n_frames`` and
+    ``detector`` change it). ``device`` / ``runtime`` / ``threads``: as
     :func:`deepfake_detector.models.load` (local scans only); ``detector``: a face detector's name;
     ``fast``: the model file's fast variant (``load(fast=True)``).
 
@@ -65,14 +68,15 @@ def scan(sources, out, model_path=None, workers: int | None = None, batch_size: 
 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    common = dict(model_path=model_path, workers=workers, batch_size=batch_size, faces=faces, progress=progress,
-                  part_rows=part_rows, part_seconds=part_seconds, n_frames=n_frames, fast=fast)
+    options = PredictOptions.of(options, faces=faces, n_frames=n_frames, detector=detector)
+    common = dict(model_path=model_path, workers=workers, batch_size=batch_size, options=options, progress=progress,
+                  part_rows=part_rows, part_seconds=part_seconds, fast=fast)
     if ray_address:
-        if device != "cpu" or runtime != "auto" or detector:
+        if device != "cpu" or runtime != "auto" or options.detector:
             raise ValueError("a Ray scan runs the model file as it is, on CPU, with the default face detector")
         from .ray_scan import scan_ray
 
         return scan_ray(sources, out, address=ray_address, **common)
     from .local import scan_local
 
-    return scan_local(sources, out, device=device, runtime=runtime, threads=threads, detector=detector, **common)
+    return scan_local(sources, out, device=device, runtime=runtime, threads=threads, **common)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 
-from ..results import COLUMNS, VIDEO_COLUMNS, error_row
+from ..options import PredictOptions
+from ..results import STORE_COLUMNS, error_row
 from .sources import file_digest
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ DEFAULT_BATCH_SIZE = 32  # files per inference task (the images of a task go thr
 DEFAULT_PART_ROWS = 1000  # rows per committed part ...
 DEFAULT_PART_SECONDS = 30.0  # ... or whatever finished in this many seconds, whichever comes first
 # what inference contributes to a row (the rest: path, hash, size, model, time)
-RESULT_KEYS = (*COLUMNS[1:], "threshold", "message", "warning", *VIDEO_COLUMNS)
+RESULT_KEYS = tuple(name for name, _ in STORE_COLUMNS if name != "path")
 
 
 def slim(row: dict) -> dict:
@@ -24,27 +25,20 @@ def slim(row: dict) -> dict:
     return {k: row.get(k) for k in RESULT_KEYS}
 
 
-def infer_files(model, paths: list[str], faces: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-                n_frames: int = 32, detector=None) -> list[dict]:
-    """One slim result per path, in order, from ``predict_paths`` (the CLI's function).
+def infer_files(model, paths: list[str], options: PredictOptions | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, **changes) -> list[dict]:
+    """One slim result per path, in order, from ``predict_paths`` (the CLI's function), framed
+    and sampled as ``options`` say (or keyword changes to them).
 
-    Should ``predict_paths`` raise on the batch, each file is retried alone, so one bad file
-    costs only its own row (an error row)."""
-    from ..predict import predict_paths
+    Should ``predict_paths`` raise on the batch, each file is retried alone
+    (:func:`~deepfake_detector.predict.retry_alone`), so one bad file costs only its own row."""
+    from ..predict import predict_paths, retry_alone
 
+    opts = PredictOptions.of(options, **changes)
     paths = [os.fspath(p) for p in paths]
-    try:
-        rows = list(predict_paths(paths, model, faces=faces, batch_size=batch_size, n_frames=n_frames,
-                                  detector=detector))
-        if len(rows) == len(paths):
-            return [slim(r) for r in rows]
-        err = f"predict_paths returned {len(rows)} results for {len(paths)} files"
-    except Exception as e:  # noqa: BLE001 - reported in the file's row
-        err = f"{type(e).__name__}: {e}"
-    if len(paths) == 1:
-        log.warning("%s: %s", paths[0], err)
-        return [slim(error_row(paths[0], err))]
-    return [infer_files(model, [p], faces, batch_size, n_frames, detector)[0] for p in paths]
+    rows = retry_alone(lambda ps: [slim(r) for r in predict_paths(ps, model, opts, batch_size=batch_size)],
+                       paths, reraise=())
+    return [slim(error_row(p, r)) if isinstance(r, str) else r for p, r in zip(paths, rows, strict=True)]
 
 
 def model_identity(model, model_path) -> dict:

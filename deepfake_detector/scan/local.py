@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from ..data.limits import InputRefused
+from ..options import PredictOptions
 from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
@@ -95,20 +96,19 @@ def _ping() -> bool:
     return True
 
 
-def _run_task(paths: list[str], faces: bool, batch_size: int, n_frames: int) -> list[dict]:
-    """In a worker: one slim result per path."""
+def _run_task(paths: list[str], options: PredictOptions, batch_size: int) -> list[dict]:
+    """In a worker: one slim result per path (the detector built here, at the worker's threads)."""
     from ..data.media import kind_of
 
-    needs_detector = faces or any(kind_of(p) == "video" for p in paths)
-    return infer_files(_WORKER["model"], paths, faces=faces, batch_size=batch_size, n_frames=n_frames,
-                       detector=_detector() if needs_detector else None)
+    if options.faces or any(kind_of(p) == "video" for p in paths):
+        options = PredictOptions.of(options, detector=_detector())
+    return infer_files(_WORKER["model"], paths, options, batch_size)
 
 
 def scan_local(sources, out, model_path=None, workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               faces: bool | None = None, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
-               part_seconds: float = DEFAULT_PART_SECONDS, n_frames: int = 32, device: str = "cpu",
-               runtime: str = "auto", threads: int | None = None, detector: str | None = None,
-               fast: bool = False) -> dict:
+               options: PredictOptions | None = None, progress: bool = True, part_rows: int = DEFAULT_PART_ROWS,
+               part_seconds: float = DEFAULT_PART_SECONDS, device: str = "cpu", runtime: str = "auto",
+               threads: int | None = None, fast: bool = False) -> dict:
     """Scan ``sources`` into ``out`` on this machine; see :func:`deepfake_detector.scan.scan`.
 
     The main process streams the file list, hashes each file and queues at most two tasks per
@@ -131,16 +131,15 @@ def scan_local(sources, out, model_path=None, workers: int | None = None, batch_
     model_path = find_model(model_path)
     model = load(model_path, runtime, device, threads, fast=fast)  # fails here, once, if the model is unusable
     info = model_identity(model, model_path)
-    from ..predict import resolve_faces
-
-    faces = resolve_faces(model, faces)
-    store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
+    options = PredictOptions.of(options).framed_for(model)
+    detector = options.detector  # a name (the workers build their own)
+    store = ResultsStore(out).open({"model": info, "faces": bool(options.faces), "n_frames": options.n_frames})
     col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
-    opts = (bool(faces), batch_size, int(n_frames))
+    opts = (options, batch_size)
     try:
         try:
             if workers == 0:
-                _scan_in_process(col, sources, model, opts, detector)
+                _scan_in_process(col, sources, model, opts)
             else:
                 del model
                 _scan_pool(col, sources, workers, (str(model_path), device, runtime, detector, fast), opts)
@@ -180,16 +179,10 @@ def _tasks(col: Collector, sources, batch_size: int):
         yield task
 
 
-def _scan_in_process(col: Collector, sources, model, opts, detector: str | None = None) -> None:
-    faces, batch_size, n_frames = opts
-    if detector:
-        from ..faces import get_detector
-
-        detector = get_detector(detector)
+def _scan_in_process(col: Collector, sources, model, opts) -> None:
+    options, batch_size = opts
     for task in _tasks(col, sources, batch_size):
-        for (path, h, size), result in zip(task, infer_files(model, [p for p, _, _ in task], faces=faces,
-                                                              batch_size=batch_size, n_frames=n_frames,
-                                                              detector=detector)):
+        for (path, h, size), result in zip(task, infer_files(model, [p for p, _, _ in task], options, batch_size)):
             col.add(path, h, size, result)
 
 

@@ -13,6 +13,7 @@ import tempfile
 from itertools import islice
 
 from ..data.limits import InputRefused
+from ..options import PredictOptions
 from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
@@ -54,7 +55,7 @@ def hash_files(batch: dict) -> dict:
 class RayScanner:
     """Ray Data callable class: loads the model once per actor, classifies batches of files."""
 
-    def __init__(self, model_ref: list, model_suffix: str, faces: bool, batch_size: int, n_frames: int,
+    def __init__(self, model_ref: list, model_suffix: str, options: PredictOptions, batch_size: int,
                  fast: bool = False):
         import ray
 
@@ -69,19 +70,19 @@ class RayScanner:
             f.write(data)
         self.model = load(path, threads=1, fast=fast)
         limit_threads(1)  # again, for libraries the model brought in
-        self.faces, self.batch_size, self.n_frames = faces, batch_size, n_frames
+        self.options, self.batch_size = options, batch_size
         self.detector = None
 
     def __call__(self, batch: dict) -> dict:
         from ..data.media import kind_of
 
         paths = [str(p) for p in batch["path"]]
-        if self.detector is None and (self.faces or any(kind_of(p) == "video" for p in paths)):
+        if self.detector is None and (self.options.faces or any(kind_of(p) == "video" for p in paths)):
             from ..faces import get_detector
 
             self.detector = get_detector(threads=1)
-        results = infer_files(self.model, paths, faces=self.faces, batch_size=self.batch_size,
-                              n_frames=self.n_frames, detector=self.detector)
+        results = infer_files(self.model, paths, PredictOptions.of(self.options, detector=self.detector),
+                              self.batch_size)
         out = {"path": paths, "sha256": [str(h) for h in batch["sha256"]],
                "size": [int(s) for s in batch["size"]]}
         for k in RESULT_KEYS:
@@ -100,9 +101,9 @@ def _arrow(columns: dict):
 
 
 def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, faces: bool | None = None, progress: bool = True,
+             batch_size: int = DEFAULT_BATCH_SIZE, options: PredictOptions | None = None, progress: bool = True,
              part_rows: int = DEFAULT_PART_ROWS, part_seconds: float = DEFAULT_PART_SECONDS,
-             n_frames: int = 32, window: int = DEFAULT_WINDOW, fast: bool = False) -> dict:
+             window: int = DEFAULT_WINDOW, fast: bool = False) -> dict:
     """Scan ``sources`` into ``out`` on the Ray cluster at ``address``; see :func:`deepfake_detector.scan.scan`.
 
     ``workers``: model actors (default: one per CPU of the cluster).
@@ -132,13 +133,11 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
     check_sources(sources)
     batch_size = max(1, int(batch_size))
     model_path = find_model(model_path)
-    from ..predict import resolve_faces
-
     model = load(model_path, fast=fast)
     info = model_identity(model, model_path)
-    faces = resolve_faces(model, faces)
+    options = PredictOptions.of(options).framed_for(model)
     del model
-    store = ResultsStore(out).open({"model": info, "faces": bool(faces), "n_frames": int(n_frames)})
+    store = ResultsStore(out).open({"model": info, "faces": bool(options.faces), "n_frames": options.n_frames})
     started = not ray.is_initialized()
     col = None
     try:
@@ -151,7 +150,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
         _quiet_ray_data()
         n_actors = int(workers) if workers else max(1, int(ray.cluster_resources().get("CPU", 1)))
         ctor = {"model_ref": [ray.put(model_path.read_bytes())], "model_suffix": model_path.suffix,
-                "faces": bool(faces), "batch_size": batch_size, "n_frames": int(n_frames), "fast": bool(fast)}
+                "options": options, "batch_size": batch_size, "fast": bool(fast)}
         col = Collector(store, info, sources, progress=progress, part_rows=part_rows, part_seconds=part_seconds)
         paths = iter_sources(sources, col.ignored)
         try:

@@ -12,6 +12,8 @@ import secrets
 import time
 from pathlib import Path
 
+from ..results import STORE_COLUMNS
+
 log = logging.getLogger(__name__)
 
 # RESULTS layout (``--out results.parquet`` or ``--out results.csv``):
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 # ``pandas.read_parquet("results.parquet")`` and ``pyarrow.dataset`` read the folder directly
 # (they ignore names starting with ``.`` or ``_``); :func:`read_results` reads either format.
 
+
 FORMATS = ("parquet", "csv")
 META_NAME = "_scan.json"
 LOCK_NAME = ".lock"
@@ -36,16 +39,12 @@ TMP_PREFIX = ".tmp-"
 BAD_PREFIX = ".bad-"
 SCAN_VERSION = 1
 
-# (name, arrow type) of every column, in order. The video columns are empty for images.
-_COLUMNS = [
-    ("path", "string"), ("sha256", "string"), ("size", "int64"), ("kind", "string"),
-    ("p_fake", "float64"), ("label", "string"), ("confidence", "string"), ("threshold", "float64"),
-    ("error", "string"), ("message", "string"), ("model", "string"), ("model_version", "string"),
-    ("n_frames_requested", "int32"), ("n_frames", "int32"), ("n_frames_with_faces", "int32"), ("n_faces", "int32"),
-    ("p_fake_mean", "float64"), ("p_fake_confident", "float64"), ("flicker", "float64"),
-    ("fps", "float64"), ("duration", "float64"), ("width", "int32"), ("height", "int32"),
-    ("warning", "string"), ("scanned_at", "timestamp"),
-]
+# (name, arrow type) of every column, in order: the file's, then a result's own (the result
+# types of deepfake_detector.results say which fields are stored; the video ones are empty for
+# images), then the model's and the time.
+_COLUMNS = [("path", "string"), ("sha256", "string"), ("size", "int64"),
+            *(c for c in STORE_COLUMNS if c[0] != "path"),
+            ("model", "string"), ("model_version", "string"), ("scanned_at", "timestamp")]
 COLUMNS = [name for name, _ in _COLUMNS]
 
 

@@ -12,10 +12,11 @@ import time
 import numpy as np
 
 from ..data.deadline import check_cancelled
-from ..faces.crop import crop_faces, model_margin
-from ..faces.detect import get_detector
-from ..results import NO_FACE, mark_error, rounded, verdict, video_confidence, video_row
-from .read import DEFAULT_N_FRAMES, VideoError, iter_sampled, open_video, prefetch
+from ..faces.crop import frame
+from ..options import PredictOptions
+from ..predict import score_framed
+from ..results import NO_FACE, VideoResult, rounded, video_confidence, video_row
+from .read import VideoError, iter_sampled, open_video, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +79,31 @@ def flicker(scores) -> float | None:
     return float(np.mean(np.abs(np.diff(s)))) if s.size >= 2 else None
 
 
-def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_FRAMES,
-                  every: int | None = None, margin: float | None = None, all_faces: bool = False,
-                  smooth_window: int = 5, aggregation: str = DEFAULT_AGGREGATION,
-                  method: str = "grab", batch_size: int = 64, prefetch_frames: int = 3) -> dict:
+def analyze_video(path, model, options: PredictOptions | None = None, *, smooth_window: int = 5,
+                  aggregation: str = DEFAULT_AGGREGATION, method: str = "grab", batch_size: int = 64,
+                  prefetch_frames: int = 3, **changes) -> VideoResult:
     """Analyse one video file; never raises for a bad file (see ``error`` in the result).
 
     Set-up errors still raise: an unknown ``aggregation`` (ValueError) or, with
     ``detector=None``, a missing RetinaFace package (``DetectorUnavailable``).
 
-    ``detector``: a :class:`~deepfake_detector.faces.FaceDetector` (default: the cached
-    RetinaFace). ``n_frames`` / ``every``: see :func:`~deepfake_detector.video.read.sample_frames`.
-    ``margin``: crop margin per side (see :func:`~deepfake_detector.faces.square_crop`); by
-    default the model's ``face_margin``, the framing of the crops it was trained on.
-    ``all_faces``: classify every face of a frame, not just the largest.
+    ``options`` (:class:`~deepfake_detector.options.PredictOptions`, or keyword changes to
+    it): ``detector`` (default: the cached RetinaFace), ``n_frames`` / ``every`` (see
+    :func:`~deepfake_detector.video.read.sample_frames`), ``margin`` (by default the model's
+    ``face_margin``, the framing of the crops it was trained on) and ``all_faces`` (classify
+    every face of a frame, not just the largest). A frame is framed and scored as a photo is
+    (:func:`~deepfake_detector.faces.crop.frame`, :func:`~deepfake_detector.predict.score_framed`).
 
-    Returns ``{"path", "kind": "video", "p_fake", "label" ("Real" | "Fake" | "NoFace" |
-    "Error"), "confidence", "aggregation", "threshold", "p_fake_mean", "p_fake_confident",
+    Returns a :class:`~deepfake_detector.results.VideoResult`: ``{"path", "kind": "video",
+    "p_fake", "label" ("Real" | "Fake" | "NoFace" | "Error"), "confidence", "aggregation",
+    "threshold", "p_fake_mean", "p_fake_confident",
     "n_frames_requested", "n_frames" (decoded), "n_frames_with_faces", "n_faces", "fps",
     "duration", "width", "height", "frame_count", "flicker", "timeline_smoothed", "frames",
     "model", "detector", "timings", "message", "warning", "error"}``. ``warning`` is set when
     fewer than half of the requested frames decoded; the confidence is then LOW
     (:func:`~deepfake_detector.results.video_confidence`). ``frames`` is one entry per
     sampled frame: ``{"index", "time",
-    "faces": [{"box", "score", "det_score"}], "score"}`` where ``score`` is the frame's
+    "faces": [FaceScore], "score"}`` where ``score`` is the frame's
     P(fake) (max over its faces) or None without a face. ``timeline_smoothed`` is aligned with
     ``frames``: the moving median of the frame scores over ``smooth_window`` frames that have
     a face, None where the frame has none. ``flicker`` is the mean absolute change of the
@@ -112,28 +114,28 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
-    if detector is None:  # a missing detector package is a set-up error: raise it, once
-        detector = get_detector()
+    opts = PredictOptions.of(options, **changes)
+    detector = opts.face_detector()  # a missing detector package is a set-up error: raise it, once
     t_start = time.perf_counter()
     res = video_row(path)
-    res["aggregation"] = aggregation
+    res.aggregation = aggregation
     timings = {"decode_s": 0.0, "decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
     try:
         threshold = float(model.threshold)
-        res["threshold"] = threshold
-        res["model"] = model.describe()
-        res["detector"] = getattr(detector, "name", type(detector).__name__)
-        size = int(model.input_size)
+        res.threshold = threshold
+        res.model = model.describe()
+        res.detector = getattr(detector, "name", type(detector).__name__)
+        size, margin = int(model.input_size), opts.margin_for(model)
 
-        frames, crops, owners = [], [], []
+        frames, framed = [], []
         t = time.perf_counter()
         with open_video(path) as video:
             info = video.info
-            res.update(fps=rounded(info.fps, 4), duration=rounded(info.duration, 4), width=info.width,
-                       height=info.height, frame_count=info.frame_count)
+            res.fps, res.duration = rounded(info.fps, 4), rounded(info.duration, 4)
+            res.width, res.height, res.frame_count = info.width, info.height, info.frame_count
             timings["decode_s"] += time.perf_counter() - t
             # decode in a background thread, a few frames ahead of detection
-            it = _timed(iter_sampled(video, n_frames, every, method), timings, "decode_s")
+            it = _timed(iter_sampled(video, opts.n_frames, opts.every, method), timings, "decode_s")
             if prefetch_frames > 0:
                 it = prefetch(it, prefetch_frames)
             try:
@@ -146,63 +148,51 @@ def analyze_video(path, model, detector=None, n_frames: int | None = DEFAULT_N_F
                     index, t_s, rgb = item
                     check_cancelled()  # a web request whose client left stops between frames
                     t = time.perf_counter()
-                    pairs = crop_faces(rgb, detector, size, margin=model_margin(model, margin), all_faces=all_faces)
+                    framed.append(frame(rgb, size, True, detector, margin, opts.all_faces)[0])
                     timings["detect_s"] += time.perf_counter() - t
                     frames.append({"index": int(index), "time": rounded(t_s, 4), "faces": [], "score": None})
-                    for face, crop in pairs:
-                        crops.append(crop)
-                        owners.append((len(frames) - 1, face))
             finally:
                 it.close()  # stop the decoding thread before the capture is released
-        res["n_frames"] = len(frames)
-        res["n_frames_requested"] = video.n_requested
-        res["frames"] = frames
+        res.n_frames = len(frames)
+        res.n_frames_requested = video.n_requested
+        res.frames = frames
         if not frames:
             raise VideoError(f"{path}: no frame could be decoded")
 
-        if crops:
-            check_cancelled()
-            t = time.perf_counter()
-            probs = np.asarray(model.predict_proba(np.stack(crops), batch_size=batch_size),
-                               dtype=np.float64).reshape(-1)
-            timings["classify_s"] += time.perf_counter() - t
-            if probs.shape[0] != len(crops):
-                raise ValueError(f"model returned {probs.shape[0]} scores for {len(crops)} faces")
-            for (fi, face), p in zip(owners, probs, strict=True):
-                d = face.to_dict()
-                frames[fi]["faces"].append({"box": d["box"], "score": rounded(p), "det_score": d["det_score"]})
-            for fr in frames:
-                if fr["faces"]:
-                    fr["score"] = max(f["score"] for f in fr["faces"])
-        res["n_faces"] = len(crops)
+        check_cancelled()
+        t = time.perf_counter()
+        for fr, (p, faces) in zip(frames, score_framed(model, framed, batch_size, keep_crops=False), strict=True):
+            fr["faces"], fr["score"] = faces, rounded(p)
+        timings["classify_s"] += time.perf_counter() - t
+        res.n_faces = sum(len(pairs) for pairs in framed)
 
-        res["warning"] = video_confidence(None, len(frames), video.n_requested)[1]
+        res.warning = video_confidence(None, len(frames), video.n_requested)[1]
         face_frames = [fr for fr in frames if fr["score"] is not None]
-        res["n_frames_with_faces"] = len(face_frames)
+        res.n_frames_with_faces = len(face_frames)
         if not face_frames:
-            res["label"] = NO_FACE
-            res["message"] = (f"no face found in any of the {len(frames)} sampled frames; "
-                              f"no verdict (try more frames, or a video where a face is visible)")
-            res["timeline_smoothed"] = [None] * len(frames)
+            res.label = NO_FACE
+            res.message = (f"no face found in any of the {len(frames)} sampled frames; "
+                           f"no verdict (try more frames, or a video where a face is visible)")
+            res.timeline_smoothed = [None] * len(frames)
             return res
 
         scores = [fr["score"] for fr in face_frames]
         p_mean = aggregate(scores, "mean")
         p_conf = aggregate(scores, "confident")
         p = p_conf if aggregation == "confident" else p_mean
-        confidence, res["warning"] = video_confidence(p, len(frames), video.n_requested)
-        res.update(p_fake=rounded(p), label=verdict(p, threshold), confidence=confidence,
-                   p_fake_mean=rounded(p_mean), p_fake_confident=rounded(p_conf), flicker=rounded(flicker(scores)))
+        res.judge(p, threshold)
+        res.confidence, res.warning = video_confidence(p, len(frames), video.n_requested, threshold)
+        res.p_fake_mean, res.p_fake_confident, res.flicker = rounded(p_mean), rounded(p_conf), rounded(flicker(scores))
         sm = iter(smooth(scores, smooth_window, "median"))
-        res["timeline_smoothed"] = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]
+        res.timeline_smoothed = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]
     except Exception as e:  # noqa: BLE001 - a batch of files must go on; the error is reported
         msg = str(e) if isinstance(e, VideoError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, VideoError):
             log.warning("analysis of %s failed: %s", path, msg, exc_info=True)
-        mark_error(res, msg)
+        res.fail(msg, msg)
     finally:
         timings["total_s"] = time.perf_counter() - t_start
-        res["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        res.timings = {k: round(v, 4) for k, v in timings.items()}
     return res
 
 

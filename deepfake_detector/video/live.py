@@ -204,7 +204,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             "label": verdict(p, threshold),
             "p_fake": None if p is None else round(p, 6),
             "p_fake_mean": round(float(np.mean(all_scores)), 6) if all_scores else None,
-            "confidence": confidence_level(p), "threshold": threshold, "window": int(window),
+            "confidence": confidence_level(p, threshold), "threshold": threshold, "window": int(window),
             "stopped_by": stopped_by, "error": reader.error}
 
 

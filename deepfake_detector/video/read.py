@@ -17,8 +17,8 @@ import numpy as np
 
 from ..data.limits import InputRefused, Limits, check_pixels, regular_file_size
 from ..data.media import VIDEO_EXTENSIONS, kind_of  # noqa: F401  the one extension table, re-exported
+from ..options import DEFAULT_N_FRAMES
 
-DEFAULT_N_FRAMES = 32
 MAX_SAMPLED_FRAMES = 2048  # per video: each sampled frame's face crop is held until the video is classified
 FALLBACK_FPS = 25.0
 

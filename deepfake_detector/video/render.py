@@ -9,11 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..results import verdict_colour
 from .read import FALLBACK_FPS, VideoError, open_video
 
-RED = (40, 40, 230)  # BGR
-GREEN = (60, 190, 60)
-GREY = (160, 160, 160)
 WHITE = (255, 255, 255)
 
 
@@ -27,8 +25,7 @@ def _verdict_text(result: dict) -> str:
 
 
 def _verdict_color(result: dict):
-    label = result.get("label")
-    return RED if label == "Fake" else GREEN if label == "Real" else GREY
+    return verdict_colour(result.get("label"), "bgr")
 
 
 def _draw_label(img, text, org, color, scale, thickness):
@@ -48,7 +45,7 @@ def draw_faces(bgr: np.ndarray, faces: list[dict], threshold: float = 0.5) -> np
     for f in faces:
         x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
         s = f.get("score")
-        color = GREY if s is None else RED if s >= threshold else GREEN
+        color = verdict_colour(None if s is None else "Fake" if s >= threshold else "Real", "bgr")
         cv2.rectangle(bgr, (x1, y1), (x2, y2), color, thick)
         text = "face" if s is None else f"{'Fake' if s >= threshold else 'Real'} {s:.2f}"
         _draw_label(bgr, text, (x1, y1 - 2), color, scale, thick)
@@ -79,7 +76,7 @@ def annotate_video(path, result: dict | None, out_path, model=None, detector=Non
             raise ValueError("annotate_video needs a result or a model to compute one")
         from .analyze import analyze_video
 
-        result = analyze_video(path, model, detector, **analyze_kw)
+        result = analyze_video(path, model, detector=detector, **analyze_kw)
     if result.get("error"):
         raise VideoError(f"cannot annotate {path}: {result['error']}")
     threshold = float(result.get("threshold") or getattr(model, "threshold", 0.5) or 0.5)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..data.deadline import Cancelled, run_cancellable
-from ..results import is_error, printable
+from ..options import DEFAULT_N_FRAMES, PredictOptions
+from ..results import Result, is_error, json_safe, printable
 from .guards import (
     DEFAULT_MAX_UPLOADS,
     DEFAULT_UPLOAD_DEADLINE,
@@ -75,23 +76,23 @@ def serial(model) -> SerialModel:
     return model if isinstance(model, SerialModel) else SerialModel(model)
 
 
-def predict_file(model, path, display_name: str, faces: bool | None = None, n_frames: int = 32,
-                 detector=None) -> dict:
-    """The CLI's result object for one file on disk, with ``path`` shown as ``display_name``;
-    ``faces`` as :func:`~deepfake_detector.predict.predict_paths` takes it (None: the model's
-    framing, ``NoFace`` for an image without a face)."""
+def predict_file(model, path, display_name: str, options: PredictOptions | None = None, **changes) -> Result:
+    """The CLI's result for one file on disk, with ``path`` shown as ``display_name``; framed
+    and sampled as ``options`` (or keyword changes to them) say, as
+    :func:`~deepfake_detector.predict.predict_paths` takes them (by default the model's
+    framing: ``NoFace`` for an image without a face)."""
     from ..predict import predict_paths
 
-    row = next(iter(predict_paths([str(path)], model, faces=faces, n_frames=n_frames, detector=detector)))
+    row = next(iter(predict_paths([str(path)], model, options, **changes)))
     return rename_path(row, str(path), display_name)
 
 
-def rename_path(row: dict, path: str, display_name: str) -> dict:
+def rename_path(row: Result, path: str, display_name: str) -> Result:
     """``path`` (and any mention of the temporary file in messages) -> ``display_name``."""
-    row["path"] = display_name
+    row.path = display_name
     for key in ("error", "message"):
-        if isinstance(row.get(key), str):
-            row[key] = row[key].replace(path, display_name)
+        if isinstance(getattr(row, key), str):
+            setattr(row, key, getattr(row, key).replace(path, display_name))
     return row
 
 
@@ -118,7 +119,7 @@ def health(model) -> dict:
 
 
 def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None,
-                   n_frames: int = 32, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS,
+                   n_frames: int = DEFAULT_N_FRAMES, prefix: str = "/api", max_pixels: int = DEFAULT_MAX_PIXELS,
                    detector=None, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
                    upload_deadline: float = DEFAULT_UPLOAD_DEADLINE, max_uploads: int = DEFAULT_MAX_UPLOADS) -> None:
     """Add ``{prefix}/predict`` and ``{prefix}/health`` to a FastAPI ``app``.
@@ -186,8 +187,9 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
             path = Path(tmp) / ("upload" + ftype.ext)  # the library reads by extension: use the sniffed one
             got.path.rename(path)
             cancel = threading.Event()
+            options = PredictOptions(faces=faces, n_frames=n_frames, detector=detector)
             work = asyncio.ensure_future(run_in_threadpool(run_cancellable, cancel, predict_file, model, path,
-                                                           name, faces, n_frames, detector))
+                                                           name, options))
             try:
                 # the slot is held until the work has stopped, so a client that leaves frees nothing early
                 while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
@@ -200,7 +202,7 @@ def add_api_routes(app, model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, tem
             except Exception:  # noqa: BLE001  a set-up error (no detector...) must not kill the server
                 log.exception("predict failed for %s", name)
                 return error(500, INTERNAL_ERROR)
-            return JSONResponse(row, status_code=status_of(row))
+            return JSONResponse(json_safe(row), status_code=status_of(row))
 
     predict.__annotations__ = {"request": Request}  # a real class: this module postpones annotations
 
@@ -235,7 +237,7 @@ def add_json_refusals(app, prefix: str, routes: dict[str, list[str]]) -> None:
     app.add_api_route(prefix + "/{rest:path}", not_found, methods=others, include_in_schema=False)
 
 
-def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = 32,
+def create_api(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, n_frames: int = DEFAULT_N_FRAMES,
                upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, upload_deadline: float = DEFAULT_UPLOAD_DEADLINE,
                max_uploads: int = DEFAULT_MAX_UPLOADS, detector=None):
     """A FastAPI app with the API routes only (no Gradio UI): see :func:`..app.create_app`."""

@@ -20,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..results import error_row, write_csv
+from ..options import DEFAULT_N_FRAMES, PredictOptions
+from ..results import WEB_COLUMNS, error_row, json_safe, verdict_colour, verdict_hex, write_csv
 from .api import SerialModel, add_api_routes, predict_file, serial, status_of
 from .guards import (
     BODY_TIMEOUT_GRACE,
@@ -44,32 +45,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DISPLAY_MAX_SIDE = 1024  # the annotated photo is shown at most this large
 HEATMAP_SIDE = 256
-TABLE_COLUMNS = ("file", "label", "p_fake", "confidence", "face", "message", "error")
-COLOURS = {"Fake": (220, 38, 38), "Real": (22, 163, 74)}  # RGB
-CSS = """
-.verdict {border-radius: 8px; padding: 12px 16px; font-size: 1.1em}
-.verdict, .verdict * {color: white !important}
-.verdict .label {font-size: 1.8em; font-weight: 700; display: block}
-.verdict.Fake {background: #dc2626} .verdict.Real {background: #16a34a}
-.verdict.NoFace, .verdict.Error {background: #6b7280}
+CSS = f"""
+.verdict {{border-radius: 8px; padding: 12px 16px; font-size: 1.1em}}
+.verdict, .verdict * {{color: white !important}}
+.verdict .label {{font-size: 1.8em; font-weight: 700; display: block}}
+.verdict.Fake {{background: {verdict_hex("Fake")}}} .verdict.Real {{background: {verdict_hex("Real")}}}
+.verdict.NoFace, .verdict.Error {{background: {verdict_hex(None)}}}
 """
 
 
 # --- the work behind each tab (plain functions; no Gradio needed) -------------------------
-class _RecordingDetector:
-    """Wraps a face detector and remembers what it found, so the face used for the verdict
-    can be drawn and explained without detecting twice."""
-
-    def __init__(self, detector):
-        self.detector = detector
-        self.name = getattr(detector, "name", type(detector).__name__)
-        self.faces = []
-
-    def detect(self, image):
-        self.faces = list(self.detector.detect(image))
-        return self.faces
-
-
 def _with_extension(path, ext: str, tmp: str) -> Path:
     """A copy of ``path`` named by its sniffed type (the library reads files by extension)."""
     dest = Path(tmp) / ("upload" + ext)
@@ -88,9 +73,6 @@ def analyse_image(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, met
     ``NoFace``: there is no verdict to explain). Raises :class:`UploadError` for a refused file.
     ``uploads``: the folder ``path`` must lie in (the UI passes Gradio's upload folder).
     """
-    from ..data import eval_transform, load_image
-    from ..faces import get_detector, square_crop
-
     model = serial(model)
     if uploads is not None:
         check_uploaded(path, uploads)
@@ -98,23 +80,19 @@ def analyse_image(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, met
     if ftype.kind != "image":
         raise UploadError(f"this is a {ftype.name} video: use the Video tab", 415)
     name = name or safe_name(os.path.basename(str(path)))
-    rec = _RecordingDetector(detector or get_detector())
     with tempfile.TemporaryDirectory(prefix="dfd-ui-") as tmp:
         local = _with_extension(path, ftype.ext, tmp)
-        row = predict_file(model, local, name, detector=rec)
-        if row.get("error"):
-            raise UploadError(row["error"], 422)
-        img = load_image(local)
-    S = int(model.input_size)
-    face = max(rec.faces, key=lambda f: f.area) if rec.faces else None
-    crop = square_crop(img, face.box, model.face_margin, S) if face is not None else eval_transform(img, S)
-    if row.get("p_fake") is None:  # NoFace
+        row = predict_file(model, local, name, PredictOptions(detector=detector, keep_pixels=True))
+    if row.error:
+        raise UploadError(row.error, 422)
+    img, crop = row.image, row.crop  # the result keeps what it decoded and what the model saw
+    if row.p_fake is None:  # NoFace
         return {"row": row, "annotated": draw_face(img, None, row), "crop": crop, "heatmap": None, "overlay": None}
     heat = model.explain(crop, method)
     big = cv2.resize(crop, (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_CUBIC)
     from ..explain import overlay
 
-    return {"row": row, "annotated": draw_face(img, face.box if face else None, row), "crop": crop,
+    return {"row": row, "annotated": draw_face(img, row.get("face"), row), "crop": crop,
             "heatmap": heat, "overlay": overlay(big, heat)}
 
 
@@ -128,7 +106,7 @@ def draw_face(img: np.ndarray, box, row: dict) -> np.ndarray:
         out = img.copy()
     if box is None:
         return out
-    colour = COLOURS.get(row.get("label"), (107, 114, 128))
+    colour = verdict_colour(row.get("label"))
     x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
     t = max(2, round(max(out.shape[:2]) / 300))
     cv2.rectangle(out, (x1, y1), (x2, y2), colour, t)
@@ -184,12 +162,13 @@ def analyse_images(model, paths, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, o
     return rows, csv_path
 
 
-def table_rows(rows: list[dict]) -> list[list]:
-    return [[r["path"], r.get("label"), r.get("p_fake"), r.get("confidence"),
-             None if r.get("face") is None else str(r["face"]), r.get("message"), r.get("error")] for r in rows]
+def table_rows(rows: list) -> list[list]:
+    """The Several-images table (:data:`~deepfake_detector.results.WEB_COLUMNS`)."""
+    return [[None if r.get(k) is None else str(r[k]) if k == "face" else r.get(k) for k, _ in WEB_COLUMNS]
+            for r in rows]
 
 
-def analyse_video(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, n_frames: int = 32,
+def analyse_video(model, path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, n_frames: int = DEFAULT_N_FRAMES,
                   name: str | None = None, detector=None,
                   uploads: Path | None = None) -> tuple[dict, np.ndarray | None]:
     """A video file -> (the CLI's video result, the timeline plot as an RGB array)."""
@@ -220,7 +199,7 @@ def video_summary(res: dict) -> str:
 
 
 # --- the Gradio UI -------------------------------------------------------------------------
-def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None, n_frames: int = 32,
+def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None, n_frames: int = DEFAULT_N_FRAMES,
              explain_method: str = "auto", detector=None):
     """The Gradio Blocks (not yet mounted).
 
@@ -247,7 +226,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
                                 uploads=upload_folder())
         except UploadError as e:
             raise refused(e) from None
-        return verdict_html(out["row"]), out["annotated"], out["overlay"], out["row"]
+        return verdict_html(out["row"]), out["annotated"], out["overlay"], json_safe(out["row"])
 
     def on_images(files):
         if not files:
@@ -265,7 +244,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
                                       uploads=upload_folder())
         except UploadError as e:
             raise refused(e) from None
-        return video_summary(res), plot, res
+        return video_summary(res), plot, json_safe(res)
 
     title = "Deepfake detector"
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(300, 900)) as ui:
@@ -292,7 +271,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
             with gr.Tab("Several images", id="images"):
                 files_in = gr.File(file_count="multiple", file_types=["image"], label="Photos", elem_id="files-input")
                 files_btn = gr.Button("Analyse all", variant="primary")
-                table = gr.Dataframe(headers=list(TABLE_COLUMNS), label="Results", interactive=False,
+                table = gr.Dataframe(headers=[header for _, header in WEB_COLUMNS], label="Results", interactive=False,
                                      elem_id="table")
                 csv_out = gr.File(label="CSV", interactive=False)
                 files_btn.click(on_images, files_in, [table, csv_out], api_visibility="private")
@@ -312,7 +291,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
 
 
 def create_app(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, temp_dir=None, ui: bool = True,
-               n_frames: int = 32, explain_method: str = "auto", detector=None,
+               n_frames: int = DEFAULT_N_FRAMES, explain_method: str = "auto", detector=None,
                upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, upload_deadline: float = DEFAULT_UPLOAD_DEADLINE,
                max_uploads: int = DEFAULT_MAX_UPLOADS):
     """The FastAPI app: ``/api/predict``, ``/api/health`` and (with ``ui``) the Gradio UI at ``/``.

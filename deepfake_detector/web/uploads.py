@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.limits import DEFAULT_MAX_PIXELS  # the one default, for uploads as for files
+
 DEFAULT_MAX_UPLOAD_MB = 50.0
-DEFAULT_MAX_PIXELS = 64_000_000  # a 48-MP phone photo passes; a small file that decodes to gigabytes does not
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the file
 SNIFF_BYTES = 64
 MAX_BOUNDARY = 200  # multipart boundary length: RFC 2046 allows 70; a longer one is refused with 400

@@ -36,7 +36,31 @@ class ClipHeadModel(Predictor):
 
     @property
     def abilities(self) -> Abilities:
-        return Abilities(thread_safe=False, threads=self.threads)
+        return Abilities(thread_safe=False, bundle_part=True, shared_encoder=True, threads=self.threads)
+
+    def bundle_part(self, name: str) -> tuple[dict, bytes]:
+        from ...export import head_onnx_bytes
+        from .encoder import FEATURE_DIMS
+
+        data = head_onnx_bytes(self.head, FEATURE_DIMS[self.feature]) if hasattr(self.head, "layers") \
+            else self.head.data
+        return {"name": name, "kind": self.kind, "file": f"{name}.onnx", "arch": self.arch,
+                "config": self.config, "meta": self.meta, "parameters": self.num_parameters()}, data
+
+    @classmethod
+    def from_bundle_part(cls, entry: dict, data: bytes, where: str, threads=None, device: str = "cpu",
+                         encoder: ClipEncoder | None = None) -> ClipHeadModel:
+        """A head from a bundle, on ``encoder`` when given (the bundle's heads share one)."""
+        from ..checks import check_model_meta, check_onnx_weights
+        from ..fusion import OnnxHead
+
+        check_onnx_weights(where, data)
+        check_model_meta(where, entry.get("meta", {}))
+        part = cls(OnnxHead(data, threads, entry.get("parameters")), entry["arch"], entry.get("config", {}),
+                   meta=entry.get("meta", {}))
+        part.threads = threads
+        # the encoder is opened now, so that a missing one is a clear error at load
+        return part.use_encoder(encoder if encoder is not None else part.encoder)
 
     @property
     def encoder(self) -> ClipEncoder:

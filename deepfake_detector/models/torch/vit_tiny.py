@@ -11,7 +11,7 @@ import functools
 from deepfake_detector.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_detector.models.registry import register_model
 from deepfake_detector.models.torch._build import _build
-from deepfake_detector.models.torch.engine import TorchArch, TorchModel, register_arch, require_torch
+from deepfake_detector.models.torch.engine import TorchArch, TorchModel, require_torch
 
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs: (x - 0.5) / 0.5
 INCEPTION_STD = (0.5, 0.5, 0.5)
@@ -19,7 +19,7 @@ _DEIT_TI = ("https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.
 _VIT_TI_AUGREG = ("https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k/resolve/main/"
                   "model.safetensors", INCEPTION_MEAN, INCEPTION_STD)
 
-SPEC = register_arch("vit-tiny", TorchArch(
+SPEC = TorchArch(
     heads=("head_drop", "head"),  # top-level modules trained in linear-probe mode
     mean=IMAGENET_MEAN, std=IMAGENET_STD,
     pretrained_urls={
@@ -28,7 +28,7 @@ SPEC = register_arch("vit-tiny", TorchArch(
         "timm:vit_tiny_patch16_224": _VIT_TI_AUGREG,
         "vit_tiny_patch16_224.augreg_in21k_ft_in1k": _VIT_TI_AUGREG,
     },
-))
+)
 
 
 @functools.cache
@@ -130,7 +130,7 @@ def adapt_vit(name, v, t):
     return v
 
 
-@register_model("vit-tiny")
+@register_model("vit-tiny", spec=SPEC, needs="torch")
 def vit_tiny(seed: int = 0, input_size: int = 224, patch_size: int = 16, mode: str = "finetune",
              pretrained=False, weights: str | None = None, dropout: float = 0.0, dim: int = 192,
              depth: int = 12, heads: int = 3, mlp_ratio: float = 4.0, mean=None, std=None) -> TorchModel:

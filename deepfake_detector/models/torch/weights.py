@@ -1,7 +1,7 @@
 """Weight files and ``pretrained=``: local state dicts (.pt/.pth/.bin, .safetensors, this
 project's .npz checkpoints) read without unpickling objects, the pip packages that ship
 ImageNet weights, known names fetched through torch.hub's cache, and copying a state dict
-into a network. Each architecture's sources come from its :class:`TorchArch` in ``ARCH_SPECS``.
+into a network. Each architecture's sources come from its :class:`TorchArch` (``arch_spec``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import os
 
 import numpy as np
 
-from deepfake_detector.models.torch.engine import ARCH_SPECS, TorchArch, TorchUnavailableError, require_torch
+from deepfake_detector.models.torch.engine import TorchUnavailableError, arch_spec, require_torch
 from deepfake_detector.nn.io import CheckpointError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_state_dict_file", "packaged_weights"]
 
-_NO_SPEC = TorchArch()  # an architecture that declared nothing: no packaged weights, no known names
 
 
 def _read_safetensors(path) -> dict:
@@ -123,7 +122,7 @@ def packaged_weights(arch: str):
     Found with importlib.resources (the package is not imported beyond its ``__init__``).
     Raises TorchUnavailableError naming the package to install when it is missing.
     """
-    spec = ARCH_SPECS.get(arch, _NO_SPEC)
+    spec = arch_spec(arch)
     if spec.packaged is None:
         raise ValueError(f"{arch}: no pip package ships ImageNet weights for it; pass pretrained=<name or "
                          f"file> (known names: {sorted(spec.pretrained_urls)}) or weights=<file>")
@@ -168,7 +167,7 @@ def _resolve_pretrained(arch: str, pretrained):
     normalisation it was trained with. A path: a local state dict, or one of this project's
     ``.npz`` checkpoints (a warm start, e.g. at a larger input size, with its normalisation).
     """
-    spec = ARCH_SPECS.get(arch, _NO_SPEC)
+    spec = arch_spec(arch)
     if pretrained is None or pretrained is False or (isinstance(pretrained, str) and pretrained.lower() in
                                                      ("", "none", "false", "scratch")):
         return None, "random initialisation", None
