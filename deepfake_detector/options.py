@@ -21,7 +21,9 @@ class PredictOptions:
     (:func:`~deepfake_detector.video.read.sample_frames`). ``detector``: a face detector's name
     or instance (None: the default). ``margin``: the crop's margin per side (None: the
     model's, the framing of its training crops). ``keep_pixels``: an image's result keeps its
-    decoded picture and its crops (the web app draws from them)."""
+    decoded picture and its crops (the web app draws from them). ``limits``: what one input may
+    cost (a :class:`~deepfake_detector.data.limits.Limits`; None: those in force, from the
+    environment, which is how worker processes inherit them)."""
 
     faces: bool | None = None
     whole_if_no_face: bool = False
@@ -31,6 +33,7 @@ class PredictOptions:
     detector: object = None
     margin: float | None = None
     keep_pixels: bool = False
+    limits: object = None
 
     @classmethod
     def of(cls, options: PredictOptions | None = None, **changes) -> PredictOptions:

@@ -146,7 +146,7 @@ def predict_paths(inputs: Iterable, model: Predictor, options: PredictOptions | 
             yield analyze_video(path, model, opts)
             continue
         try:
-            pending.append((path, load_image(path)))  # the decoding gate: one bad file is one Error row
+            pending.append((path, load_image(path, limits=opts.limits)))  # the decoding gate: one bad file is one row
             held[0] += pending[-1][1].nbytes
         except ImageDecodeError as e:
             yield from flush()

@@ -44,20 +44,7 @@ def fenced_blocks(text: str):
 
 def prose(text: str) -> str:
     """The text outside fenced code blocks and inline code spans (lines kept, so numbers hold)."""
-    out, fence = [], None
-    for line in text.splitlines():
-        stripped = line.strip()
-        m = re.match(r"(`{3,}|~{3,})", stripped)
-        if fence is None and m:
-            fence = m.group(1)
-            out.append("")
-        elif fence is not None:
-            if stripped.startswith(fence) and not stripped.strip(fence[0]):
-                fence = None
-            out.append("")
-        else:
-            out.append(line)
-    joined = "\n".join(out)
+    joined = "\n".join(prose_lines_keep_headings(text, keep_numbers=True))
     return re.sub(r"(`+)(?:(?!\1).)+?\1", lambda m: re.sub(r"[^\n]", " ", m.group(0)), joined, flags=re.S)
 
 

@@ -78,3 +78,19 @@ def test_the_api_answers_noface_for_noise_unless_asked_for_the_whole_image(facel
         r = requests.post(srv.url + "/api/predict", files={"file": ("noise.png", data)}, data={"faces": "false"},
                           timeout=60)
         assert r.status_code == 200 and r.json()["label"] in ("Real", "Fake"), r.text
+
+
+def test_options_carry_their_own_input_limits(tmp_path):
+    """PredictOptions.limits hold for that call alone; the environment's stand for the others."""
+    from deepfake_detector.data.limits import Limits
+    from deepfake_detector.models import create_model
+    from deepfake_detector.predict import PredictOptions, predict_paths
+
+    model = create_model("seed-cnn", input_size=32)
+    model.meta["framing"] = "as-is"
+    path = tmp_path / "p.png"
+    cv2.imwrite(str(path), np.zeros((64, 64, 3), np.uint8))
+    (strict,) = predict_paths([path], model, PredictOptions(limits=Limits(max_pixels=1000)))
+    (plain,) = predict_paths([path], model)
+    assert strict.label == "Error" and "pixels" in strict.error
+    assert plain.label in ("Real", "Fake")

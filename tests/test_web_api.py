@@ -379,3 +379,32 @@ def test_the_full_app_answers_json_for_api_refusals(model, uploads_dir):
         r = requests.get(f"{srv.url}/api/unknown", timeout=TIMEOUT)
         assert r.status_code == 404 and "error" in r.json()
         assert requests.get(f"{srv.url}/api/health", timeout=TIMEOUT).json()["status"] == "ok"
+
+
+def test_analyses_wait_for_a_slot_and_a_request_cancelled_while_waiting_stops():
+    """At most ANALYSES_AT_ONCE files are decoded and scored at once (the rest wait with their
+    upload on disk), which bounds the decoded pictures the server holds."""
+    import threading
+
+    from deepfake_detector.data.deadline import Cancelled, run_cancellable
+    from deepfake_detector.web import api
+
+    def analyse():
+        with api.analysis_slot():
+            return "analysed"
+
+    held = 0
+    for _ in range(api.ANALYSES_AT_ONCE):
+        assert api._ANALYSES.acquire(timeout=5)
+        held += 1
+    try:
+        cancel = threading.Event()
+        timer = threading.Timer(0.6, cancel.set)  # the client leaves while the request waits
+        timer.start()
+        with pytest.raises(Cancelled):
+            run_cancellable(cancel, analyse)
+        timer.join()
+    finally:
+        for _ in range(held):
+            api._ANALYSES.release()
+    assert run_cancellable(threading.Event(), analyse) == "analysed"  # a free slot: no wait

@@ -77,10 +77,23 @@ class Limits:
         return int((self.max_image_mb if kind == "image" else self.max_video_mb) * 2**20)
 
 
+_ENVS = (ENV_MAX_IMAGE_MB, ENV_MAX_VIDEO_MB, ENV_MAX_PIXELS, ENV_MAX_DECODED_MB, ENV_DECODE_SECONDS)
+_PARSED: dict[tuple, Limits] = {}  # the environment's values -> their Limits, parsed once
+
+
 def current_limits() -> Limits:
-    """The limits in force: the environment's, else the defaults."""
-    def env(name, default, cast):
-        text = os.environ.get(name)
+    """The limits in force: the environment's (parsed once per distinct set of values), else
+    the defaults. A caller with limits of its own passes them (``PredictOptions.limits``)."""
+    key = tuple(os.environ.get(name) for name in _ENVS)
+    limits = _PARSED.get(key)
+    if limits is None:
+        limits = _PARSED[key] = _limits_from(dict(zip(_ENVS, key)))
+    return limits
+
+
+def _limits_from(env: dict) -> Limits:
+    def value(name, default, cast):
+        text = env.get(name)
         if not text:
             return default
         try:
@@ -88,10 +101,10 @@ def current_limits() -> Limits:
         except ValueError as e:
             raise ValueError(f"{name}={text!r} is not a number") from e
 
-    return Limits(env(ENV_MAX_IMAGE_MB, DEFAULT_MAX_IMAGE_MB, float),
-                  env(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int),
-                  env(ENV_MAX_DECODED_MB, DEFAULT_MAX_DECODED_MB, float),
-                  env(ENV_DECODE_SECONDS, DEFAULT_DECODE_SECONDS, float))
+    return Limits(value(ENV_MAX_IMAGE_MB, DEFAULT_MAX_IMAGE_MB, float),
+                  value(ENV_MAX_VIDEO_MB, DEFAULT_MAX_VIDEO_MB, float), value(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, int),
+                  value(ENV_MAX_DECODED_MB, DEFAULT_MAX_DECODED_MB, float),
+                  value(ENV_DECODE_SECONDS, DEFAULT_DECODE_SECONDS, float))
 
 
 def set_limits(max_image_mb: float | None = None, max_video_mb: float | None = None,

@@ -127,35 +127,14 @@ def analyze_video(path, model, options: PredictOptions | None = None, *, smooth_
         res.detector = getattr(detector, "name", type(detector).__name__)
         size, margin = int(model.input_size), opts.margin_for(model)
 
-        frames, framed = [], []
         t = time.perf_counter()
-        with open_video(path) as video:
+        with open_video(path, opts.limits) as video:
             info = video.info
             res.fps, res.duration = rounded(info.fps, 4), rounded(info.duration, 4)
             res.width, res.height, res.frame_count = info.width, info.height, info.frame_count
             timings["decode_s"] += time.perf_counter() - t
-            # decode in a background thread, a few frames ahead of detection
-            it = _timed(iter_sampled(video, opts.n_frames, opts.every, method), timings, "decode_s")
-            if prefetch_frames > 0:
-                it = prefetch(it, prefetch_frames)
-            try:
-                while True:
-                    t = time.perf_counter()
-                    item = next(it, None)  # noqa: B034
-                    timings["decode_wait_s"] += time.perf_counter() - t
-                    if item is None:
-                        break
-                    index, t_s, rgb = item
-                    check_cancelled()  # a web request whose client left stops between frames
-                    t = time.perf_counter()
-                    framed.append(frame(rgb, size, True, detector, margin, opts.all_faces)[0])
-                    timings["detect_s"] += time.perf_counter() - t
-                    frames.append({"index": int(index), "time": rounded(t_s, 4), "faces": [], "score": None})
-            finally:
-                it.close()  # stop the decoding thread before the capture is released
-        res.n_frames = len(frames)
-        res.n_frames_requested = video.n_requested
-        res.frames = frames
+            frames, framed = _sample_and_frame(video, opts, detector, size, margin, timings, method, prefetch_frames)
+        res.n_frames, res.n_frames_requested, res.frames = len(frames), video.n_requested, frames
         if not frames:
             raise VideoError(f"{path}: no frame could be decoded")
 
@@ -165,26 +144,7 @@ def analyze_video(path, model, options: PredictOptions | None = None, *, smooth_
             fr["faces"], fr["score"] = faces, rounded(p)
         timings["classify_s"] += time.perf_counter() - t
         res.n_faces = sum(len(pairs) for pairs in framed)
-
-        res.warning = video_confidence(None, len(frames), video.n_requested)[1]
-        face_frames = [fr for fr in frames if fr["score"] is not None]
-        res.n_frames_with_faces = len(face_frames)
-        if not face_frames:
-            res.label = NO_FACE
-            res.message = (f"no face found in any of the {len(frames)} sampled frames; "
-                           f"no verdict (try more frames, or a video where a face is visible)")
-            res.timeline_smoothed = [None] * len(frames)
-            return res
-
-        scores = [fr["score"] for fr in face_frames]
-        p_mean = aggregate(scores, "mean")
-        p_conf = aggregate(scores, "confident")
-        p = p_conf if aggregation == "confident" else p_mean
-        res.judge(p, threshold)
-        res.confidence, res.warning = video_confidence(p, len(frames), video.n_requested, threshold)
-        res.p_fake_mean, res.p_fake_confident, res.flicker = rounded(p_mean), rounded(p_conf), rounded(flicker(scores))
-        sm = iter(smooth(scores, smooth_window, "median"))
-        res.timeline_smoothed = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]
+        _judge_video(res, aggregation, smooth_window)
     except Exception as e:  # noqa: BLE001 - a batch of files must go on; the error is reported
         msg = str(e) if isinstance(e, VideoError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, VideoError):
@@ -194,6 +154,55 @@ def analyze_video(path, model, options: PredictOptions | None = None, *, smooth_
         timings["total_s"] = time.perf_counter() - t_start
         res.timings = {k: round(v, 4) for k, v in timings.items()}
     return res
+
+
+def _sample_and_frame(video, opts: PredictOptions, detector, size: int, margin: float, timings: dict,
+                      method: str, prefetch_frames: int) -> tuple[list[dict], list[list]]:
+    """The sampled frames (``{"index", "time", "faces", "score"}``, not scored yet) and each
+    one's ``(face, crop)`` pairs, framed as a photo is; decoded in a background thread a few
+    frames ahead of detection."""
+    frames, framed = [], []
+    it = _timed(iter_sampled(video, opts.n_frames, opts.every, method), timings, "decode_s")
+    if prefetch_frames > 0:
+        it = prefetch(it, prefetch_frames)
+    try:
+        while True:
+            t = time.perf_counter()
+            item = next(it, None)  # noqa: B034
+            timings["decode_wait_s"] += time.perf_counter() - t
+            if item is None:
+                return frames, framed
+            index, t_s, rgb = item
+            check_cancelled()  # a web request whose client left stops between frames
+            t = time.perf_counter()
+            framed.append(frame(rgb, size, True, detector, margin, opts.all_faces)[0])
+            timings["detect_s"] += time.perf_counter() - t
+            frames.append({"index": int(index), "time": rounded(t_s, 4), "faces": [], "score": None})
+    finally:
+        it.close()  # stop the decoding thread before the capture is released
+
+
+def _judge_video(res: VideoResult, aggregation: str, smooth_window: int) -> None:
+    """The verdict of scored frames: NoFace without a face, else the aggregated P(fake), its
+    confidence (LOW where too few frames decoded), the flicker and the smoothed timeline."""
+    frames = res.frames
+    res.warning = video_confidence(None, len(frames), res.n_frames_requested)[1]
+    face_frames = [fr for fr in frames if fr["score"] is not None]
+    res.n_frames_with_faces = len(face_frames)
+    if not face_frames:
+        res.label = NO_FACE
+        res.message = (f"no face found in any of the {len(frames)} sampled frames; "
+                       f"no verdict (try more frames, or a video where a face is visible)")
+        res.timeline_smoothed = [None] * len(frames)
+        return
+    scores = [fr["score"] for fr in face_frames]
+    p_mean, p_conf = aggregate(scores, "mean"), aggregate(scores, "confident")
+    p = p_conf if aggregation == "confident" else p_mean
+    res.judge(p, res.threshold)
+    res.confidence, res.warning = video_confidence(p, len(frames), res.n_frames_requested, res.threshold)
+    res.p_fake_mean, res.p_fake_confident, res.flicker = rounded(p_mean), rounded(p_conf), rounded(flicker(scores))
+    sm = iter(smooth(scores, smooth_window, "median"))
+    res.timeline_smoothed = [rounded(next(sm)) if fr["score"] is not None else None for fr in frames]
 
 
 def _timed(iterator, timings: dict, key: str):

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 
 from ..data.limits import InputRefused, regular_file_size
-from ..faces.crop import model_margin, square_crop
-from ..faces.detect import get_detector, largest_face
+from ..faces.crop import frame, model_margin
+from ..faces.detect import get_detector
+from ..predict import score_framed
 from ..results import confidence_level, verdict
 from .read import FALLBACK_FPS, VideoError
 
@@ -123,21 +124,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
     ("end" | "max_seconds" | "stop_event" | "interrupt"), "error"}``. Raises
     :class:`VideoError` when the source cannot be opened.
     """
-    target, kind = parse_source(source)
-    if kind == "file":  # the decoding gate: a regular file within the size limit, never a FIFO
-        try:
-            regular_file_size(target, "video")
-        except InputRefused as e:
-            raise VideoError(f"cannot read video {target}: {e.reason}") from e
-    cap = cv2.VideoCapture(target)
-    if not cap.isOpened():
-        cap.release()
-        raise VideoError(f"could not open {kind} {source!r}")
-    if kind == "camera":
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ask drivers that honour it not to queue frames
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    if not np.isfinite(fps) or fps <= 0 or fps > 1000:
-        fps = FALLBACK_FPS
+    cap, kind, fps = _open_source(source)
     if realtime is None:
         realtime = kind == "file"
     detector = detector if detector is not None else get_detector()
@@ -168,11 +155,10 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
                 continue
             index, bgr = item
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            face = largest_face(detector.detect(rgb))
-            frame_score = None
+            pairs, _ = frame(rgb, size, True, detector, model_margin(model, margin))  # as a photo is framed
+            ((frame_score, faces),) = score_framed(model, [pairs], keep_crops=False)
+            face = faces[0] if faces else None
             if face is not None:
-                crop = square_crop(rgb, face.box, model_margin(model, margin), size)
-                frame_score = float(np.asarray(model.predict_proba(crop[None])).reshape(-1)[0])
                 scores.append(frame_score)
                 all_scores.append(frame_score)
                 with_face += 1
@@ -181,7 +167,7 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             p = float(np.mean(scores)) if scores else None
             if on_update is not None:
                 on_update({"frame_index": index, "time": round(index / fps, 3),
-                           "face": None if face is None else [round(v, 1) for v in face.box],
+                           "face": None if face is None else face.box,
                            "frame_score": frame_score, "p_fake": p,
                            "label": verdict(p, threshold),
                            "n_scores": len(scores), "fps": analysed / elapsed if elapsed > 0 else 0.0,
@@ -206,6 +192,27 @@ def watch(source, model, detector=None, *, max_seconds: float | None = None, win
             "p_fake_mean": round(float(np.mean(all_scores)), 6) if all_scores else None,
             "confidence": confidence_level(p, threshold), "threshold": threshold, "window": int(window),
             "stopped_by": stopped_by, "error": reader.error}
+
+
+def _open_source(source) -> tuple[cv2.VideoCapture, str, float]:
+    """(an opened capture, its kind: camera / file / stream, its fps); a file passes the
+    decoding gate first (a regular file within the size limit, never a FIFO)."""
+    target, kind = parse_source(source)
+    if kind == "file":
+        try:
+            regular_file_size(target, "video")
+        except InputRefused as e:
+            raise VideoError(f"cannot read video {target}: {e.reason}") from e
+    cap = cv2.VideoCapture(target)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError(f"could not open {kind} {source!r}")
+    if kind == "camera":
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ask drivers that honour it not to queue frames
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    if not np.isfinite(fps) or fps <= 0 or fps > 1000:
+        fps = FALLBACK_FPS
+    return cap, kind, fps
 
 
 def _blas_limits(n: int | None):

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from .. import __version__
-from ..data.deadline import Cancelled, run_cancellable
+from ..data.deadline import Cancelled, check_cancelled, run_cancellable
 from ..options import DEFAULT_N_FRAMES, PredictOptions
 from ..results import Result, is_error, json_safe, printable
 from .guards import (
@@ -43,6 +43,23 @@ INTERNAL_ERROR = "internal error; see the server log"
 DISCONNECT_POLL_S = 0.25  # how often a request in progress looks whether its client is still there
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
+# Files analysed at once by the web app and the API; the other requests wait with their upload
+# on disk. Decoding runs one file at a time and the model is serialised anyway, so this costs no
+# throughput, and it bounds the decoded pictures held at once (a 64-MP upload decodes to a
+# 4096-px picture of 50 MB, held while its faces are found and scored).
+ANALYSES_AT_ONCE = 4
+_ANALYSES = threading.BoundedSemaphore(ANALYSES_AT_ONCE)
+
+
+@contextlib.contextmanager
+def analysis_slot():
+    """Wait for one of :data:`ANALYSES_AT_ONCE` slots; a request cancelled while it waits stops."""
+    while not _ANALYSES.acquire(timeout=DISCONNECT_POLL_S):
+        check_cancelled()
+    try:
+        yield
+    finally:
+        _ANALYSES.release()
 
 
 class SerialModel:
@@ -83,7 +100,8 @@ def predict_file(model, path, display_name: str, options: PredictOptions | None 
     framing: ``NoFace`` for an image without a face)."""
     from ..predict import predict_paths
 
-    row = next(iter(predict_paths([str(path)], model, options, **changes)))
+    with analysis_slot():
+        row = next(iter(predict_paths([str(path)], model, options, **changes)))
     return rename_path(row, str(path), display_name)
 
 

@@ -7,7 +7,7 @@ process with the same thread count (BLAS pool, onnxruntime intra-op threads, tor
 taking turns run by run, so load from other processes falls on all of them alike. Timings are
 medians after warm-up; the logits are checked against the NumPy engine's.
 
-    python benchmarks/onnx.py [--arch df-cnn | --model CKPT.npz] [--threads 2] [--runs 10]
+    python benchmarks/onnx_runtime.py [--arch df-cnn | --model CKPT.npz] [--threads 2] [--runs 10]
 
 The last two lines read ``onnx_vs_numpy_b1=.. onnx_vs_numpy_b32=..`` and
 ``onnx_vs_torch_b1=.. onnx_vs_torch_b32=..`` (onnxruntime images/s over the other's).
