@@ -1,8 +1,10 @@
-"""One result per input: the verdict and confidence rules, the image, video and error rows,
-the columns every row has, and the table / CSV / JSON writers.
+"""One typed result per input, and everything that reads one: the verdict and confidence
+rules, the colours a verdict is drawn in, the result types (:class:`ImageResult`,
+:class:`VideoResult`, :class:`FaceScore`) whose fields are the only list of the columns, and
+the table / CSV / JSON writers derived from them (a scan's schema and the web table are too).
 
 ``predict``, video analysis, ``watch``, ``scan``, the web app and the CLI all make and print
-their rows here, so a label means the same everywhere.
+their results here, so a label means the same everywhere.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime")
 
 from deepfake_detector.models import create_model, load, save_model  # noqa: E402
 from deepfake_detector.models.clip import encoder as enc  # noqa: E402
@@ -339,3 +339,42 @@ def test_fuse_refuses_a_part_no_bundle_can_hold_before_scoring_anything(tmp_path
     with pytest.raises(ValueError, match="export it to ONNX first"):
         fuse({"cnn": str(tmp_path / "cnn.npz")}, data=[str(tmp_path / "no-such-root")], out=tmp_path / "new" / "b.zip")
     assert (tmp_path / "new").is_dir()  # the output folder is made first, too
+
+
+def test_block_outputs_are_added_beside_the_graph_and_change_no_value(tmp_path):
+    """with_block_outputs adds one Gather per block of BLOCK_CLS on that block's residual stream:
+    the original nodes stay as they were, a graph without those blocks is left alone (None), and
+    a graph with only some of them is refused."""
+    from onnx import TensorProto, helper
+
+    from deepfake_detector.models.clip.encoder import BLOCK_CLS, prepare_outputs, with_block_outputs
+
+    plain = tiny_encoder(tmp_path / "plain.onnx")
+    assert with_block_outputs(onnx.load(str(plain))) is None
+    assert prepare_outputs(plain) == plain  # nothing to add: the file itself runs
+
+    def stream_graph(blocks):
+        nodes, prev = [], "pixel_values"
+        for k in range(12):
+            out = f"/vision_model/encoder/layers.{k}/Add_1_output_0" if k in blocks else f"x{k}"
+            nodes.append(helper.make_node("Identity", [prev], [out]))
+            prev = out
+        nodes.append(helper.make_node("Identity", [prev], ["image_embeds"]))
+        graph = helper.make_graph(nodes, "streams",
+                                  [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 197, 768])],
+                                  [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, [1, 197, 768])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return model
+
+    model = stream_graph(BLOCK_CLS)
+    before = [n.SerializeToString() for n in model.graph.node]
+    out = with_block_outputs(model)
+    assert [n.SerializeToString() for n in out.graph.node[: len(before)]] == before
+    assert [o.name for o in out.graph.output] == ["image_embeds", *(f"cls_block{k}" for k in BLOCK_CLS)]
+    x = np.random.default_rng(0).standard_normal((1, 197, 768)).astype(np.float32)
+    session = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    res = session.run(None, {"pixel_values": x})
+    assert all(np.array_equal(r, x[:, 0]) for r in res[1:]) and np.array_equal(res[0], x)
+    with pytest.raises(ValueError, match="layers.4"):
+        with_block_outputs(stream_graph({2}))

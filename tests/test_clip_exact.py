@@ -47,16 +47,23 @@ def probe_images() -> dict[str, np.ndarray]:
 
 
 def encode_probes(encoder) -> dict[str, np.ndarray]:
-    """{"embeds": (3, 512), "cls": (3, 768)}: the pooled embedding and the final hidden
-    state's CLS token of each probe, one image per call."""
+    """{"embeds": (3, 512), "cls": (3, 768), "patch_mean": (3, 768), "cls_block{k}": (3, 768)
+    for each block of BLOCK_CLS}: the pooled embedding, the final hidden state's CLS token and
+    its mean patch token, and the CLS token after each intermediate block, of each probe, one
+    image per call."""
     from deepfake_detector.models.clip.features import normalize
 
-    embeds, cls = [], []
+    rows: dict[str, list] = {}
+    names = [o.name for o in encoder.session.get_outputs()]
     for img in probe_images().values():
-        out = encoder.session.run(None, {enc.INPUT_NAME: normalize(img[None])})
-        embeds.append(out[0][0])
-        cls.append(out[1][0, 0])
-    return {"embeds": np.stack(embeds), "cls": np.stack(cls)}
+        out = dict(zip(names, encoder.session.run(None, {enc.INPUT_NAME: normalize(img[None])})))
+        tokens = out[names[1]][0]
+        rows.setdefault("embeds", []).append(out[names[0]][0])
+        rows.setdefault("cls", []).append(tokens[0])
+        rows.setdefault("patch_mean", []).append(tokens[1:].mean(0))
+        for k in enc.BLOCK_CLS:
+            rows.setdefault(f"cls_block{k}", []).append(out[f"cls_block{k}"][0])
+    return {key: np.stack(v) for key, v in rows.items()}
 
 
 def mismatches(got, want) -> list[str]:
@@ -84,10 +91,11 @@ def test_the_patch_token_feature_comes_from_the_same_pass_and_is_pinned(real_enc
 
     golden = np.load(GOLDEN)
     e = enc.ClipEncoder(real_encoder_path, threads=1)
-    assert e.feature_names == ("pooled", "patch-mean")
+    assert e.feature_names == ("pooled", "patch-mean", *(f"cls-block-{k}" for k in enc.BLOCK_CLS))
     feats = [e.features(normalize(img[None])) for img in probe_images().values()]
-    assert e.calls == 3  # one encoder call per image gives both
-    for key, name in (("embeds", "pooled"), ("patch_mean", "patch-mean")):
+    assert e.calls == 3  # one encoder call per image gives them all
+    for key, name in (("embeds", "pooled"), ("patch_mean", "patch-mean"),
+                      *((f"cls_block{k}", f"cls-block-{k}") for k in enc.BLOCK_CLS)):
         got = np.concatenate([f[name] for f in feats])
         assert not mismatches(got, golden[key]), (name, mismatches(got, golden[key]))
 
@@ -99,7 +107,7 @@ def test_the_encoder_reproduces_the_golden_embeddings(real_encoder_path, kernel)
     e = enc.ClipEncoder(real_encoder_path, threads=1, kernel=kernel)
     got = encode_probes(e)
     assert e.kernel in ("u8u8", "u8s8-checked")
-    for key in ("embeds", "cls"):
+    for key in ("embeds", "cls", "patch_mean", *(f"cls_block{k}" for k in enc.BLOCK_CLS)):
         assert not mismatches(got[key], golden[key]), (key, e.kernel, mismatches(got[key], golden[key]))
 
 

