@@ -22,13 +22,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BackgroundServer:
     """``with BackgroundServer(app) as srv: requests.get(srv.url + "/api/health")``."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0):
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
+                 http="auto"):
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
         self.timeout = timeout
