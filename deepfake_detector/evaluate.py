@@ -48,10 +48,10 @@ def evaluate(model: Predictor, data, *, faces: bool | None = None, report_dir=No
     if limit and limit < len(samples):
         pick = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(pick)]
-    from .predict import resolve_faces
+    from .options import PredictOptions
 
     S = model.input_size
-    faces = resolve_faces(model, faces)
+    faces = PredictOptions(faces=faces).framed_for(model).faces  # None: the model's own framing
     if faces:
         from .data import load_image
         from .predict import predict_arrays

@@ -22,7 +22,7 @@ from .results import FaceScore, ImageResult, Result, error_row, image_row, round
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PredictOptions", "predict_arrays", "predict_paths", "resolve_faces",
+__all__ = ["PredictOptions", "predict_arrays", "predict_paths",
            "retry_alone", "score_framed"]
 
 
@@ -76,12 +76,6 @@ def predict_arrays(model: Predictor, images: list[np.ndarray], options: PredictO
             r.image, r.crop = img, (pairs[0][1] if pairs else None)
         out.append(r)
     return out
-
-
-def resolve_faces(model: Predictor, faces: bool | None) -> bool:
-    """``faces`` as asked (True: crop the largest face, False: the whole image), or None: the
-    model's own framing (:attr:`~deepfake_detector.models.Predictor.framing`)."""
-    return bool(PredictOptions(faces=faces).framed_for(model).faces)
 
 
 def retry_alone(run, items: list, describe=str, reraise: tuple = (ImportError, FileNotFoundError)) -> list:

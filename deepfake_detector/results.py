@@ -10,6 +10,7 @@ their results here, so a label means the same everywhere.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -116,7 +117,7 @@ class _Row(Mapping):
 
     def _keys(self) -> list[str]:
         skip = self._omitted()
-        return [f.name for f in fields(self) if not f.metadata.get("pixels") and f.name not in skip]
+        return [name for name in _row_fields(type(self)) if name not in skip]
 
     def __getitem__(self, key):
         if key not in self._keys():
@@ -132,6 +133,12 @@ class _Row(Mapping):
     def to_dict(self) -> dict:
         """Plain JSON-ready values: nested results as dicts."""
         return {k: _plain(getattr(self, k)) for k in self._keys()}
+
+
+@functools.cache
+def _row_fields(cls) -> tuple[str, ...]:
+    """The fields of a result type that are row keys (all but the pixels), once per type."""
+    return tuple(f.name for f in fields(cls) if not f.metadata.get("pixels"))
 
 
 def _plain(v):
