@@ -88,7 +88,7 @@ def main() -> int:
         om = OnnxModel(path, threads=args.threads)
 
     engines = {"onnxruntime": om.forward}
-    if model.engine == "numpy":  # the from-scratch engine runs it too
+    if model.kind == "numpy":  # the from-scratch engine runs it too
 
         def numpy_forward(x):
             with nn.no_grad():
@@ -102,7 +102,7 @@ def main() -> int:
         torch = None
     if torch is not None:
         torch.set_num_threads(args.threads)
-        net = model.net.eval() if model.engine == "torch" else _torch_twin(model)
+        net = model.net.eval() if model.kind == "torch" else _torch_twin(model)
 
         def torch_forward(x):
             with torch.inference_mode():

@@ -34,7 +34,7 @@ from .models.onnx_format import (
     META_META,
     META_PARAMETERS,
     META_PREPROCESS,
-    META_SOURCE_ENGINE,
+    META_SOURCE_KIND,
     OUTPUT_NAME,
 )
 
@@ -85,7 +85,7 @@ def metadata_of(model, bn_folded: bool | None = None) -> dict[str, str]:
                                  "std": [float(v) for v in pp.std]}),
         META_CLASS_NAMES: _dumps([str(c) for c in model.class_names]),
         META_META: _dumps(dict(model.meta)),
-        META_SOURCE_ENGINE: str(model.engine),
+        META_SOURCE_KIND: str(model.kind),
     }
     if num_params is not None:
         props[META_PARAMETERS] = str(int(num_params))
@@ -343,7 +343,7 @@ def export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, fo
     from . import nn
 
     if not isinstance(getattr(model, "net", None), nn.Sequential):
-        raise ExportError(f"{type(model).__name__}: engine {model.engine!r} but no nn.Sequential in .net")
+        raise ExportError(f"{type(model).__name__}: a {model.kind} model but no nn.Sequential in .net")
     graph = sequential_graph(model.net, model.input_size, fold_bn=fold_bn, dynamic_batch=dynamic_batch,
                              graph_name=str(model.arch))
     opsets = [onnx.helper.make_opsetid("", opset)]
@@ -449,7 +449,7 @@ def export_onnx(model, out_path, opset: int = 17, dynamic_batch: bool = True, fo
     if not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} not supported: choose {MIN_OPSET}..{newest}")
     if not model.abilities.exportable:
-        raise ExportError(f"a {model.kind} model ({model.engine}) cannot be exported to ONNX")
+        raise ExportError(f"a {model.kind} model (runtime {model.runtime}) cannot be exported to ONNX")
     out_path = Path(out_path)
     model.export_onnx(out_path, opset, dynamic_batch, fold_bn=fold_bn)  # each model writes its own graph
     if half:

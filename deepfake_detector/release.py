@@ -168,8 +168,8 @@ def model_card(model, shipped: str = "a .npz checkpoint") -> str:
                 "averaged (twice the inference cost)." if m.get("tta") == "flip" else "")
     return f"""# Model card: `{m.get('version', model.arch)}`
 
-**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), trained on the
-{model.engine} engine, shipped as {shipped}; input {model.input_size}x{model.input_size} RGB, normalised with mean
+**Architecture** `{model.arch}` ({model.num_parameters():,} parameters), trained as a
+{model.kind} model, shipped as {shipped}; input {model.input_size}x{model.input_size} RGB, normalised with mean
 {list(model.preprocess.mean)} and std {list(model.preprocess.std)}. Classes: Real = 0, Fake = 1.
 Decision threshold {model.threshold:.4f} (chosen on {where}; rule: {rule}), temperature
 {model.temperature:.4f} (fitted on Validation).{tta_note}

@@ -278,7 +278,7 @@ def test_pretrained_and_weights_in_a_checkpoint_s_config_are_not_followed(tmp_pa
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     model = load(bad)
-    assert model.engine == "torch" and model.config["pretrained"] is False and model.config["weights"] is None
+    assert model.kind == "torch" and model.config["pretrained"] is False and model.config["weights"] is None
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(model.predict_proba(images), src.predict_proba(images))  # the file's weights
     wide = tampered(tmp_path / "m.npz", tmp_path / "wide.npz", edit=lambda m: m["config"].update(input_size=4096))

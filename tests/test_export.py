@@ -80,7 +80,7 @@ def test_metadata_round_trip(exported):
     assert om.threshold == pytest.approx(0.37) and om.temperature == pytest.approx(1.7)
     assert om.face_margin == pytest.approx(0.15) and om.meta == model.meta
     d = om.describe()
-    assert d["engine"] == "onnxruntime" and d["version"] == "test-1"
+    assert d["kind"] == "onnx" and d["runtime"] == "onnx" and d["version"] == "test-1"
     assert d["parameters"] == model.num_parameters() and d["input_size"] == model.input_size
     assert om.logits(_images(0, model.input_size)).shape == (0, 2)
 
@@ -135,7 +135,7 @@ def test_load_dispatches_on_the_file_kind(tmp_path, exported):
     model, om = exported
     save_model(model, tmp_path / "m.npz")
     loaded = load(tmp_path / "m.npz")
-    assert isinstance(loaded, Model) and loaded.engine == "numpy"
+    assert isinstance(loaded, Model) and loaded.kind == "numpy"
     assert isinstance(load(om.path), OnnxModel)
     upper = tmp_path / "M.ONNX"
     upper.write_bytes(om.path.read_bytes())

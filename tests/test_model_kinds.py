@@ -34,7 +34,7 @@ class ToyModel(Predictor):
     """P(fake) = the crop's mean brightness: a model kind in a dozen lines, no engine at all."""
 
     kind = "toy"
-    engine = "toy"
+    runtime = "toy"
 
     def __init__(self, path):
         spec = json.loads(Path(path).read_text())
@@ -88,7 +88,7 @@ def test_the_toy_kind_through_evaluate(tmp_path, toy, capsys):
     root = make_dataset(tmp_path / "ds", n_per_class=(2, 2, 6), size=16)
     assert main(["evaluate", "--data", str(root), "--model", str(toy), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["n"] == 12 and r["model"]["engine"] == "toy" and 0.0 <= r["roc_auc"] <= 1.0
+    assert r["n"] == 12 and r["model"]["kind"] == r["model"]["runtime"] == "toy" and 0.0 <= r["roc_auc"] <= 1.0
 
 
 def test_the_toy_kind_through_scan(tmp_path, toy):
@@ -119,7 +119,7 @@ def test_the_toy_kind_through_the_web_api(tmp_path, toy):
                           data={"faces": "false"}, timeout=60)
         assert r.status_code == 200
         assert r.json()["label"] == "Fake" and r.json()["p_fake"] == pytest.approx(230 / 255, abs=1e-6)
-        assert requests.get(f"{srv.url}/api/health", timeout=60).json()["model"]["engine"] == "toy"
+        assert requests.get(f"{srv.url}/api/health", timeout=60).json()["model"]["runtime"] == "toy"
 
 
 def test_a_runtime_that_cannot_run_the_file_is_refused(tmp_path, toy):
@@ -200,7 +200,7 @@ def test_export_asks_the_model_to_write_its_own_graph(tmp_path, monkeypatch):
 def test_one_registration_records_an_architecture_with_its_defaults():
     from deepfake_detector.models import list_models
     from deepfake_detector.models.registry import model_entry
-    from deepfake_detector.models.torch.engine import TorchArch, arch_spec
+    from deepfake_detector.models.torch.model import TorchArch, arch_spec
 
     for name in ("mobilenet-v2", "efficientnet-lite0", "vit-tiny"):
         e = model_entry(name)
@@ -244,3 +244,20 @@ def test_the_web_app_draws_from_the_result_without_decoding_again(tmp_path, monk
     assert len(decodes) == 1  # the photo was decoded once, for the verdict and the drawing alike
     assert out["annotated"].shape == (40, 48, 3) and out["crop"].shape == (32, 32, 3)
     assert out["row"]["label"] in ("Real", "Fake") and out["heatmap"] is not None
+
+
+def test_one_vocabulary_each_kinds_models_run_on_the_runtime_the_kind_names():
+    """The registry's kind names are the models' ``kind``; a model's ``runtime`` is the one its
+    kind is registered with, and one of the runtimes ``--runtime`` offers."""
+    from deepfake_detector.models import RUNTIMES
+    from deepfake_detector.models.clip.head import ClipHeadModel
+    from deepfake_detector.models.fusion import FusedModel
+    from deepfake_detector.models.onnx_model import OnnxModel
+    from deepfake_detector.models.scratch import Model
+    from deepfake_detector.models.torch.model import TorchModel
+
+    classes = {cls.kind: cls for cls in (Model, TorchModel, ClipHeadModel, FusedModel, OnnxModel)}
+    builtin = {name: k for name, k in KINDS.items() if name != "toy"}
+    assert set(builtin) == set(classes)
+    for name, k in builtin.items():
+        assert classes[name].runtime == k.runtime and k.runtime in RUNTIMES, name

@@ -133,7 +133,7 @@ def test_save_and_load_give_identical_predictions(arch, faces, tmp_path):
     model.meta["threshold"] = 0.4
     save_model(model, tmp_path / "m.npz")
     again = load_model(tmp_path / "m.npz")
-    assert again.engine == "torch" and again.arch == arch and again.mode == model.mode
+    assert again.kind == "torch" and again.arch == arch and again.mode == model.mode
     assert again.config["pretrained"] is False and again.config["weights"] is None  # weights are in the file
     assert again.meta["weights_source"] == model.meta["weights_source"]
     assert again.preprocess == model.preprocess and again.threshold == 0.4

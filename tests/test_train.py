@@ -171,7 +171,7 @@ def test_torch_train_resume_exact(synthetic, tmp_path):
         assert a[g].keys() == b[g].keys()
         for k in a[g]:
             np.testing.assert_array_equal(a[g][k], b[g][k], err_msg=k)
-    assert load_model(tmp_path / "full" / "best.npz").engine == "torch"
+    assert load_model(tmp_path / "full" / "best.npz").kind == "torch"
 
 
 def test_release_with_flip_tta_recalibrates_with_it_and_ships_it(synthetic, tmp_path):

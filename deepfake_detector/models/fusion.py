@@ -30,7 +30,7 @@ class FusedModel(Predictor):
     so that each expert can count where it is at home and not elsewhere."""
 
     kind = "fused"
-    engine = "onnxruntime"
+    runtime = "onnx"
 
     def __init__(self, parts: dict[str, Predictor], weights, bias: float, meta: dict | None = None,
                  arch: str = "fused", gate: str | None = None):
@@ -108,8 +108,8 @@ class FusedModel(Predictor):
         return np.stack([np.zeros_like(s), s], 1).astype(np.float32), errors
 
     def describe(self) -> dict:
-        parts = {name: {k: v for k, v in p.describe().items() if k in ("arch", "input_size", "engine", "version",
-                                                                       "encoder", "tta")}
+        keys = ("arch", "input_size", "kind", "runtime", "version", "encoder", "tta")
+        parts = {name: {k: v for k, v in p.describe().items() if k in keys}
                  for name, p in self.parts.items()}
         return {**super().describe(), "parts": parts,
                 "stack": {"weights": [round(float(w), 6) for w in self.weights], "bias": round(self.bias, 6),

@@ -119,16 +119,22 @@ def exported(model: Predictor, threads: int | None = None, device: str = "cpu") 
 
 
 # --- the kinds this package brings ---------------------------------------------------------
-def _engine_of(path: Path) -> str | None:
-    """The ``engine`` a .npz checkpoint names, or None for any other file."""
+# Checkpoints written before 2026-12-03 name what ran them (``engine``), not their kind.
+_LEGACY_ENGINES = {"numpy": "numpy", "torch": "torch", "clip-onnx+numpy": "clip"}
+
+
+def _kind_in_checkpoint(path: Path) -> str | None:
+    """The kind a .npz checkpoint names (``numpy``, ``torch``, ``clip``), or None for any
+    other file."""
     if path.suffix.lower() != ".npz":
         return None
     from ..nn.io import CheckpointError, read_meta
 
     try:
-        return read_meta(path).get("engine", "numpy")
+        meta = read_meta(path)
     except CheckpointError:
         return "numpy"  # let the checkpoint loader give its precise error
+    return meta.get("kind") or _LEGACY_ENGINES.get(meta.get("engine", "numpy"), meta.get("engine"))
 
 
 def _load_checkpoint(path, device: str = "cpu", threads: int | None = None) -> Predictor:
@@ -146,9 +152,8 @@ def _load_onnx(path, device: str = "cpu", threads: int | None = None) -> Predict
     return OnnxModel(path, threads=threads, device=device)
 
 
-register_kind(ModelKind("numpy", "numpy", lambda p: _engine_of(p) == "numpy", _load_checkpoint))
-register_kind(ModelKind("torch", "torch", lambda p: _engine_of(p) == "torch", _load_checkpoint))
-register_kind(ModelKind("clip", "onnx", lambda p: _engine_of(p) == "clip-onnx+numpy", _load_checkpoint))
+for _name, _runtime in (("numpy", "numpy"), ("torch", "torch"), ("clip", "onnx")):
+    register_kind(ModelKind(_name, _runtime, lambda p, k=_name: _kind_in_checkpoint(p) == k, _load_checkpoint))
 def _load_bundle(path, device: str = "cpu", threads: int | None = None, only: str | None = None) -> Predictor:
     from .fusion import load_bundle
 

@@ -18,5 +18,5 @@ META_PREPROCESS = "preprocess"  # JSON {"input_size", "mean", "std"}
 META_CLASS_NAMES = "class_names"  # JSON list
 META_META = "meta"  # JSON: the whole model.meta (threshold, temperature, face_margin, version...)
 META_PARAMETERS = "parameters"  # the source model's parameter count, as a decimal string
-META_SOURCE_ENGINE = "source_engine"
+META_SOURCE_KIND = "source_kind"  # the kind of model it was exported from (numpy, torch, clip)
 META_BN_FOLDED = "bn_folded"  # "1" / "0"

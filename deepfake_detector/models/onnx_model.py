@@ -51,7 +51,7 @@ class OnnxModel(Predictor):
     """An exported model run by onnxruntime: inference only, thread-safe."""
 
     kind = "onnx"
-    engine = "onnxruntime"
+    runtime = "onnx"
 
     def __init__(self, path, threads: int | None = None, device: str = "cpu", *, data: bytes | None = None):
         """``path``: the .onnx file; or ``data``: its bytes (then ``path`` only names it)."""

@@ -2,7 +2,7 @@
 
 A :class:`Predictor` turns uint8 RGB crops into calibrated P(fake); its :class:`Abilities`
 say what else it offers (gradients for heatmaps, training, thread safety). Callers ask
-``model.abilities``, never the type, the engine or the file suffix.
+``model.abilities``, never the type, the runtime or the file suffix.
 """
 
 from __future__ import annotations
@@ -54,13 +54,14 @@ class Abilities:
 class Predictor:
     """What every model offers, whatever runs it: its preprocessing and a calibrated P(fake).
 
-    Subclasses set ``kind`` (the registry name of their kind), ``engine``, ``arch``,
+    Subclasses set ``kind`` (the registry name of their kind), ``runtime`` (what runs it,
+    one of :data:`~deepfake_detector.models.loader.RUNTIMES`), ``arch``,
     ``preprocess``, ``class_names`` and ``meta``, and implement ``logits(images, batch_size)``
     and ``num_parameters()``; they override ``abilities`` and the methods it declares.
     """
 
     kind = "abstract"
-    engine = "abstract"
+    runtime = "abstract"
     threads: int | None = None
 
     @property
@@ -133,7 +134,7 @@ class Predictor:
 
     def describe(self) -> dict:
         d = {"arch": self.arch, "parameters": self.num_parameters(), "input_size": self.input_size,
-             "engine": self.engine, "version": self.meta.get("version", "untrained")}
+             "kind": self.kind, "runtime": self.runtime, "version": self.meta.get("version", "untrained")}
         return {**d, "tta": self.tta} if self.tta else d
 
     def file_logits(self, paths, framing: str = "as-is", size: int | None = None, detector=None,

@@ -3,7 +3,7 @@ builder records it once, with its default config; ``create_model(name, **config)
 
 An entry's default config is the builder's keyword defaults (``input_size``, ``dropout``...)
 and its ``spec``: what the engine behind it needs to know (for a torch architecture, its
-:class:`~deepfake_detector.models.torch.engine.TorchArch`: head, normalisation, where its
+:class:`~deepfake_detector.models.torch.model.TorchArch`: head, normalisation, where its
 ImageNet weights come from). ``needs`` names the extra to install (``torch``), if any.
 """
 

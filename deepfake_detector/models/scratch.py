@@ -66,8 +66,8 @@ class Model(Predictor):
     class_names: tuple = CLASS_NAMES
     meta: dict = field(default_factory=dict)  # training metadata, threshold, temperature...
     device: str = "cpu"
-    engine: str = "numpy"
     kind = "numpy"
+    runtime = "numpy"
 
     def export_onnx(self, out_path, opset: int = 17, dynamic_batch: bool = True, fold_bn: bool = True, **_):
         """The network's layers as ONNX nodes, batch norms folded into the layer before
@@ -215,7 +215,7 @@ def save_model(model, path, extra_meta: dict | None = None, optimizer=None) -> N
     """Write ``model`` (and optionally an optimiser's state) to a safe .npz checkpoint."""
     meta = dict(model.meta)
     meta.update(extra_meta or {})
-    meta.update(arch=model.arch, config=model.config, engine=model.engine,
+    meta.update(arch=model.arch, config=model.config, kind=model.kind,
                 class_names=list(model.class_names),
                 preprocess={"input_size": model.preprocess.input_size,
                             "mean": list(model.preprocess.mean), "std": list(model.preprocess.std)})

@@ -41,6 +41,17 @@ def infer_files(model, paths: list[str], options: PredictOptions | None = None,
     return [slim(error_row(p, r)) if isinstance(r, str) else r for p, r in zip(paths, rows, strict=True)]
 
 
+def worker_died(path, where: str = "worker process") -> dict:
+    """The row of a file whose worker died again when it was analysed alone.
+
+    The retry policy has two halves. In a process, :func:`infer_files` retries each file of a
+    failed batch alone (:func:`~deepfake_detector.predict.retry_alone`). A file that kills the
+    process (a decoder crash) takes its whole task with it; the scan runners (the local pool,
+    Ray) then run each file of the lost tasks alone in a fresh worker, and a file that kills
+    that one too gets this row."""
+    return slim(error_row(os.fspath(path), f"the {where} died analysing this file"))
+
+
 def model_identity(model, model_path) -> dict:
     """What RESULTS record about the model: arch, version and the SHA-256 of its file."""
     d = model.describe()

@@ -18,7 +18,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 from ..data.limits import InputRefused
 from ..options import PredictOptions
-from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
     DEFAULT_BATCH_SIZE,
@@ -26,7 +25,7 @@ from .infer import (
     DEFAULT_PART_SECONDS,
     infer_files,
     model_identity,
-    slim,
+    worker_died,
 )
 from .sources import check_sources, file_digest, iter_sources
 from .store import ResultsStore, require_pyarrow
@@ -236,8 +235,8 @@ def _scan_pool(col: Collector, sources, workers: int, model_args: tuple, opts) -
             fut = pool.submit(_run_task, [item[0]], *opts)
             try:
                 result = fut.result()[0]
-            except BrokenProcessPool as e:
-                result = slim(error_row(item[0], f"the worker process died analysing this file ({e})"))
+            except BrokenProcessPool:
+                result = worker_died(item[0])
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = new_pool()
             col.add(*item, result)

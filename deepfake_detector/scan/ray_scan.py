@@ -14,7 +14,6 @@ from itertools import islice
 
 from ..data.limits import InputRefused
 from ..options import PredictOptions
-from ..results import error_row
 from .collector import Collector, ScanInterrupted
 from .infer import (
     DEFAULT_BATCH_SIZE,
@@ -23,7 +22,7 @@ from .infer import (
     RESULT_KEYS,
     infer_files,
     model_identity,
-    slim,
+    worker_died,
 )
 from .sources import check_sources, file_digest, iter_sources
 from .store import ResultsStore, require_pyarrow
@@ -164,8 +163,7 @@ def scan_ray(sources, out, address: str = "auto", model_path=None, workers: int 
                         raise RuntimeError("every batch failed on the Ray workers (see the errors above): is "
                                            "deepfake-detector installed on every node, are the files there?")
                     for item in still:
-                        col.add(item["path"], item["sha256"], item["size"],
-                                slim(error_row(item["path"], "the Ray worker died analysing this file")))
+                        col.add(item["path"], item["sha256"], item["size"], worker_died(item["path"], "Ray worker"))
         except KeyboardInterrupt:
             col.flush()
             col.close()

@@ -248,7 +248,7 @@ def build_ui(model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, work_dir=None,
 
     title = "Deepfake detector"
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(300, 900)) as ui:
-        gr.Markdown(f"# {title}\nModel: `{desc.get('arch')}` ({desc.get('engine')}, input "
+        gr.Markdown(f"# {title}\nModel: `{desc.get('arch')}` ({desc.get('kind')} model, input "
                     f"{desc.get('input_size')} px, version {desc.get('version')}). Files up to "
                     f"{max_upload_mb:g} MB; nothing leaves this machine.")
         with gr.Tabs():

@@ -27,8 +27,8 @@ class ClipHeadModel(Predictor):
     class_names: tuple = CLASS_NAMES
     meta: dict = field(default_factory=dict)
     device: str = "cpu"
-    engine: str = "clip-onnx+numpy"
     kind = "clip"
+    runtime = "onnx"  # the encoder; its small head runs on the from-scratch engine
 
     def __post_init__(self):
         self._encoder: ClipEncoder | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from deepfake_detector.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_detector.models.torch import efficientnet_lite0, mobilenet_v2, vit_tiny  # registers them
 from deepfake_detector.models.torch.efficientnet_lite0 import TF_LITE_MEAN, TF_LITE_STD
-from deepfake_detector.models.torch.engine import (
+from deepfake_detector.models.torch.model import (
     INSTALL_HINT,
     MODES,
     TorchArch,

@@ -9,7 +9,7 @@ import logging
 import os
 
 from deepfake_detector.models.predictor import Preprocess
-from deepfake_detector.models.torch.engine import MODES, TorchModel, arch_spec, require_torch
+from deepfake_detector.models.torch.model import MODES, TorchModel, arch_spec, require_torch
 from deepfake_detector.models.torch.weights import _load_into, _resolve_pretrained, load_state_dict_file
 from deepfake_detector.nn.layers import budgeted, reserve_params
 
@@ -59,7 +59,7 @@ def _build(arch, make_net, *, seed, input_size, mode, pretrained, weights, confi
            adapt=None) -> TorchModel:
     """``make_net()`` under ``seed``, initialised from ``pretrained`` then ``weights``, as a TorchModel.
 
-    ``arch``'s :class:`~deepfake_detector.models.torch.engine.TorchArch` (its ``arch_spec``)
+    ``arch``'s :class:`~deepfake_detector.models.torch.model.TorchArch` (its ``arch_spec``)
     gives its head and default normalisation; weights loaded from ``pretrained`` bring the
     normalisation they were trained with, and an explicit ``mean``/``std`` wins over both.
     ``adapt(name, value, target)`` may reshape loaded tensors of another shape. Files are

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from deepfake_detector.models.registry import register_model
 from deepfake_detector.models.torch._build import _build
-from deepfake_detector.models.torch.engine import (
+from deepfake_detector.models.torch.model import (
     INSTALL_HINT,
     TorchArch,
     TorchModel,

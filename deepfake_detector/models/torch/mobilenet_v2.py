@@ -11,7 +11,7 @@ import functools
 from deepfake_detector.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_detector.models.registry import register_model
 from deepfake_detector.models.torch._build import _build
-from deepfake_detector.models.torch.engine import TorchArch, TorchModel, require_torch
+from deepfake_detector.models.torch.model import TorchArch, TorchModel, require_torch
 
 _TV = "https://download.pytorch.org/models/"
 _MBV2_V1 = (_TV + "mobilenet_v2-b0353104.pth", IMAGENET_MEAN, IMAGENET_STD)  # = the packaged file

@@ -11,7 +11,7 @@ import functools
 from deepfake_detector.models.predictor import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_detector.models.registry import register_model
 from deepfake_detector.models.torch._build import _build
-from deepfake_detector.models.torch.engine import TorchArch, TorchModel, require_torch
+from deepfake_detector.models.torch.model import TorchArch, TorchModel, require_torch
 
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs: (x - 0.5) / 0.5
 INCEPTION_STD = (0.5, 0.5, 0.5)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from deepfake_detector.models.torch.engine import TorchUnavailableError, arch_spec, require_torch
+from deepfake_detector.models.torch.model import TorchUnavailableError, arch_spec, require_torch
 from deepfake_detector.nn.io import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -169,11 +169,11 @@ class TorchModel(Predictor):
     class_names: tuple = CLASS_NAMES
     meta: dict = field(default_factory=dict)
     device: str = "cpu"
-    engine: str = "torch"
     heads: tuple = ()  # top-level module names of the head (trained in linear-probe mode)
     mode: str = "finetune"
 
     kind = "torch"
+    runtime = "torch"
 
     def __post_init__(self):
         self._graph = None  # (input tensor, logits tensor) of the last forward with gradients
