@@ -82,7 +82,7 @@ def fit_domain_gate(data: list, gate_root: str, encoder_from, seed: int = 0):
 
 
 def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int = 5, seed: int = 0,
-         fast_part: str | None = None, gate_root: str | None = None, name: str | None = None) -> dict:
+         fast_part: str | None = None, gate_root: str | None = None, version: str | None = None) -> dict:
     """Build the fused model of ``parts`` ({name: model file}) on the roots of ``data`` (as a
     :class:`~deepfake_detector.train_heads.HeadConfig`'s ``data``: Validation and Test of each,
     capped as there), write it to ``out`` (a bundle .zip; or the winning part alone where it
@@ -90,7 +90,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     ``gate_root``: add a domain gate (:func:`fit_domain_gate`) telling that root's crops from
     the others, so that the stack weighs each expert by where the input looks at home.
     ``fast_part``: the part ``--fast`` runs alone (default: the quickest expert with no encoder,
-    the one with the best mean per-source validation AUC among those). ``name``: the model's
+    the one with the best mean per-source validation AUC among those). ``version``: the model's
     version name (default: ``<choice>-<date>``)."""
     from .calibration import calibrate_on_validation
     from .metrics import per_source_metrics
@@ -137,7 +137,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
         report[f"{split}_sources"] = per_source_metrics(ys, p, ss, threshold, roots=rs)
 
     meta = {"threshold": threshold, "temperature": temperature, "face_margin": 0.0,
-            "version": name or f"{choice}-{time.strftime('%Y%m%d')}", "threshold_rule": report["threshold_rule"],
+            "version": version or f"{choice}-{time.strftime('%Y%m%d')}", "threshold_rule": report["threshold_rule"],
             "validation_sources": report["validation_sources"], "test_sources": report["test_sources"],
             "selection": {n: {"mean_auc": d["mean_auc"], "worst_source": d["worst_source"],
                               "worst_auc": d["worst_auc"]} for n, d in by_source.items()},

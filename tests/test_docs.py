@@ -1,10 +1,13 @@
 """The documentation is checked like code: README.md stays an index, every relative link in
 README.md and docs/*.md resolves (and its #anchor names a heading of the page it points to),
-every `deepfake-detector ...` command shown in a code block parses with the real CLI parser,
-every script a code block runs exists, and README's test command is the one CI runs."""
+every `deepfake-detector ...` command shown in a code block parses with the real CLI parser
+and is run by a test (each subcommand, with every flag a page shows for it: the tests that
+run the command line are read for the argument lists they pass), every script a code block
+runs exists, and README's test command is the one CI runs."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from pathlib import Path
@@ -226,6 +229,63 @@ def test_cli_command_parses(parser, capsys, page, line, argv):
             message = capsys.readouterr().err.strip().splitlines()
             pytest.fail(f"{rel(page)}, line {line}: `{shlex.join(argv)}` does not parse: "
                         f"{message[-1] if message else exit}", pytrace=False)
+
+
+# --- every subcommand and flag the docs show is run by a test -------------------------------
+RUNNERS = {"main", "cli_main", "run_cli", "run"}  # the tests' ways of running the command line
+
+
+def _strings(nodes) -> list:
+    """The string constants of an argument list (None for anything computed), with ``*[...]``
+    and ``[...] if c else [...]`` unpacked."""
+    out = []
+    for e in nodes:
+        if isinstance(e, ast.Constant) and isinstance(e.value, str):
+            out.append(e.value)
+        elif isinstance(e, ast.Starred) and isinstance(e.value, (ast.List, ast.Tuple)):
+            out += _strings(e.value.elts)
+        elif isinstance(e, ast.Starred) and isinstance(e.value, ast.IfExp):
+            out += [s for br in (e.value.body, e.value.orelse) if isinstance(br, (ast.List, ast.Tuple))
+                    for s in _strings(br.elts)]
+        else:
+            out.append(None)
+    return out
+
+
+def flags_run_by_tests(subcommands) -> dict[str, set[str]]:
+    """{subcommand: the flags some test passes to it} over every call of a command-line runner
+    in tests/ whose first argument is a subcommand's name."""
+    ran: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            fn = node.func
+            if (fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", "")) not in RUNNERS:
+                continue
+            first = node.args[0]
+            args = _strings(first.elts) if isinstance(first, (ast.List, ast.Tuple)) else _strings(node.args)
+            if args and args[0] in subcommands:
+                ran.setdefault(args[0], set()).update(a.split("=")[0] for a in args[1:] if a and a.startswith("-"))
+    return ran
+
+
+def test_every_flag_the_docs_show_is_run_by_a_test(parser):
+    subcommands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    ran = flags_run_by_tests(subcommands)
+    missing = []
+    for param in CLI_COMMANDS:
+        page, line, argv = param.values
+        if len(argv) < 2 or argv[1] not in subcommands:
+            continue
+        sub = argv[1]
+        if sub not in ran:
+            missing.append(f"{rel(page)}:{line}: `{sub}` is never run by a test")
+        for a in argv[2:]:
+            flag = a.split("=")[0]
+            if a.startswith("-") and flag not in ("-h", "--help") and flag not in ran.get(sub, set()):
+                missing.append(f"{rel(page)}:{line}: no test runs `{sub} {flag}`")
+    assert not missing, "\n".join(dict.fromkeys(missing))
 
 
 SCRIPT = re.compile(r"(?:^|[\s;&|(])(?:python3?|bash|sh)\s+(?!-)((?:\./)?(?:scripts|benchmarks|\.ci)/[^\s;&|<>'\")]+)")

@@ -122,3 +122,12 @@ def test_a_ray_worker_that_dies_costs_only_its_file(cluster, setup, tmp_path, mo
     bad = df[df["path"] == str(crash)].iloc[0]
     assert bad["label"] == "Error" and "Ray worker died" in bad["error"]
     assert_same_scores(df[df["path"] != str(crash)], setup["local_df"], subset=True)
+
+
+def test_the_scan_command_runs_on_ray_as_docs_scan_md_shows(cluster, setup, tmp_path, capsys):
+    from deepfake_detector.cli import main
+
+    out = tmp_path / "results.parquet"
+    rc = main(["scan", str(setup["root"]), "--out", str(out), "--model", setup["model"], "--ray", cluster])
+    assert rc == (1 if setup["local"].get("unreadable") else 0)  # 1: an input could not be read (its row says why)
+    assert_same_scores(read_results(out), setup["local_df"])

@@ -389,3 +389,18 @@ def test_the_torch_optimiser_steps_like_the_engine_s_and_shares_its_checkpoint_s
 
 def require_torch_module():
     return torch
+
+
+def test_the_linear_probe_command_of_docs_training_md(tmp_path):
+    """``train --arch mobilenet-v2 --pretrained ... --mode linear-probe``, one small step, on the CPU."""
+    from deepfake_detector.cli import main
+
+    from .synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "root", n_per_class=(8, 4, 4))
+    out = tmp_path / "probe"
+    assert main(["train", "--data", str(root), "--arch", "mobilenet-v2", "--pretrained", "none", "--mode",
+                 "linear-probe", "--epochs", "1", "--batches-per-epoch", "1", "--batch-size", "4",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    model = load_model(out / "best.npz")
+    assert model.kind == "torch" and model.mode == "linear-probe"

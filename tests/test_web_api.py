@@ -347,6 +347,10 @@ def test_cli_serve_defaults_to_localhost_and_calls_the_library(monkeypatch, mode
     monkeypatch.setattr("deepfake_detector.web.serve", lambda **kw: seen.update(kw))
     assert cli.main(["serve", "--model", str(model_path), "--port", "9999"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 9999 and seen["model_path"] == str(model_path)
+    # docs/web.md's second command: every interface, another port, a smaller upload cap
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8080", "--max-upload-mb", "20",
+                     "--model", str(model_path)]) == 0
+    assert (seen["host"], seen["port"], seen["max_upload_mb"]) == ("0.0.0.0", 8080, 20.0)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

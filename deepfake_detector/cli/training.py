@@ -148,7 +148,7 @@ def cmd_fuse(args) -> int:
     parts = dict(p.split("=", 1) for p in args.part)
     data = json.loads(open(args.data_config).read())["data"] if args.data_config else args.data
     report = fuse(parts, data, args.out, max_false_alarm=args.max_false_alarm, gate_root=args.gate_root,
-                  name=args.name)
+                  version=args.name)
     print(json.dumps({k: report[k] for k in ("choice", "stack", "threshold", "test_sources")}, indent=2,
                      default=float))
     return 0
