@@ -1,17 +1,29 @@
-"""Our engine against PyTorch eager: training and inference throughput, peak memory.
+"""Our engine against PyTorch eager: training and inference throughput, peak memory, where
+the time goes, and what compiling the fused kernels costs.
 
-Each (engine, architecture, mode) runs in its own subprocess, so peak memory belongs to
-that run alone and our engine's process never imports torch. On the CPU (the default):
-same thread count for both (BLAS and torch), memory is ru_maxrss minus what the process
-held before the timed loop; our engine runs with the heap setting the command line uses
-(``nn.reuse_freed_memory``), and torch runs both with and without it, the faster of the two
-being the baseline. With ``--device gpu``: our engine on CuPy against PyTorch
-CUDA, each step timed to a device synchronisation, memory is the GPU memory each
-framework's pool held at its peak (CuPy's pool total, torch's max_memory_reserved).
+Our engine runs with each kernel set (``fused``: the Numba kernels of ``nn.fused``, the
+default where Numba is installed; ``numpy``: the reference), PyTorch eager beside them. Each
+(engine, architecture, mode) runs in its own subprocess, so peak memory belongs to that run
+alone and our engine's process never imports torch; the engines are interleaved, one run of
+each per round in a rotating order, and each figure is the median over rounds (these
+machines are noisy). On the CPU (the default): same thread count for both (BLAS, Numba and
+torch), memory is ru_maxrss minus what the process held before the timed loop; our engine runs
+with the heap setting the command line uses (``nn.reuse_freed_memory``), and torch runs both
+with and without it, the faster of the two being the baseline. With ``--device gpu``: our
+engine on CuPy against PyTorch CUDA, each step timed to a device synchronisation, memory is
+the GPU memory each framework's pool held at its peak (CuPy's pool total, torch's
+max_memory_reserved).
 
-    python benchmarks/engine_vs_torch.py [--threads 2] [--batch 64] [--steps 8] [--device gpu]
+``--profile`` adds, per architecture, a training step of our engine split by layer type
+(forward and backward, fused against numpy) and the share of the step that is GEMM (the
+same matrix products replayed alone): how close the engine is to the BLAS limit.
 
-The last line reads ``train_ratio=<ours/torch> infer_ratio=<ours/torch>`` for seed-cnn.
+    python benchmarks/engine_vs_torch.py [--threads 2] [--batch 64] [--steps 8] [--rounds 3] [--profile]
+    python benchmarks/engine_vs_torch.py --device gpu
+
+The first line names the CPU; the last reads
+``train_ratio=<fused/torch> infer_ratio=<fused/torch>`` for seed-cnn (``numpy/torch`` where
+Numba is not installed).
 """
 
 from __future__ import annotations
@@ -69,7 +81,12 @@ def torch_twin(model):
     return net
 
 
-def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: int, device: str = "cpu") -> dict:
+OURS = ("fused", "numpy")  # our engine with each kernel set
+TORCHES = ("torch", "torch+reuse")
+
+
+def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: int, device: str = "cpu",
+            profile: bool = False) -> dict:
     import numpy as np
 
     from deepfake_detector import nn
@@ -81,9 +98,10 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
     x = rng.standard_normal((batch, 3, S, S)).astype(np.float32)
     y = rng.integers(0, 2, batch)
     sync, gpu_mb = (lambda: None), None
-    if device == "cpu" and engine in ("ours", "torch+reuse"):
+    if device == "cpu" and engine != "torch":
         nn.reuse_freed_memory()  # what the command line does; torch is measured with and without it
-    if engine == "ours":
+    if engine in OURS:
+        nn.use_kernels(engine)
         if device == "gpu":
             import cupy
 
@@ -126,7 +144,7 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
                     net(tx)
 
     base = peak_mb()  # model, data and libraries; the loop's own memory is what comes after
-    step()  # warm-up: allocations, caches, kernel compilation
+    step()  # warm-up: allocations, caches, kernel compilation (or loading from Numba's cache)
     sync()
     times = []
     for _ in range(steps):
@@ -135,18 +153,123 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
         sync()
         times.append(time.perf_counter() - t)
     work = peak_mb() - base if gpu_mb is None else gpu_mb()
-    return {"images_per_s": batch / statistics.median(times), "peak_mb": peak_mb(), "work_mb": work}
+    out = {"images_per_s": batch / statistics.median(times), "step_ms": 1e3 * statistics.median(times),
+           "peak_mb": peak_mb(), "work_mb": work}
+    if profile and engine in OURS and device == "cpu":
+        out["profile"] = profile_step(model, step, steps)
+    return out
 
 
-def child(args) -> dict:
+def profile_step(model, step, steps: int) -> dict:
+    """Milliseconds per step spent in each layer type's forward and backward (median over
+    ``steps``), and in the GEMMs alone: every matrix product of the convolutions and dense
+    layers replayed on arrays of the same shapes."""
+    import numpy as np
+
+    from deepfake_detector import nn
+
+    layers = [layer for _, layer in nn.flat_layers(model.net)]
+    spent: dict = {}
+    gemms: dict = {}  # (m, k, n) -> count per step
+
+    def timed(layer, name, fn):
+        key = f"{type(layer).__name__}.{name}"
+
+        def run(*a, **kw):
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            spent.setdefault(key, []).append(time.perf_counter() - t)
+            return out
+        return run
+
+    for layer in layers:
+        layer.forward = timed(layer, "forward", layer.forward)
+        layer.backward = timed(layer, "backward", layer.backward)
+    samples = []
+    for _ in range(steps):
+        spent.clear()
+        step()
+        samples.append({k: sum(v) for k, v in spent.items()})
+    per_type = {k: 1e3 * statistics.median(s.get(k, 0.0) for s in samples) for k in samples[0]}
+    x_shapes = {}
+
+    def record(layer):
+        fwd = layer.forward
+
+        def run(x, *a, **kw):
+            x_shapes[id(layer)] = x.shape
+            return fwd(x, *a, **kw)
+        layer.forward = run
+
+    for layer in layers:
+        record(layer)
+    step()
+    for layer in layers:
+        shp = x_shapes.get(id(layer))
+        if isinstance(layer, nn.Conv2D) and shp is not None:
+            N, C, H, W = shp
+            Ho = (H + 2 * layer.padding - layer.kh) // layer.stride + 1
+            Wo = (W + 2 * layer.padding - layer.kw) // layer.stride + 1
+            K, M, P = C * layer.kh * layer.kw, layer.out_channels, N * Ho * Wo
+            for dims in ((M, K, P), (K, P, M), (K, M, P)):  # forward, weight gradient, input gradient
+                gemms[dims] = gemms.get(dims, 0) + 1
+        elif isinstance(layer, nn.Dense) and shp is not None:
+            N, I, O = shp[0], layer.in_features, layer.out_features
+            for dims in ((N, I, O), (O, N, I), (N, O, I)):
+                gemms[dims] = gemms.get(dims, 0) + 1
+    rng = np.random.default_rng(0)
+    gemm_ms = 0.0
+    for (m, k, n), count in gemms.items():
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        a @ b
+        ts = []
+        for _ in range(max(3, steps // 2)):
+            t = time.perf_counter()
+            a @ b
+            ts.append(time.perf_counter() - t)
+        gemm_ms += 1e3 * statistics.median(ts) * count
+    return {"per_type_ms": per_type, "gemm_ms": gemm_ms}
+
+
+def compile_seconds() -> dict:
+    """Seconds to compile every fused kernel with an empty Numba cache, and to load them from
+    the cache in a second process (each in a fresh interpreter)."""
+    import tempfile
+
+    code = ("import time; t = time.perf_counter(); from deepfake_detector.nn import fused; "
+            "fused.warm_up(); print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, NUMBA_CACHE_DIR=tmp)
+        out = {}
+        for name in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if r.returncode:
+                return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+            out[name] = float(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def child(args, spec: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--child", args.child_spec, "--batch", str(args.batch),
+               MKL_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
+               DEEPFAKE_DETECTOR_THREADS=str(args.threads))
+    cmd = [sys.executable, __file__, "--child", spec, "--batch", str(args.batch),
            "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
+    if args.profile:
+        cmd.append("--profile")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main():
@@ -154,40 +277,73 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of every engine; figures are medians")
     ap.add_argument("--archs", default="seed-cnn,df-cnn")
+    ap.add_argument("--modes", default="train,infer")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                     help="gpu: our engine on CuPy against PyTorch CUDA")
+    ap.add_argument("--profile", action="store_true", help="split our training step by layer type and GEMM")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     print(cpu_line(), flush=True)  # every speed figure names its CPU
     if args.child:
         engine, arch, mode = args.child.split(":")
-        print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads, args.device)))
+        print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads, args.device,
+                                 args.profile and mode == "train")))
         return
+    ours = OURS if (args.device == "cpu" and numba_available()) else ("numpy",)
+    if args.device == "gpu":
+        ours = ("numpy",)  # CuPy arrays take the reference path (the engine's CuPy code)
+    if "fused" in ours:
+        c = compile_seconds()
+        print("fused kernels: " + (f"compiled in {c['cold']:.1f} s with an empty cache, loaded from the cache "
+                                   f"in {c['cached']:.1f} s" if "cold" in c else f"compile failed: {c['error']}"),
+              flush=True)
     where = "GPU (CuPy vs PyTorch CUDA)" if args.device == "gpu" else f"{args.threads} threads"
-    print(f"batch {args.batch}, 128x128, {where}, median of {args.steps} steps")
-    # on the CPU torch runs twice: as it comes, and with the heap setting our engine uses
-    # (nn.reuse_freed_memory); the faster of the two is the baseline
-    engines = ("ours", "torch", "torch+reuse") if args.device == "cpu" else ("ours", "torch")
-    print(f"{'arch':10} {'mode':6} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} "
-          f"{'ours MB':>8} {'torch MB':>9}" + ("   torch as it comes / with heap reuse" if len(engines) > 2 else ""))
-    ratios = {}
+    print(f"batch {args.batch}, {where}, median of {args.steps} steps per run, median of {args.rounds} "
+          f"interleaved rounds", flush=True)
+    torches = TORCHES if args.device == "cpu" else ("torch",)
+    engines = (*ours, *torches)
+    head = " ".join(f"{e + ' img/s':>13}" for e in engines)
+    print(f"{'arch':9} {'mode':5} {head} {'ratio':>6}" + "".join(f" {e + ' MB':>9}" for e in (*ours, "torch")),
+          flush=True)
+    ratios, profiles = {}, {}
     for arch in args.archs.split(","):
-        for mode in ("train", "infer"):
-            res = {}
-            for engine in engines:
-                args.child_spec = f"{engine}:{arch}:{mode}"
-                res[engine] = child(args)
-            best = max(engines[1:], key=lambda e: res[e]["images_per_s"])
-            r = res["ours"]["images_per_s"] / res[best]["images_per_s"]
+        for mode in args.modes.split(","):
+            runs: dict = {e: [] for e in engines}
+            for r in range(args.rounds):
+                order = engines[r % len(engines):] + engines[:r % len(engines)]  # rotate who goes first
+                for engine in order:
+                    runs[engine].append(child(args, f"{engine}:{arch}:{mode}"))
+            ips = {e: statistics.median(x["images_per_s"] for x in runs[e]) for e in engines}
+            mb = {e: statistics.median(x["work_mb"] for x in runs[e]) for e in engines}
+            best_torch = max(torches, key=lambda e: ips[e])
+            r = ips[ours[0]] / ips[best_torch]
             ratios[(arch, mode)] = r
-            both = (f"   {res['torch']['images_per_s']:.1f} / {res['torch+reuse']['images_per_s']:.1f}"
-                    if len(engines) > 2 else "")
-            print(f"{arch:10} {mode:6} {res['ours']['images_per_s']:11.1f} {res[best]['images_per_s']:12.1f} "
-                  f"{r:6.2f} {res['ours']['work_mb']:8.0f} {res[best]['work_mb']:9.0f}{both}")
-    print("(MB: GPU memory held by each framework's pool at its peak)" if args.device == "gpu" else
-          "(MB: peak resident memory of the timed loop beyond what the process held before it)")
-    print(f"train_ratio={ratios[('seed-cnn', 'train')]:.2f} infer_ratio={ratios[('seed-cnn', 'infer')]:.2f}")
+            cells = " ".join(f"{ips[e]:13.1f}" for e in engines)
+            print(f"{arch:9} {mode:5} {cells} {r:6.2f}" + "".join(f" {mb[e]:9.0f}" for e in ours)
+                  + f" {mb[best_torch]:9.0f}", flush=True)
+            if mode == "train" and args.profile:
+                profiles[arch] = {e: runs[e][len(runs[e]) // 2].get("profile") for e in ours}
+                profiles[arch]["step_ms"] = {e: statistics.median(x["step_ms"] for x in runs[e]) for e in engines}
+    print("(ratio: " + ours[0] + " against the faster torch; MB: " +
+          ("GPU memory held by each framework's pool at its peak)" if args.device == "gpu" else
+           "peak resident memory of the timed loop beyond what the process held before it)"))
+    for arch, prof in profiles.items():
+        print(f"\nwhere a {arch} training step goes (ms per step, batch {args.batch}):")
+        types = sorted({k for e in ours if prof.get(e) for k in prof[e]["per_type_ms"]})
+        print(f"{'layer pass':28}" + "".join(f" {e:>9}" for e in ours))
+        for k in types:
+            print(f"{k:28}" + "".join(f" {prof[e]['per_type_ms'].get(k, 0.0):9.1f}" for e in ours if prof.get(e)))
+        for e in ours:
+            if prof.get(e):
+                step_ms, gemm = prof["step_ms"][e], prof[e]["gemm_ms"]
+                print(f"{e}: step {step_ms:.0f} ms, GEMM alone {gemm:.0f} ms = {100 * gemm / step_ms:.0f} % of the "
+                      f"step; everything else {step_ms - gemm:.0f} ms")
+        print(f"torch step: {min(prof['step_ms'][t] for t in torches):.0f} ms")
+    tag = ours[0]
+    print(f"train_ratio={ratios.get(('seed-cnn', 'train'), float('nan')):.2f} "
+          f"infer_ratio={ratios.get(('seed-cnn', 'infer'), float('nan')):.2f} ({tag}/torch)")
 
 
 if __name__ == "__main__":

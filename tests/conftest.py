@@ -36,3 +36,16 @@ def videos_dir(data_root) -> Path:
     if not d.is_dir():
         pytest.skip(f"no videos folder at {d}")
     return d
+
+
+@pytest.fixture(params=["numpy", "fused"])
+def kernels(request):
+    """Runs the test once with each kernel set of the engine: the NumPy reference and the fused kernels."""
+    from deepfake_detector import nn
+
+    if request.param == "fused":
+        if os.environ.get("DEEPFAKE_DETECTOR_TEST_DEVICE", "cpu") != "cpu":
+            pytest.skip("the fused kernels are CPU kernels: CuPy arrays always take the reference")
+        pytest.importorskip("numba", reason="the fused kernels need Numba")
+    with nn.use_kernels(request.param):
+        yield request.param

@@ -2,7 +2,8 @@
 
 One helper (:func:`check_layer`) runs a case; each case is one line. float64 within 1e-9
 relative, float32 within 1e-4. The engine runs on NumPy, or on CuPy under
-``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``; the oracle is PyTorch on the CPU either way.
+``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``; the oracle is PyTorch on the CPU either way. Layers with
+a fused kernel run with each kernel set (the ``kernels`` fixture: NumPy reference, fused).
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ CONV_CASES = [  # (N, C_in, H, W), C_out, kernel, stride, padding, bias
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,cout,k,stride,pad,bias", CONV_CASES)
-def test_conv2d(shape, cout, k, stride, pad, bias, dtype):
+def test_conv2d(shape, cout, k, stride, pad, bias, dtype, kernels):
     check_layer(*_conv(shape[1], cout, k, stride, pad, bias, dtype), shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_random_shapes(dtype):
+def test_conv2d_random_shapes(dtype, kernels):
     rng = np.random.default_rng(42)
     for _ in range(8):
         k = int(rng.integers(1, 5))
@@ -104,7 +105,7 @@ def _bn_state(torch_cls, shape, dtype, training):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (2, 6, 3, 7)])
-def test_batchnorm2d(shape, training, dtype):
+def test_batchnorm2d(shape, training, dtype, kernels):
     layer = nn.BatchNorm2D(shape[1])
     rng = np.random.default_rng(3)
     layer.params["weight"] = rng.uniform(0.5, 1.5, shape[1])
@@ -120,7 +121,7 @@ def test_batchnorm2d(shape, training, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm1d(training, dtype):
+def test_batchnorm1d(training, dtype, kernels):
     layer = nn.BatchNorm1D(5)
     rng = np.random.default_rng(4)
     layer.params["weight"] = rng.uniform(0.5, 1.5, 5)
@@ -140,13 +141,68 @@ def test_batchnorm1d(training, dtype):
     (nn.MaxPool2D(2), lambda x: F.max_pool2d(x, 2), (2, 3, 8, 8)),
     (nn.MaxPool2D(3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), (2, 2, 9, 7)),
     (nn.MaxPool2D(2, 1), lambda x: F.max_pool2d(x, 2, 1), (1, 2, 5, 6)),
+    (nn.MaxPool2D(3, 1, 1), lambda x: F.max_pool2d(x, 3, 1, 1), (2, 3, 7, 5)),
+    (nn.MaxPool2D(2), lambda x: F.max_pool2d(x, 2), (2, 2, 9, 7)),
+    (nn.MaxPool2D(4, 3, 2), lambda x: F.max_pool2d(x, 4, 3, 2), (1, 2, 11, 10)),
     (nn.AvgPool2D(2), lambda x: F.avg_pool2d(x, 2), (2, 3, 8, 6)),
     (nn.AvgPool2D(3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1), (2, 2, 9, 7)),
     (nn.GlobalAvgPool2D(), lambda x: x.mean(dim=(2, 3)), (3, 4, 5, 6)),
     (nn.Flatten(), lambda x: x.flatten(1), (2, 3, 4, 5)),
-], ids=["relu", "leaky", "max2", "max3s2p1", "max2s1", "avg2", "avg3s2p1", "gap", "flatten"])
-def test_parameter_free_layers(layer, fn, shape, dtype):
+], ids=["relu", "leaky", "max2", "max3s2p1", "max2s1", "max3s1p1", "max2odd", "max4s3p2", "avg2", "avg3s2p1", "gap",
+        "flatten"])
+def test_parameter_free_layers(layer, fn, shape, dtype, kernels):
     check_layer(layer, fn, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool_ties_go_to_the_first_maximum(k, s, p, dtype, kernels):
+    """All-equal windows (and a few rows of equal values): the gradient goes where torch sends it."""
+    layer = nn.MaxPool2D(k, s, p).to(DEVICE)
+    x = np.ones((2, 3, 8, 7), dtype)
+    x[:, :, 3:5] = 2.0  # two rows of equal maxima
+    g = np.random.default_rng(0).standard_normal(layer.forward(dev(x), True).shape).astype(dtype)
+    dx = host(layer.backward(dev(g)))
+    tx = torch.tensor(x, requires_grad=True)
+    F.max_pool2d(tx, k, s, p).backward(torch.tensor(g))
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (2, 6, 3, 7), (8, 5)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_then_relu_in_a_sequential(shape, training, dtype, kernels):
+    """Sequential(BatchNorm, ReLU) against torch's relu(batch_norm(x)); with the fused kernels the pair
+    runs as one step (the ReLU passed over). Output, input and parameter gradients, running statistics."""
+    C = shape[1]
+    bn = nn.BatchNorm2D(C) if len(shape) == 4 else nn.BatchNorm1D(C)
+    rng = np.random.default_rng(7)
+    bn.params["weight"] = rng.uniform(0.5, 1.5, C)
+    bn.params["bias"] = rng.standard_normal(C) * 0.5  # some channels mostly clipped, some mostly passed
+    bn.buffers["running_mean"] = rng.standard_normal(C)
+    bn.buffers["running_var"] = rng.uniform(0.5, 2, C)
+    relu = nn.ReLU()
+    seq = nn.Sequential(bn, relu).astype(dtype).to(DEVICE)
+    rm, rv = (torch.tensor(host(bn.buffers[k]).copy()) for k in ("running_mean", "running_var"))
+    tw, tb = (torch.tensor(host(bn.params[k]).copy(), requires_grad=True) for k in ("weight", "bias"))
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    seq.zero_grad()
+    y = host(seq.forward(dev(x), training))
+    if kernels == "fused" and DEVICE == "cpu":
+        assert seq._passed_over == (1,) and relu._out is None  # fused: the BatchNorm did the ReLU
+    dx = host(seq.backward(dev(g)))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = F.relu(F.batch_norm(tx, rm, rv, tw, tb, training, 0.1, 1e-5))
+    ty.backward(torch.tensor(g))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, ty.detach().numpy(), **tol, err_msg="output")
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol, err_msg="input gradient")
+    np.testing.assert_allclose(host(bn.grads["weight"]), tw.grad.numpy(), **tol, err_msg="grad weight")
+    np.testing.assert_allclose(host(bn.grads["bias"]), tb.grad.numpy(), **tol, err_msg="grad bias")
+    np.testing.assert_allclose(host(bn.buffers["running_mean"]), rm.numpy(), **tol, err_msg="running mean")
+    np.testing.assert_allclose(host(bn.buffers["running_var"]), rv.numpy(), **tol, err_msg="running var")
+    assert int(host(bn.buffers["num_batches_tracked"])) == int(training)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -167,7 +223,16 @@ def test_dropout_masks_and_scales():
     np.testing.assert_array_equal(layer.forward(x, training=False), x)
 
 
-def test_sequential_names_and_input_gradient():
+def test_the_fused_kernels_take_numpy_arrays_only():
+    """With the fused kernels in use, a NumPy array takes them and a CuPy one the reference."""
+    pytest.importorskip("numba", reason="the fused kernels need Numba")
+    bn = nn.BatchNorm2D(2).to(DEVICE)
+    with nn.use_kernels("fused"):
+        bn.forward(dev(np.ones((2, 2, 3, 3), np.float32)), True)
+    assert (bn._cache[0] is nn.kernels.FUSED) == (DEVICE == "cpu")
+
+
+def test_sequential_names_and_input_gradient(kernels):
     net = nn.Sequential(nn.Conv2D(3, 2, 3, padding=1, rng=np.random.default_rng(0)), nn.ReLU(),
                         nn.Flatten(), nn.Dense(2 * 4 * 4, 2, rng=np.random.default_rng(1)),
                         names=["conv", "relu", "flat", "fc"])

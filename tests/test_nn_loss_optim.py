@@ -1,5 +1,6 @@
 """Loss, optimisers and schedules against torch, one step or many steps at a time (the engine
-on NumPy, or CuPy under ``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``)."""
+on NumPy, or CuPy under ``DEEPFAKE_DETECTOR_TEST_DEVICE=gpu``; the loss and the optimisers with
+each kernel set, the ``kernels`` fixture)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is the oracle for these tes
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weights", [None, (0.3, 1.7, 1.0)])
 @pytest.mark.parametrize("scale", [1.0, 1e4])  # 1e4: stability with huge logits
-def test_softmax_cross_entropy_matches_torch(smoothing, weights, scale):
+def test_softmax_cross_entropy_matches_torch(smoothing, weights, scale, kernels):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((16, 3)) * scale
     y = rng.integers(0, 3, 16)
@@ -33,7 +34,7 @@ def test_softmax_cross_entropy_matches_torch(smoothing, weights, scale):
     np.testing.assert_allclose(dz, tz.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
-def test_gradient_is_divided_by_batch_size_once():
+def test_gradient_is_divided_by_batch_size_once(kernels):
     z = np.zeros((128, 2))
     y = np.ones(128, dtype=int)
     _, dz = nn.softmax_cross_entropy(dev(z), dev(y))
@@ -56,11 +57,15 @@ OPTIMS = [
     ("adam", dict(lr=0.01), torch.optim.Adam, dict(lr=0.01)),
     ("adam", dict(lr=0.01, weight_decay=0.1), torch.optim.Adam, dict(lr=0.01, weight_decay=0.1)),
     ("adamw", dict(lr=0.01, weight_decay=0.1), torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
+    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), torch.optim.SGD,
+     dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("adamw", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0), torch.optim.AdamW,
+     dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0)),
 ]
 
 
 @pytest.mark.parametrize("name,kw,tcls,tkw", OPTIMS)
-def test_optimizer_steps_match_torch(name, kw, tcls, tkw):
+def test_optimizer_steps_match_torch(name, kw, tcls, tkw, kernels):
     params, tparams = _pair()
     opt = nn.OPTIMIZERS[name](params, **kw)
     topt = tcls(list(tparams.values()), **tkw)
@@ -73,6 +78,40 @@ def test_optimizer_steps_match_torch(name, kw, tcls, tkw):
         topt.step()
         for k in params:
             np.testing.assert_allclose(host(params[k]), tparams[k].detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_softmax_cross_entropy_float32_matches_torch(kernels):
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((33, 5)) * 3).astype(np.float32)
+    y = rng.integers(0, 5, 33)
+    w = (0.5, 1.0, 2.0, 1.5, 0.7)
+    loss, dz = nn.softmax_cross_entropy(dev(z), dev(y), label_smoothing=0.05, class_weights=w)
+    assert host(dz).dtype == np.float32
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(y), weight=torch.tensor(w, dtype=torch.float32),
+                                           label_smoothing=0.05)
+    tl.backward()
+    np.testing.assert_allclose(loss, tl.item(), rtol=1e-5)
+    np.testing.assert_allclose(host(dz), tz.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kw,tcls,tkw", OPTIMS)
+def test_optimizer_steps_match_torch_float32(name, kw, tcls, tkw, kernels):
+    rng = np.random.default_rng(0)
+    params = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    params = {k: dev(v) for k, v in params.items()}
+    opt = nn.OPTIMIZERS[name](params, **kw)
+    topt = tcls(list(tparams.values()), **tkw)
+    for _ in range(5):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+        opt.step({k: dev(g) for k, g in grads.items()})
+        for k, tp in tparams.items():
+            tp.grad = torch.tensor(grads[k])
+        topt.step()
+        for k in params:
+            assert host(params[k]).dtype == np.float32
+            np.testing.assert_allclose(host(params[k]), tparams[k].detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_clip_grad_norm_matches_torch():

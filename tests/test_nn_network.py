@@ -58,13 +58,13 @@ def gradient_check(net, x, y, n_probe=6, h=1e-6, seed=0):
     return worst
 
 
-def test_gradient_check_passes_on_the_network():
+def test_gradient_check_passes_on_the_network(kernels):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 2, 8, 8)), np.array([0, 1, 1, 0])
     assert gradient_check(small_net(), dev(x), y) < 1e-5
 
 
-def test_gradient_check_catches_a_wrong_backward(monkeypatch):
+def test_gradient_check_catches_a_wrong_backward(monkeypatch, kernels):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 2, 8, 8)), np.array([0, 1, 1, 0])
     original = nn.ReLU.backward
@@ -122,7 +122,7 @@ def test_pickles_are_refused(tmp_path):
         load_model(obj)
 
 
-def test_small_network_overfits_64_random_images():
+def test_small_network_overfits_64_random_images(kernels):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 2, 64)

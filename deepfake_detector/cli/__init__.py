@@ -48,6 +48,3 @@ def main(argv=None) -> int:
         print(f"error: {printable(e)}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -85,7 +85,7 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the engine's elementwise work (BLAS has its own setting)."""
+    """Threads for the engine's elementwise work, the fused kernels' included (BLAS has its own setting)."""
     global _THREADS, _POOL
     _THREADS = max(1, int(n))
     if _POOL is not None:

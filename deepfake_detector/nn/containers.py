@@ -8,25 +8,47 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .backend import get_array_module
-from .layers import Layer
+from .grad import grad_enabled
+from .kernels import fused_for
+from .layers import Layer, fuses_with_relu
 
 
 class Sequential(Layer):
-    """Layers run in order; names are '<index or given name>.<param>' as in PyTorch."""
+    """Layers run in order; names are '<index or given name>.<param>' as in PyTorch.
+
+    With the fused kernels in use (:mod:`.kernels`), a BatchNorm directly followed by a ReLU
+    runs as one step: the BatchNorm computes the ReLU too (and applies its mask in backward);
+    the ReLU is passed over in both directions. Each layer called on its own runs unfused.
+    """
 
     def __init__(self, *layers, names=None):
         super().__init__()
         self.layers = list(layers)
         self.names = list(names) if names is not None else [str(i) for i in range(len(layers))]
+        self._passed_over = ()  # indices of the ReLUs the last forward fused into their BatchNorm
 
     def forward(self, x, training=False):
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        layers, passed_over = self.layers, []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if i + 1 < len(layers) and fuses_with_relu(layer, layers[i + 1]) and fused_for(x) is not None:
+                x = layer.forward_relu(x, training)
+                layers[i + 1]._out = None  # the ReLU's own cache, left empty
+                passed_over.append(i + 1)
+                i += 2
+            else:
+                x = layer.forward(x, training)
+                i += 1
+        self._passed_over = tuple(passed_over) if grad_enabled() else ()
         return x
 
     def backward(self, grad, need_input_grad=True):
         last = len(self.layers) - 1
+        passed_over, self._passed_over = getattr(self, "_passed_over", ()), ()
         for i in range(last, -1, -1):
+            if i in passed_over:  # fused into the BatchNorm before it, which applies its mask
+                continue
             grad = self.layers[i].backward(grad, need_input_grad or i > 0)
         return grad
 

@@ -5,6 +5,8 @@ Parameters and their gradients live in parallel dicts (``params``/``grads``); ru
 statistics live in ``buffers``. Each layer caches only what its backward needs, and only
 while gradients are enabled (see :mod:`.grad`). Gradients accumulate with ``+=``.
 The array module comes from the input (NumPy or CuPy), so no layer has a copy per backend.
+Where the fused kernels are in use (:mod:`.kernels`), layers with a fused path hand NumPy
+arrays to them; the NumPy code beside it stays the reference.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from .backend import get_array_module, over_batch, to_device
 from .grad import enable_grad, grad_enabled, no_grad  # noqa: F401  (nn.layers.no_grad etc. still work)
 from .im2col import _swap01, col2im, im2col
+from .kernels import FUSED, fused_for, fused_kernels
 
 _BUDGET: contextvars.ContextVar = contextvars.ContextVar("param_budget", default=None)
 
@@ -126,6 +129,9 @@ class Conv2D(Layer):
         self._cache = None
 
     def forward(self, x, training=False):
+        fk = fused_for(x)
+        if fk is not None:
+            return self._forward_fused(fk, x)
         N = x.shape[0]
         cols, Ho, Wo = im2col(x, self.kh, self.kw, self.stride, self.padding)
         w = self.params["weight"].reshape(self.out_channels, -1)  # (C_out, C_in*kh*kw)
@@ -137,6 +143,8 @@ class Conv2D(Layer):
         return _swap01(out.reshape(self.out_channels, N, Ho, Wo))  # (N, C_out, Ho, Wo)
 
     def backward(self, grad, need_input_grad=True):
+        if self._cache is not None and self._cache[0] is FUSED:
+            return self._backward_fused(grad, need_input_grad)
         cols, x_shape, Ho, Wo = self._cache
         self._cache = None
         if not self.cache_columns:
@@ -151,6 +159,31 @@ class Conv2D(Layer):
         w = self.params["weight"].reshape(self.out_channels, -1)  # (C_out, C_in*kh*kw)
         dcols = w.T @ g  # (C_in*kh*kw, N*Ho*Wo)
         return col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
+
+    def _forward_fused(self, fk, x):
+        """forward with the fused kernels: im2col as one loop, the GEMM, then bias and layout in one pass."""
+        x = np.ascontiguousarray(x)
+        cols, Ho, Wo = fk.im2col.im2col(x, self.kh, self.kw, self.stride, self.padding)
+        out = self.params["weight"].reshape(self.out_channels, -1) @ cols  # (C_out, N*Ho*Wo)
+        if grad_enabled():
+            self._cache = (FUSED, cols if self.cache_columns else x, x.shape, Ho, Wo)
+        return fk.im2col.conv_output(out, self.params.get("bias"), x.shape[0], Ho, Wo)  # (N, C_out, Ho, Wo)
+
+    def _backward_fused(self, grad, need_input_grad):
+        _, cols, x_shape, Ho, Wo = self._cache
+        self._cache = None
+        fk = fused_kernels()
+        if not self.cache_columns:
+            cols = fk.im2col.im2col(cols, self.kh, self.kw, self.stride, self.padding)[0]  # from the input
+        g, dbias = fk.im2col.conv_grad(grad, "bias" in self.params)  # (C_out, N*Ho*Wo), its row sums
+        if dbias is not None:
+            self._accumulate("bias", dbias)
+        dw = (cols @ g.T).T  # (C_out, C_in*kh*kw)
+        self._accumulate("weight", dw.reshape(self.params["weight"].shape))
+        if not need_input_grad:
+            return None
+        dcols = self.params["weight"].reshape(self.out_channels, -1).T @ g  # (C_in*kh*kw, N*Ho*Wo)
+        return fk.im2col.col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel=({self.kh}, {self.kw}), "
@@ -184,6 +217,9 @@ class _BatchNorm(Layer):
         return v.reshape((1, -1) + (1,) * (len(self.axes) - 1))  # (1, C[, 1, 1])
 
     def forward(self, x, training=False):
+        fk = fused_for(x)
+        if fk is not None:
+            return self._forward_fused(fk, x, training, relu=False)
         xp = get_array_module(x)
         N, sh = x.shape[0], self._shape
         m = x.size // self.num_features
@@ -196,10 +232,7 @@ class _BatchNorm(Layer):
                 return self._sumsq(xhat[s])
 
             var = sum(over_batch(centre, N, xp)) / m
-            b, mo = self.buffers, self.momentum
-            b["running_mean"] = ((1 - mo) * b["running_mean"] + mo * mean).astype(x.dtype)
-            b["running_var"] = ((1 - mo) * b["running_var"] + mo * var * (m / max(m - 1, 1))).astype(x.dtype)
-            b["num_batches_tracked"] = b["num_batches_tracked"] + 1
+            self._update_running(mean, var, m, x.dtype)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             over_batch(lambda s: xp.subtract(x[s], sh(mean), out=xhat[s]), N, xp)
@@ -215,6 +248,38 @@ class _BatchNorm(Layer):
         self._cache = (xhat, inv_std, training) if grad_enabled() else None
         return out
 
+    def _update_running(self, mean, var, m, dtype):
+        """running = (1 - momentum) * running + momentum * batch (var made unbiased), in ``dtype``."""
+        b, mo = self.buffers, self.momentum
+        b["running_mean"] = ((1 - mo) * b["running_mean"] + mo * mean).astype(dtype)
+        b["running_var"] = ((1 - mo) * b["running_var"] + mo * var * (m / max(m - 1, 1))).astype(dtype)
+        b["num_batches_tracked"] = b["num_batches_tracked"] + 1
+
+    def forward_relu(self, x, training=False):
+        """max(forward(x), 0) in one pass, its backward applying the ReLU's mask; NumPy arrays with
+        the fused kernels in use only (:class:`.containers.Sequential` runs a BatchNorm and the
+        ReLU after it so)."""
+        return self._forward_fused(fused_for(x), x, training, relu=True)
+
+    def _forward_fused(self, fk, x, training, relu):
+        b = self.buffers
+        y, saved = fk.norm.batch_norm_forward(x, self.params["weight"], self.params["bias"], b["running_mean"],
+                                              b["running_var"], self.eps, training, relu)
+        if training:
+            _, mean, var, _ = saved
+            self._update_running(mean, var, x.size // self.num_features, x.dtype)
+        self._cache = (FUSED, saved, training, relu) if grad_enabled() else None  # saved holds x, not xhat
+        return y
+
+    def _backward_fused(self, grad, need_input_grad):
+        _, saved, training, relu = self._cache
+        self._cache = None
+        dx, dgamma, dbeta = fused_kernels().norm.batch_norm_backward(
+            saved, grad, self.params["weight"], self.params["bias"], training, relu, need_input_grad)
+        self._accumulate("bias", dbeta)
+        self._accumulate("weight", dgamma)
+        return dx
+
     def _sumsq(self, a, b=None):
         """Per-channel sum of a*b (a*a by default) without a temporary array."""
         xp = get_array_module(a)
@@ -222,6 +287,8 @@ class _BatchNorm(Layer):
         return xp.einsum(spec, a, a if b is None else b)
 
     def backward(self, grad, need_input_grad=True):
+        if self._cache is not None and self._cache[0] is FUSED:
+            return self._backward_fused(grad, need_input_grad)
         xhat, inv_std, training = self._cache
         self._cache = None
         xp, N, sh = get_array_module(grad), grad.shape[0], self._shape
@@ -270,18 +337,39 @@ class ReLU(Layer):
         self.inplace = inplace
 
     def forward(self, x, training=False):
-        xp = get_array_module(x)
-        out = x if self.inplace else xp.empty_like(x)
-        over_batch(lambda s: xp.maximum(x[s], 0, out=out[s]), x.shape[0], xp)
+        fk = fused_for(x)
+        if fk is not None:
+            out = fk.activations.relu(x, self.inplace)
+        else:
+            xp = get_array_module(x)
+            out = x if self.inplace else xp.empty_like(x)
+            over_batch(lambda s: xp.maximum(x[s], 0, out=out[s]), x.shape[0], xp)
         self._out = out if grad_enabled() else None
         return out
 
     def backward(self, grad, need_input_grad=True):
         out, self._out = self._out, None
+        fk = fused_for(grad)
+        if fk is not None:
+            return fk.activations.relu_backward(out, grad)
         xp = get_array_module(grad)
         dx = xp.empty_like(grad)
         over_batch(lambda s: xp.multiply(grad[s], out[s] > 0, out=dx[s]), grad.shape[0], xp)
         return dx
+
+
+_PLAIN_BN_RELU = (_BatchNorm.forward, _BatchNorm.backward, ReLU.forward, ReLU.backward)
+
+
+def fuses_with_relu(layer, after) -> bool:
+    """Whether ``layer`` then ``after`` may run as one fused batch norm + ReLU: a BatchNorm and a
+    ReLU with the engine's own forward and backward (a subclass or a patch that changes either
+    runs as written, unfused)."""
+    if not (isinstance(layer, _BatchNorm) and isinstance(after, ReLU)):
+        return False
+    if any(k in vars(obj) for obj in (layer, after) for k in ("forward", "backward")):
+        return False
+    return (type(layer).forward, type(layer).backward, type(after).forward, type(after).backward) == _PLAIN_BN_RELU
 
 
 class LeakyReLU(Layer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .backend import get_array_module
+from .kernels import fused_for
 
 
 def global_norm(grads: dict) -> float:
@@ -67,6 +68,10 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def _update(self, name, p, g, lr):
+        fk = fused_for(p)
+        if fk is not None and fk.optim.sgd_update(p, g, self.state.setdefault(name, {}) if self.momentum else {},
+                                                  lr, self.momentum, self.nesterov, self.weight_decay):
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -90,6 +95,10 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def _update(self, name, p, g, lr):
+        fk = fused_for(p)
+        if fk is not None and fk.optim.adam_update(p, g, self.state.setdefault(name, {}), lr, self.t, self.betas,
+                                                   self.eps, self.weight_decay, self.decoupled):
+            return
         xp = get_array_module(p)
         b1, b2 = self.betas
         if self.weight_decay:

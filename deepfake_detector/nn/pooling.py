@@ -9,6 +9,7 @@ import numpy as np
 from .backend import get_array_module, over_batch
 from .grad import grad_enabled
 from .im2col import _pad, _windows
+from .kernels import FUSED, fused_for, fused_kernels
 from .layers import Layer
 
 
@@ -24,6 +25,11 @@ class MaxPool2D(Layer):
         self.k, self.s, self.p = kernel_size, stride or kernel_size, padding
 
     def forward(self, x, training=False):
+        fk = fused_for(x)
+        if fk is not None:  # the max and its argmax in one pass; backward scatters by the argmax
+            out, arg = fk.pooling.max_pool(x, self.k, self.s, self.p, keep_arg=grad_enabled())
+            self._cache = (FUSED, arg, x.shape) if grad_enabled() else None
+            return out
         xp = get_array_module(x)
         N, C, H, W = x.shape
         k, s, p = self.k, self.s, self.p
@@ -43,6 +49,10 @@ class MaxPool2D(Layer):
         return out
 
     def backward(self, grad, need_input_grad=True):
+        if self._cache[0] is FUSED:
+            _, arg, x_shape = self._cache
+            self._cache = None
+            return fused_kernels().pooling.max_pool_backward(grad, arg, x_shape, self.k, self.s, self.p)
         x, out = self._cache
         self._cache = None
         xp = get_array_module(grad)

@@ -1,0 +1,128 @@
+"""Max pooling forward (recording each window's argmax in the same pass) and backward
+(scattering the gradient by it); reference: :class:`..pooling.MaxPool2D`.
+
+A window's argmax is its position i*k + j, the first maximum in row-major order (PyTorch's
+rule for ties); padding is -inf, as in the reference, so a padded cell can only hold the
+maximum of a window with nothing above -inf, and then the gradient is dropped with it.
+One parallel task per (image, channel) plane: planes share nothing. The window size and stride
+are compile-time constants of the kernels (see :func:`_kernels`); the padding is not.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ._compile import kernel, prange
+
+
+def pool_out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+@functools.cache
+def _kernels(k, s):
+    """(forward, backward) kernels for windows k x k at stride s, both compile-time constants (the
+    window loops unroll; Numba compiles, and caches on disk, one pair per (k, s) in use)."""
+
+    @kernel
+    def forward(x, p, keep_arg, out, arg):
+        """out[n, c, y, x] = max over i, j < k of x[n, c, y*s + i - p, x*s + j - p] (-inf outside);
+        arg = the i*k + j of its first maximum (a NaN counts as the maximum), when ``keep_arg``."""
+        N, C, H, W = x.shape
+        Ho, Wo = out.shape[2], out.shape[3]
+        neg_inf = out.dtype.type(-np.inf)
+        ox_lo = min((p + s - 1) // s, Wo)  # windows from ox_lo to ox_hi lie inside the image's columns
+        ox_hi = max(min(Wo, (W - k + p) // s + 1), ox_lo) if W - k + p >= 0 else ox_lo
+        for t in prange(N * C):
+            n, c = t // C, t % C
+            plane, op, ap = x[n, c], out[n, c], (arg[n, c] if keep_arg else arg[0, 0])
+            for oy in range(Ho):
+                y0 = oy * s - p
+                rows_inside = y0 >= 0 and y0 + k <= H
+                orow, arow = op[oy], ap[oy if keep_arg else 0]
+                for ox in range(Wo):
+                    x0 = ox * s - p
+                    if rows_inside and ox_lo <= ox < ox_hi:  # no cell outside: unrolled, unchecked
+                        b, at, nan = plane[y0, x0], 0, False
+                        for i in range(k):
+                            for j in range(k):
+                                v = plane[y0 + i, x0 + j]
+                                nan |= v != v
+                                if v > b:
+                                    b, at = v, i * k + j
+                        if nan:  # again, the first NaN being the maximum
+                            b, at = plane[y0, x0], 0
+                            for i in range(k):
+                                for j in range(k):
+                                    v = plane[y0 + i, x0 + j]
+                                    if not (v <= b) and b == b:  # v > b, or v the first NaN
+                                        b, at = v, i * k + j
+                    else:  # a border window: padding is -inf, at position 0 unless a cell beats it
+                        b, at = neg_inf, 0
+                        for i in range(k):
+                            for j in range(k):
+                                iy, ix = y0 + i, x0 + j
+                                if 0 <= iy < H and 0 <= ix < W:
+                                    v = plane[iy, ix]
+                                    if not (v <= b) and b == b:
+                                        b, at = v, i * k + j
+                    orow[ox] = b
+                    if keep_arg:
+                        arow[ox] = at
+
+    @kernel
+    def backward(grad, arg, p, tiled, dx):
+        """dx[n, c, y*s + i - p, x*s + j - p] += grad[n, c, y, x] for the recorded i*k + j of each
+        window (cells outside the image dropped). ``tiled`` (stride k, no padding, the windows
+        cover the input exactly): every cell is written once, in memory order, no zero-fill."""
+        N, C, H, W = dx.shape
+        Ho, Wo = grad.shape[2], grad.shape[3]
+        zero = dx.dtype.type(0)
+        for t in prange(N * C):
+            n, c = t // C, t % C
+            gp, ap, dp = grad[n, c], arg[n, c], dx[n, c]
+            if tiled:
+                for oy in range(Ho):
+                    for i in range(k):
+                        row = dp[oy * k + i]
+                        for ox in range(Wo):
+                            a, g = ap[oy, ox] - i * k, gp[oy, ox]
+                            for j in range(k):
+                                row[ox * k + j] = g if a == j else zero
+            else:
+                dp[:, :] = zero
+                for oy in range(Ho):
+                    for ox in range(Wo):
+                        a = ap[oy, ox]
+                        iy, ix = oy * s + a // k - p, ox * s + a % k - p
+                        if 0 <= iy < H and 0 <= ix < W:
+                            dp[iy, ix] += gp[oy, ox]
+
+    return forward, backward
+
+
+def _arg_dtype(k):
+    return np.int8 if k * k <= 127 else np.int32
+
+
+def max_pool(x, k, s, p, keep_arg=True):
+    """(out, arg): the max pool of (N, C, H, W) ``x`` and each window's argmax (None unless ``keep_arg``)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    Ho, Wo = pool_out(H, k, s, p), pool_out(W, k, s, p)
+    out = np.empty((N, C, Ho, Wo), x.dtype)
+    arg = np.empty((N, C, Ho, Wo) if keep_arg else (1, 1, 1, 1), _arg_dtype(k))
+    _kernels(int(k), int(s))[0](x, int(p), bool(keep_arg), out, arg)
+    return out, (arg if keep_arg else None)
+
+
+def max_pool_backward(grad, arg, x_shape, k, s, p):
+    """The gradient (x_shape) of the max pool whose argmax was ``arg``."""
+    grad = np.ascontiguousarray(grad)
+    Ho, Wo = arg.shape[2:]
+    tiled = k == s and p == 0 and x_shape[2] == k * Ho and x_shape[3] == k * Wo
+    dx = np.empty(x_shape, grad.dtype)
+    _kernels(int(k), int(s))[1](grad, arg, int(p), bool(tiled), dx)
+    return dx
