@@ -45,7 +45,7 @@ class Sequential(Layer):
 
     def backward(self, grad, need_input_grad=True):
         last = len(self.layers) - 1
-        passed_over, self._passed_over = getattr(self, "_passed_over", ()), ()
+        passed_over, self._passed_over = self._passed_over, ()
         for i in range(last, -1, -1):
             if i in passed_over:  # fused into the BatchNorm before it, which applies its mask
                 continue

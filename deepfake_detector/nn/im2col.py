@@ -8,6 +8,11 @@ from __future__ import annotations
 from .backend import get_array_module, over_batch
 
 
+def out_size(n: int, k: int, s: int, p: int) -> int:
+    """Output length of a window of ``k`` at stride ``s`` over ``n`` cells padded by ``p`` on each side."""
+    return (n + 2 * p - k) // s + 1
+
+
 def _pad(x, p, value=0.0):
     """(N, C, H, W) -> (N, C, H+2p, W+2p), borders filled with ``value``."""
     if p == 0:
@@ -38,8 +43,7 @@ def im2col(x, kh: int, kw: int, stride: int, padding: int):
     batch's convolution in one GEMM (one large GEMM beats N small ones several times over).
     """
     N, C, H, W = x.shape
-    Ho = (H + 2 * padding - kh) // stride + 1
-    Wo = (W + 2 * padding - kw) // stride + 1
+    Ho, Wo = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     xp = get_array_module(x)
     xt = _pad(x, padding).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
     cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)

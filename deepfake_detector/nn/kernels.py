@@ -16,24 +16,15 @@ The choice is made here and nowhere else: ``DEEPFAKE_DETECTOR_KERNELS=fused|nump
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
+from ..user_cache import cache_dir  # noqa: F401 - where the fused kernels' compile cache lives
+
 ENV_KERNELS = "DEEPFAKE_DETECTOR_KERNELS"
-ENV_CACHE = "DEEPFAKE_DETECTOR_CACHE"
 KERNEL_SETS = ("fused", "numpy")
 
 FUSED = object()  # first item of a layer's cache written by a fused kernel (its backward takes the same path)
-
-
-def cache_dir() -> Path:
-    """The user's cache folder: ``$DEEPFAKE_DETECTOR_CACHE``, else ``$XDG_CACHE_HOME/deepfake-detector``,
-    else ``~/.cache/deepfake-detector``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "deepfake-detector"
 
 
 def _parse(name) -> str | None:

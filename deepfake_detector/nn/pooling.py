@@ -8,13 +8,9 @@ import numpy as np
 
 from .backend import get_array_module, over_batch
 from .grad import grad_enabled
-from .im2col import _pad, _windows
+from .im2col import _pad, _windows, out_size
 from .kernels import FUSED, fused_for, fused_kernels
 from .layers import Layer
-
-
-def _pool_out(n, k, s, p):
-    return (n + 2 * p - k) // s + 1
 
 
 class MaxPool2D(Layer):
@@ -33,7 +29,7 @@ class MaxPool2D(Layer):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         k, s, p = self.k, self.s, self.p
-        Ho, Wo = _pool_out(H, k, s, p), _pool_out(W, k, s, p)
+        Ho, Wo = out_size(H, k, s, p), out_size(W, k, s, p)
         x = _pad(x, p, -np.inf)
         out = xp.empty((N, C, Ho, Wo), x.dtype)
 
@@ -97,7 +93,7 @@ class AvgPool2D(Layer):
     def forward(self, x, training=False):
         N, C, H, W = x.shape
         k, s, p = self.k, self.s, self.p
-        Ho, Wo = _pool_out(H, k, s, p), _pool_out(W, k, s, p)
+        Ho, Wo = out_size(H, k, s, p), out_size(W, k, s, p)
         x = _pad(x, p)
         out = None
         for _, _, view in _windows(x, k, k, s, Ho, Wo):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...user_cache import ENV_CACHE, cache_dir  # noqa: F401 - ENV_CACHE: the cache folder's variable
+
 ENCODER_NAME = "clip-vit-b16"
 INPUT_SIZE = 224
 EMBED_DIM = 512
@@ -32,7 +34,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BATCH_SIZE = 1  # the int8 export's output depends on the batch size (cosine 0.965 between 16 and 1):
 #                 extraction and inference both run one image per call, so a score never depends on its company
 ENV_ENCODER = "DEEPFAKE_DETECTOR_CLIP_ENCODER"  # a path to the encoder file, overriding the cache
-ENV_CACHE = "DEEPFAKE_DETECTOR_CACHE"  # the cache folder (default ~/.cache/deepfake-detector)
 ENV_KERNEL = "DEEPFAKE_DETECTOR_CLIP_KERNEL"  # auto (default) | exact: always the rewrite | original: unchecked
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
 FEATURES = "exact-int-v1"  # the features heads are fitted on: integer products computed exactly, on any CPU
@@ -78,10 +79,6 @@ FETCH_HINT = "get it once with: deepfake-detector fetch-encoder (downloads 78 MB
 
 class EncoderUnavailable(FileNotFoundError):
     """The encoder file is not where it was looked for."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "deepfake-detector")
 
 
 def default_encoder_path() -> Path:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..im2col import out_size
 from ._compile import helper, kernel, prange, total
-
-
-def conv_out(n, k, s, p):
-    return (n + 2 * p - k) // s + 1
 
 
 @helper
@@ -124,7 +121,7 @@ def im2col(x, kh, kw, s, p):
     """(N, C, H, W) -> (columns (C*kh*kw, N*Ho*Wo), Ho, Wo), as :func:`..im2col.im2col`."""
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
-    Ho, Wo = conv_out(H, kh, s, p), conv_out(W, kw, s, p)
+    Ho, Wo = out_size(H, kh, s, p), out_size(W, kw, s, p)
     cols = np.empty((C * kh * kw, N * Ho * Wo), x.dtype)
     _im2col(x, int(kh), int(kw), int(s), int(p), int(Ho), int(Wo), cols)
     return cols, Ho, Wo

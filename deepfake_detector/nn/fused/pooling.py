@@ -14,11 +14,8 @@ import functools
 
 import numpy as np
 
+from ..im2col import out_size
 from ._compile import kernel, prange
-
-
-def pool_out(n, k, s, p):
-    return (n + 2 * p - k) // s + 1
 
 
 @functools.cache
@@ -111,7 +108,7 @@ def max_pool(x, k, s, p, keep_arg=True):
     """(out, arg): the max pool of (N, C, H, W) ``x`` and each window's argmax (None unless ``keep_arg``)."""
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
-    Ho, Wo = pool_out(H, k, s, p), pool_out(W, k, s, p)
+    Ho, Wo = out_size(H, k, s, p), out_size(W, k, s, p)
     out = np.empty((N, C, Ho, Wo), x.dtype)
     arg = np.empty((N, C, Ho, Wo) if keep_arg else (1, 1, 1, 1), _arg_dtype(k))
     _kernels(int(k), int(s))[0](x, int(p), bool(keep_arg), out, arg)
