@@ -330,7 +330,8 @@ def main():
           ("GPU memory held by each framework's pool at its peak)" if args.device == "gpu" else
            "peak resident memory of the timed loop beyond what the process held before it)"))
     for arch, prof in profiles.items():
-        print(f"\nwhere a {arch} training step goes (ms per step, batch {args.batch}):")
+        print(f"\nwhere a {arch} training step goes (ms per step, batch {args.batch}; each layer timed on its own, "
+              "so BatchNorm and the ReLU after it run unfused here):")
         types = sorted({k for e in ours if prof.get(e) for k in prof[e]["per_type_ms"]})
         print(f"{'layer pass':28}" + "".join(f" {e:>9}" for e in ours))
         for k in types:
