@@ -5,6 +5,7 @@ Measures, in one run, on N real face crops (read in place from the data folder, 
       images/s;
   (b) ``scan`` with ``--workers 1`` and (c) with ``--workers 2`` into fresh RESULTS folders:
       images/s end to end (file list, hashing, worker start-up, inference, Parquet parts).
+Data: ``--data``, else ``$DEEPFAKE_DETECTOR_DATA/dfdc-faces``, else ``../shared/data/dfdc-faces``.
 The files are read once beforehand so that every measurement finds them in the page cache.
 The last line is ``scaling=<(c)/(b)> vs_predict=<(c)/(a)>``; the targets are scaling >= 1.7
 (85% efficiency on two workers) and vs_predict >= 0.9.
@@ -28,7 +29,7 @@ from deepfake_detector.predict import predict_paths
 from deepfake_detector.scan import scan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "dfdc-faces"
+DEFAULT_DATA = Path(os.environ.get("DEEPFAKE_DETECTOR_DATA") or PROJECT_ROOT.parent / "shared" / "data") / "dfdc-faces"
 
 
 def pick_images(root: Path, n: int) -> list[str]:

@@ -104,8 +104,8 @@ def test_every_layer_with_a_fused_path_takes_it(monkeypatch):
     for mod, name in [(fused.norm, "batch_norm_forward"), (fused.norm, "batch_norm_backward"),
                       (fused.activations, "relu"), (fused.activations, "relu_backward"),
                       (fused.pooling, "max_pool"), (fused.pooling, "max_pool_backward"),
-                      (fused.im2col, "im2col"), (fused.im2col, "col2im"), (fused.im2col, "conv_output"),
-                      (fused.im2col, "conv_grad"), (fused.losses, "softmax_cross_entropy"),
+                      (fused.im2col, "im2col"), (fused.im2col, "col2im"), (fused.im2col, "conv_forward"),
+                      (fused.im2col, "conv_backward"), (fused.losses, "softmax_cross_entropy"),
                       (fused.optim, "adam_update"), (fused.optim, "sgd_update")]:
         monkeypatch.setattr(mod, name, _spy(getattr(mod, name), name, calls))
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_every_layer_with_a_fused_path_takes_it(monkeypatch):
         nn.Adam(net.named_parameters()).step(net.named_grads())
         nn.SGD(net.named_parameters(), momentum=0.9).step(net.named_grads())
     assert set(calls) == {"batch_norm_forward", "batch_norm_backward", "relu", "relu_backward", "max_pool",
-                          "max_pool_backward", "im2col", "col2im", "conv_output", "conv_grad",
+                          "max_pool_backward", "im2col", "col2im", "conv_forward", "conv_backward",
                           "softmax_cross_entropy", "adam_update", "sgd_update"}
     assert calls.count("relu") == 1  # the ReLU after the BatchNorm ran inside it; the one after Dense on its own
     calls.clear()
@@ -138,18 +138,23 @@ IM2COL_CASES = [  # (N, C, H, W), kh, kw, stride, padding
 ]
 
 
+def _per_image(ref_cols, n):
+    """The reference's (K, N*L) columns in the fused layout (N, K, L)."""
+    return ref_cols.reshape(ref_cols.shape[0], n, -1).transpose(1, 0, 2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,kh,kw,s,p", IM2COL_CASES)
 def test_im2col_and_col2im_equal_the_reference(shape, kh, kw, s, p, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     ref, Ho, Wo = ref_im2col.im2col(x, kh, kw, s, p)
-    cols, Ho2, Wo2 = fused.im2col.im2col(x, kh, kw, s, p)
-    assert (Ho2, Wo2) == (Ho, Wo)
-    np.testing.assert_array_equal(cols, ref)  # a copy: exact
+    cols = fused.im2col.im2col(x, kh, kw, s, p)
+    assert cols.shape == (shape[0], shape[1] * kh * kw, Ho * Wo)
+    np.testing.assert_array_equal(cols, _per_image(ref, shape[0]))  # a copy: exact
     c = rng.standard_normal(cols.shape).astype(dtype)
-    dx = fused.im2col.col2im(c, shape, kh, kw, s, p, Ho, Wo)
-    ref_dx = ref_im2col.col2im(c, shape, kh, kw, s, p, Ho, Wo)
+    dx = fused.im2col.col2im(c, shape, kh, kw, s, p)
+    ref_dx = ref_im2col.col2im(c.transpose(1, 0, 2).reshape(ref.shape), shape, kh, kw, s, p, Ho, Wo)
     np.testing.assert_array_equal(dx, ref_dx)  # overlaps summed in the same order
     # the adjoint: <im2col(x), c> == <x, col2im(c)>
     np.testing.assert_allclose(float((cols.astype(np.float64) * c).sum()), float((x.astype(np.float64) * dx).sum()),
@@ -158,26 +163,42 @@ def test_im2col_and_col2im_equal_the_reference(shape, kh, kw, s, p, dtype):
 
 def test_im2col_of_a_non_contiguous_input():
     x = np.random.default_rng(1).standard_normal((5, 6, 3, 4)).transpose(2, 3, 0, 1)  # (3, 4, 5, 6), a view
-    np.testing.assert_array_equal(fused.im2col.im2col(x, 3, 3, 1, 1)[0], ref_im2col.im2col(x, 3, 3, 1, 1)[0])
+    want = _per_image(ref_im2col.im2col(x, 3, 3, 1, 1)[0], 3)
+    np.testing.assert_array_equal(fused.im2col.im2col(x, 3, 3, 1, 1), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv_layout_copies_equal_the_reference(dtype):
-    rng = np.random.default_rng(2)
-    out = rng.standard_normal((5, 3 * 4 * 6)).astype(dtype)  # (C_out, N*Ho*Wo)
-    bias = rng.standard_normal(5).astype(dtype)
-    want = out.copy()
-    want += bias[:, None]
-    np.testing.assert_array_equal(fused.im2col.conv_output(out, bias, 3, 4, 6),
-                                  ref_im2col._swap01(want.reshape(5, 3, 4, 6)))
-    np.testing.assert_array_equal(fused.im2col.conv_output(out, None, 3, 4, 6),
-                                  ref_im2col._swap01(out.reshape(5, 3, 4, 6)))
-    g = rng.standard_normal((3, 5, 4, 6)).astype(dtype)
-    g2, dbias = fused.im2col.conv_grad(g, True)
-    want = ref_im2col._swap01(g).reshape(5, -1)
-    np.testing.assert_array_equal(g2, want)
-    np.testing.assert_allclose(dbias, want.sum(axis=1), **TOL[dtype])
-    assert dbias.dtype == dtype and fused.im2col.conv_grad(g, False)[1] is None
+@pytest.mark.parametrize("chunk_bytes", [1, 300, 1 << 30])  # one image a chunk, a few, the whole batch
+@pytest.mark.parametrize("bias,keep", [(True, False), (False, False), (True, True)])
+def test_chunked_conv_equals_the_reference_layer(monkeypatch, chunk_bytes, bias, keep, dtype):
+    """conv_forward/conv_backward give the reference Conv2D's output and gradients, however the
+    batch is chunked, with and without bias, with the columns rebuilt or kept."""
+    monkeypatch.setattr(fused.im2col, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(3)
+    layer = nn.Conv2D(3, 5, 3, stride=2, padding=1, bias=bias, rng=rng, dtype=dtype)
+    if bias:
+        layer.params["bias"][:] = rng.standard_normal(5)
+    x = rng.standard_normal((5, 3, 9, 8)).astype(dtype)
+    with nn.use_kernels("numpy"):
+        want = layer.forward(x, training=True)
+        g = rng.standard_normal(want.shape).astype(dtype)
+        want_dx = layer.backward(g)
+    y, cols = fused.im2col.conv_forward(x, layer.params["weight"], layer.params.get("bias"), 2, 1, keep_columns=keep)
+    assert (cols is not None) == keep
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+    for need_dx in (True, False):
+        dw, db, dx = fused.im2col.conv_backward(g, layer.params["weight"], 2, 1, x.shape, x=None if keep else x,
+                                                columns=cols, with_bias=bias, need_input_grad=need_dx)
+        np.testing.assert_allclose(dw, layer.grads["weight"], **TOL[dtype])
+        assert dw.dtype == dtype and dw.shape == layer.params["weight"].shape
+        if bias:
+            np.testing.assert_allclose(db, layer.grads["bias"], **TOL[dtype])
+        else:
+            assert db is None
+        if need_dx:
+            np.testing.assert_allclose(dx, want_dx, **TOL[dtype])
+        else:
+            assert dx is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

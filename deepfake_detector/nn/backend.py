@@ -93,20 +93,31 @@ def set_num_threads(n: int) -> None:
         _POOL = None
 
 
+def num_threads() -> int:
+    """The engine's thread count (:func:`set_num_threads`, else ``DEEPFAKE_DETECTOR_THREADS``, else the cores)."""
+    return _THREADS
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """The engine's worker threads, one per engine thread, started on first use. Tasks given to
+    it must not wait on tasks of their own (nothing run in it submits to it)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine")
+    return _POOL
+
+
 def over_batch(fn, n: int, xp=np) -> list:
     """``[fn(slice) for slice in k slices of range(n)]``, the slices run in parallel threads.
 
     One call with the whole range on CuPy (the GPU is parallel already), with one thread, or
     for a batch of one.
     """
-    global _POOL
     k = min(_THREADS, n)
     if xp is not np or k < 2:
         return [fn(slice(0, n))]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine")
     bounds = [round(i * n / k) for i in range(k + 1)]
-    futures = [_POOL.submit(fn, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    futures = [thread_pool().submit(fn, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
     return [f.result() for f in futures]
 
 

@@ -161,29 +161,24 @@ class Conv2D(Layer):
         return col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
 
     def _forward_fused(self, fk, x):
-        """forward with the fused kernels: im2col as one loop, the GEMM, then bias and layout in one pass."""
-        x = np.ascontiguousarray(x)
-        cols, Ho, Wo = fk.im2col.im2col(x, self.kh, self.kw, self.stride, self.padding)
-        out = self.params["weight"].reshape(self.out_channels, -1) @ cols  # (C_out, N*Ho*Wo)
+        """forward with the fused kernels: a chunk of images at a time, columns kept in cache (:mod:`.fused.im2col`)."""
+        keep = grad_enabled() and self.cache_columns
+        y, cols = fk.im2col.conv_forward(x, self.params["weight"], self.params.get("bias"),
+                                         self.stride, self.padding, keep_columns=keep)
         if grad_enabled():
-            self._cache = (FUSED, cols if self.cache_columns else x, x.shape, Ho, Wo)
-        return fk.im2col.conv_output(out, self.params.get("bias"), x.shape[0], Ho, Wo)  # (N, C_out, Ho, Wo)
+            self._cache = (FUSED, cols, None if keep else x, x.shape)
+        return y
 
     def _backward_fused(self, grad, need_input_grad):
-        _, cols, x_shape, Ho, Wo = self._cache
+        _, cols, x, x_shape = self._cache
         self._cache = None
-        fk = fused_kernels()
-        if not self.cache_columns:
-            cols = fk.im2col.im2col(cols, self.kh, self.kw, self.stride, self.padding)[0]  # from the input
-        g, dbias = fk.im2col.conv_grad(grad, "bias" in self.params)  # (C_out, N*Ho*Wo), its row sums
+        dw, dbias, dx = fused_kernels().im2col.conv_backward(
+            grad, self.params["weight"], self.stride, self.padding, x_shape, x=x, columns=cols,
+            with_bias="bias" in self.params, need_input_grad=need_input_grad)
         if dbias is not None:
             self._accumulate("bias", dbias)
-        dw = (cols @ g.T).T  # (C_out, C_in*kh*kw)
-        self._accumulate("weight", dw.reshape(self.params["weight"].shape))
-        if not need_input_grad:
-            return None
-        dcols = self.params["weight"].reshape(self.out_channels, -1).T @ g  # (C_in*kh*kw, N*Ho*Wo)
-        return fk.im2col.col2im(dcols, x_shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
+        self._accumulate("weight", dw)
+        return dx
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel=({self.kh}, {self.kw}), "

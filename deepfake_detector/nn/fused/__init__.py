@@ -35,10 +35,9 @@ def warm_up(dtypes=(np.float32,)) -> float:
         activations.relu_backward(activations.relu(x), x)
         out, arg = pooling.max_pool(x, 2, 2, 0)
         pooling.max_pool_backward(out, arg, x.shape, 2, 2, 0)
-        cols, Ho, Wo = im2col.im2col(x, 3, 3, 1, 1)
-        im2col.col2im(cols, x.shape, 3, 3, 1, 1, Ho, Wo)
-        out = im2col.conv_output(cols[:4], c[:2].copy(), 2, Ho, Wo)
-        im2col.conv_grad(out, True)
+        w = np.ones((2, 3, 3, 3), dt)
+        y, _ = im2col.conv_forward(x, w, c[:2].copy(), 1, 1)
+        im2col.conv_backward(y, w, 1, 1, x.shape, x=x)
         losses.softmax_cross_entropy(x[:, :, 0, 0].copy(), np.array([0, 2]))
         for size in (8, optim.PARALLEL_FROM):  # the serial and the parallel update
             p, g = np.ones(size, dt), np.ones(size, dt)

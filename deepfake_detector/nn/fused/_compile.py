@@ -5,6 +5,7 @@ them, and Numba's thread count kept to the engine's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -30,6 +31,30 @@ helper = numba.njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 prange = numba.prange
 
 
+def _start_threads() -> None:
+    """Start Numba's thread pool now, its idle OpenMP threads told to sleep rather than spin.
+
+    Conv2D alternates Numba kernels with OpenBLAS GEMMs many times a step; with OpenMP's
+    default (spin after each parallel loop), Numba's idle threads and OpenBLAS's busy ones
+    fight over the cores, and a chunked convolution ran 2-8x slower. OpenMP reads
+    ``OMP_WAIT_POLICY`` once, when its library loads, so it is set for that moment only:
+    child processes, and other OpenMP runtimes (torch's, scikit-learn's), keep their own.
+    A policy the user set is kept; so is a pool that is already running.
+    """
+    from numba.np.ufunc import parallel  # noqa: PLC0415
+
+    if os.environ.get("OMP_WAIT_POLICY"):
+        return  # the user's, read when the pool starts
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        parallel._launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_threads()
+
+
 @helper
 def total(buf):
     """sum(buf) in float64, in order: the last step of the kernels' sums, which first add
@@ -52,3 +77,46 @@ def sync_threads() -> None:
     if getattr(_synced, "n", None) != want:
         numba.set_num_threads(min(want, numba.config.NUMBA_NUM_THREADS))
         _synced.n = want
+
+
+# --- a batch spread over the engine's threads, one core per chunk ------------------------------
+
+_blas_lock = threading.Lock()
+_blas = {"users": 0, "limiter": None, "controller": None}
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS single-threaded while any caller is inside (process-wide; callers in several threads
+    share one limit, and the last one out restores what was set before)."""
+    with _blas_lock:
+        if _blas["users"] == 0:
+            if _blas["controller"] is None:
+                from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+                _blas["controller"] = ThreadpoolController()
+            _blas["limiter"] = _blas["controller"].limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limiter"].restore_original_limits()
+
+
+def over_chunks(fn, parts) -> list:
+    """``[fn(part) for part in parts]``, the parts spread over the engine's threads.
+
+    Each task runs serial kernels and a single-threaded BLAS on one core, so a chunk's
+    columns stay in that core's cache from the im2col that writes them to the GEMM that
+    reads them (two threads sharing each GEMM would stream them through memory). The
+    results come back in order, so a sum over them does not depend on the thread count.
+    """
+    from .. import backend  # noqa: PLC0415
+
+    if backend.num_threads() < 2 or len(parts) < 2:
+        return [fn(part) for part in parts]
+    with _one_blas_thread():
+        return list(backend.thread_pool().map(fn, parts))
