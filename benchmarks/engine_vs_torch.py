@@ -156,14 +156,15 @@ def run_one(engine: str, arch: str, mode: str, batch: int, steps: int, threads: 
     out = {"images_per_s": batch / statistics.median(times), "step_ms": 1e3 * statistics.median(times),
            "peak_mb": peak_mb(), "work_mb": work}
     if profile and engine in OURS and device == "cpu":
-        out["profile"] = profile_step(model, step, steps)
+        out["profile"] = profile_step(model, step, steps, chunked=engine == "fused")
     return out
 
 
-def profile_step(model, step, steps: int) -> dict:
+def profile_step(model, step, steps: int, chunked: bool = False) -> dict:
     """Milliseconds per step spent in each layer type's forward and backward (median over
     ``steps``), and in the GEMMs alone: every matrix product of the convolutions and dense
-    layers replayed on arrays of the same shapes."""
+    layers replayed on arrays of the same shapes. ``chunked``: the convolutions' products as
+    the fused Conv2D runs them (per image, chunk by chunk, one single-threaded GEMM a core)."""
     import numpy as np
 
     from deepfake_detector import nn
@@ -203,6 +204,7 @@ def profile_step(model, step, steps: int) -> dict:
 
     for layer in layers:
         record(layer)
+    convs = []  # (N, C_out, K, L) of each convolution, when ``chunked``
     step()
     for layer in layers:
         shp = x_shapes.get(id(layer))
@@ -211,6 +213,9 @@ def profile_step(model, step, steps: int) -> dict:
             Ho = (H + 2 * layer.padding - layer.kh) // layer.stride + 1
             Wo = (W + 2 * layer.padding - layer.kw) // layer.stride + 1
             K, M, P = C * layer.kh * layer.kw, layer.out_channels, N * Ho * Wo
+            if chunked:
+                convs.append((N, M, K, Ho * Wo))
+                continue
             for dims in ((M, K, P), (K, P, M), (K, M, P)):  # forward, weight gradient, input gradient
                 gemms[dims] = gemms.get(dims, 0) + 1
         elif isinstance(layer, nn.Dense) and shp is not None:
@@ -229,6 +234,26 @@ def profile_step(model, step, steps: int) -> dict:
             a @ b
             ts.append(time.perf_counter() - t)
         gemm_ms += 1e3 * statistics.median(ts) * count
+    from deepfake_detector.nn import fused
+
+    for N, M, K, L in convs:
+        parts = fused.im2col.chunks(N, K * L * 4)
+        w, wt = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, M)).astype(np.float32)
+        cols = rng.standard_normal((N, K, L)).astype(np.float32)
+        g = rng.standard_normal((N, M, L)).astype(np.float32)
+
+        def products(c, w=w, wt=wt, cols=cols, g=g):
+            np.matmul(w, cols[c])
+            np.matmul(g[c], cols[c].transpose(0, 2, 1))
+            np.matmul(wt, g[c])
+
+        fused._compile.over_chunks(products, parts)
+        ts = []
+        for _ in range(max(3, steps // 2)):
+            t = time.perf_counter()
+            fused._compile.over_chunks(products, parts)
+            ts.append(time.perf_counter() - t)
+        gemm_ms += 1e3 * statistics.median(ts)
     return {"per_type_ms": per_type, "gemm_ms": gemm_ms}
 
 

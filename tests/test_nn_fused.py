@@ -544,3 +544,36 @@ def test_cache_dir_rules(monkeypatch, tmp_path):
 def test_warm_up_compiles_everything_and_reports_the_seconds():
     seconds = fused.warm_up()
     assert isinstance(seconds, float) and seconds >= 0
+
+
+def test_chunked_conv_gradients_do_not_depend_on_the_thread_count(monkeypatch):
+    """The chunks' weight gradients are added in batch order, whatever thread ran each chunk."""
+    monkeypatch.setattr(fused.im2col, "CHUNK_BYTES", 1)  # one image a chunk: 6 chunks
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 4, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((6, 8, 10, 10)).astype(np.float32)
+    before = backend.num_threads()
+    got = []
+    try:
+        for n in (2, 1, 2):
+            backend.set_num_threads(n)
+            got.append(fused.im2col.conv_backward(g, w, 1, 1, x.shape, x=x)[:2])
+    finally:
+        backend.set_num_threads(before)
+    for dw, db in got[1:]:
+        np.testing.assert_array_equal(dw, got[0][0])
+        np.testing.assert_array_equal(db, got[0][1])
+
+
+def test_importing_the_kernels_leaves_the_environment_as_it_was():
+    """The passive OpenMP wait policy is set only while Numba's pool starts: children and other
+    OpenMP runtimes of the process do not inherit it; a policy the user set is kept."""
+    code = ("import os; from deepfake_detector.nn import fused; import numba; "
+            "fused.warm_up(); print(os.environ.get('OMP_WAIT_POLICY'), numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "None"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
