@@ -73,7 +73,7 @@ def sync_threads() -> None:
     engine's (:func:`deepfake_detector.nn.backend.set_num_threads`), at most Numba's pool size."""
     from .. import backend  # noqa: PLC0415
 
-    want = backend._THREADS
+    want = backend.num_threads()
     if getattr(_synced, "n", None) != want:
         numba.set_num_threads(min(want, numba.config.NUMBA_NUM_THREADS))
         _synced.n = want

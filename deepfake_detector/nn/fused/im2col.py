@@ -174,13 +174,7 @@ def conv_backward(grad, weight, s, p, x_shape, x=None, columns=None, with_bias=T
             col2im(dcols, (n,) + tuple(x_shape[1:]), kh, kw, s, p, out=dx[c])
         return dw, gc.sum(axis=(0, 2)) if with_bias else None
 
-    parts = over_chunks(run, chunks(N, K * L * g.itemsize))
-    dw = parts[0][0]
-    for d, _ in parts[1:]:
-        dw += d
-    dbias = None
-    if with_bias:
-        dbias = parts[0][1]
-        for _, b in parts[1:]:
-            dbias += b
+    dws, dbiases = zip(*over_chunks(run, chunks(N, K * L * g.itemsize)))
+    dw = sum(dws[1:], dws[0])  # in batch order
+    dbias = sum(dbiases[1:], dbiases[0]) if with_bias else None
     return dw.reshape(weight.shape), dbias, dx
