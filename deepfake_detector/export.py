@@ -233,6 +233,23 @@ def _flatten(g: _Graph, layer, name, x, shape):
     return g.node("Flatten", [x], name, axis=1), (int(np.prod(shape)),)
 
 
+def _attention_pool(g: _Graph, layer, name, x, shape):
+    """(N, T, D) -> (N, D): the scores by MatMul/Add/Tanh/MatMul, Softmax over the tokens,
+    then the weighted sum as Mul and ReduceSum."""
+    if len(shape) != 2 or shape[1] != layer.dim:
+        raise ExportError(f"{name}: AttentionPool needs (N, tokens, {layer.dim}) input, gets "
+                          f"(N, {', '.join(map(str, shape))})")
+    h = g.node("MatMul", [x, g.const(f"{name}.weight_t", _host(layer.params["weight"]).T.astype(np.float32))], name)
+    h = g.node("Add", [h, g.const(f"{name}.bias", _host(layer.params["bias"]).astype(np.float32))], name)
+    h = g.node("Tanh", [h], name)
+    s = g.node("MatMul", [h, g.const(f"{name}.score", _host(layer.params["score"]).astype(np.float32)[:, None])],
+               name)  # (N, T, 1)
+    a = g.node("Softmax", [s], name, axis=1)
+    y = g.node("Mul", [a, x], name)
+    return g.node("ReduceSum", [y, g.const(f"{name}.axes", np.array([1], np.int64))], name, keepdims=0), \
+        (shape[1],)
+
+
 def _relu(g, layer, name, x, shape):
     return g.node("Relu", [x], name), shape
 
@@ -251,7 +268,7 @@ def _layer_rules() -> dict[type, Callable]:
     return {nn.Conv2D: _conv, nn.Dense: _dense, nn.BatchNorm2D: _batchnorm, nn.BatchNorm1D: _batchnorm,
             nn.ReLU: _relu, nn.LeakyReLU: _leaky, nn.MaxPool2D: _pool("MaxPool"),
             nn.AvgPool2D: _pool("AveragePool", count_include_pad=1), nn.GlobalAvgPool2D: _global_avg,
-            nn.Flatten: _flatten, nn.Dropout: _identity}
+            nn.Flatten: _flatten, nn.Dropout: _identity, nn.AttentionPool: _attention_pool}
 
 
 def _flat_layers(seq, prefix=""):
@@ -288,6 +305,7 @@ def sequential_graph(seq, input_size: int, in_channels: int = 3, fold_bn: bool =
     Flatten            Flatten(axis=1) (C-order, as the engine's reshape)
     Dense              Gemm(transB=1), weight (out, in) as stored
     Dropout            nothing (identity at inference)
+    AttentionPool      MatMul, Add, Tanh, MatMul, Softmax(axis=1), Mul, ReduceSum
     Sequential         its layers, in order
     =================  ===========================================================
 
@@ -354,11 +372,13 @@ def export_sequential(model, out_path: Path, opset: int, dynamic_batch: bool, fo
     _save_atomic(onnx, proto, out_path)
 
 
-def head_onnx_bytes(head, in_features: int, opset: int = 17) -> bytes:
-    """A from-scratch head (a Sequential on (N, in_features) vectors) as ONNX bytes: input
-    ``image`` (N, in_features), output ``logits`` (N, 2); no metadata (a bundle carries it)."""
+def head_onnx_bytes(head, in_shape, opset: int = 17) -> bytes:
+    """A from-scratch head (a Sequential on (N, *in_shape) features: vectors, or tokens for an
+    attention pooling) as ONNX bytes: input ``image`` (N, *in_shape), output ``logits`` (N, 2);
+    no metadata (a bundle carries it)."""
     onnx = _require_onnx()
-    graph = sequential_graph(head, 0, input_shape=(in_features,), graph_name="head")
+    in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    graph = sequential_graph(head, 0, input_shape=in_shape, graph_name="head")
     opsets = [onnx.helper.make_opsetid("", opset)]
     proto = onnx.helper.make_model(graph, opset_imports=opsets)
     proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)

@@ -36,7 +36,7 @@ def head_samples(cfg: HeadConfig) -> dict:
 
 def embed_split(items, encoder, cache, workers: int, progress: bool, feature: str = "pooled"):
     """Feature vectors (N, dim), labels, sources and roots of one split's items (failed files dropped)."""
-    from .models.clip.encoder import FEATURE_DIMS
+    from .models.clip.encoder import FEATURE_SHAPES
     from .models.clip.features import embed_files
 
     keep, emb = [], []
@@ -50,7 +50,7 @@ def embed_split(items, encoder, cache, workers: int, progress: bool, feature: st
         keep += [group[i] for i in ok]
         emb.append(e[ok])
     labels = np.array([s.label for s in keep], np.int64)
-    return (np.concatenate(emb) if emb else np.zeros((0, FEATURE_DIMS[feature]), np.float32), labels,
+    return (np.concatenate(emb) if emb else np.zeros((0, *FEATURE_SHAPES[feature]), np.float32), labels,
             [s.source for s in keep], [s.root for s in keep])
 
 
@@ -101,7 +101,7 @@ def train_head(cfg: HeadConfig, progress: bool = True) -> dict:
             model.head.zero_grad()
             logits = model.head_logits(x[idx], training=True)
             loss, dz = nn.softmax_cross_entropy(logits, y[idx])
-            model.head.backward(dz)
+            model.head.backward(dz, need_input_grad=False)  # the features are data: no gradient into them
             opt.step(model.grads())
             loss_sum += loss
         z = model.head_logits(xv)

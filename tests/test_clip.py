@@ -287,7 +287,7 @@ def token_encoder(tmp_path, monkeypatch) -> Path:
 
 def test_the_patch_mean_is_the_mean_of_the_196_patch_tokens_and_one_pass_caches_both(tmp_path, token_encoder):
     e = enc.ClipEncoder(token_encoder)
-    assert e.feature_names == ("pooled", "patch-mean")
+    assert e.feature_names == ("pooled", "patch-mean", "patch-tokens")
     assert enc.ClipEncoder(tiny_encoder(tmp_path / "plain.onnx")).feature_names == ("pooled",)
     crops = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), np.uint8)
     x = normalize(crops)
@@ -330,6 +330,56 @@ def test_a_patch_head_and_a_pooled_head_share_one_encoder_pass_in_a_bundle(tmp_p
         np.testing.assert_allclose(s[:, k], z[:, 1] - z[:, 0], rtol=1e-5, atol=1e-6)
     again = load(save_bundle(fused, tmp_path / "b.zip"))
     np.testing.assert_allclose(again.predict_proba(crops), fused.predict_proba(crops), rtol=1e-5)
+
+
+def test_patch_tokens_are_cached_as_float16_only_where_a_head_reads_them(tmp_path, token_encoder):
+    e = enc.ClipEncoder(token_encoder)
+    crops = np.random.default_rng(4).integers(0, 256, (2, 224, 224, 3), np.uint8)
+    f = e.features(normalize(crops))
+    assert f["patch-tokens"].shape == (2, 196, 768)
+    np.testing.assert_allclose(f["patch-tokens"].mean(1), f["patch-mean"], rtol=1e-5, atol=1e-6)
+    paths = faces(tmp_path, n=3)
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    embed_files(paths, e, cache, "as-is", feature="patch-mean")
+    assert len(cache) == 2 * 3  # pooled and patch-mean; no tokens unless asked
+    calls = e.calls
+    tokens, errors = embed_files(paths, e, cache, "as-is", feature="patch-tokens")
+    assert not errors and tokens.shape == (3, 196, 768) and tokens.dtype == np.float16 and e.calls == calls + 3
+    assert len(cache) == 3 * 3
+    again, _ = embed_files(paths, e, cache, "as-is", feature="patch-tokens")  # read back: float16, unchanged
+    assert e.calls == calls + 3
+    np.testing.assert_array_equal(again, tokens)
+    mean, _ = embed_files(paths, e, cache, "as-is", feature="patch-mean")
+    np.testing.assert_allclose(tokens.astype(np.float32).mean(1), mean, rtol=2e-3, atol=2e-3)  # float16 rounding
+
+
+def test_an_attention_head_on_patch_tokens_is_the_same_model_in_its_bundle(tmp_path, token_encoder):
+    from deepfake_detector.models.fusion import FusedModel, save_bundle
+
+    attn = create_model("clip-attn", seed=3, attn_hidden=8, hidden=16)
+    assert attn.feature == "patch-tokens"
+    with pytest.raises(ValueError, match="pools tokens"):
+        create_model("clip-attn", feature="pooled")
+    with pytest.raises(ValueError, match="tokens an image"):
+        create_model("clip-mlp", feature="patch-tokens")
+    crops = np.random.default_rng(6).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    tokens = attn.encoder.features(attn.normalize(crops))["patch-tokens"]
+    unit = tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)
+    pool = attn.head.layers[0]
+    a, _ = pool.weights_of(unit)
+    np.testing.assert_allclose(a.sum(1), 1.0, rtol=1e-6)
+    by_hand = np.einsum("nt,ntd->nd", a, unit)  # the pooled vector, then the MLP layers by hand
+    dense1, dense2 = attn.head.layers[1], attn.head.layers[4]
+    hidden = np.maximum(by_hand @ dense1.params["weight"].T + dense1.params["bias"], 0)
+    want = hidden @ dense2.params["weight"].T + dense2.params["bias"]
+    np.testing.assert_allclose(attn.logits(crops), want, rtol=1e-4, atol=1e-5)
+    save_model(attn, tmp_path / "attn.npz")
+    np.testing.assert_allclose(load(tmp_path / "attn.npz").logits(crops), attn.logits(crops), rtol=1e-6)
+    pooled = create_model("clip-logistic", seed=2).use_encoder(attn.encoder)
+    fused = FusedModel({"attn": attn, "pooled": pooled}, [0.7, -0.4], 0.2, {"threshold": 0.5})
+    again = load(save_bundle(fused, tmp_path / "b.zip"))  # the attention head as an ONNX graph
+    np.testing.assert_allclose(again.part_scores(crops), fused.part_scores(crops), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(again.predict_proba(crops), fused.predict_proba(crops), rtol=1e-5, atol=1e-6)
 
 
 def test_fuse_refuses_a_part_no_bundle_can_hold_before_scoring_anything(tmp_path):

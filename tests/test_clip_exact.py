@@ -91,7 +91,7 @@ def test_the_patch_token_feature_comes_from_the_same_pass_and_is_pinned(real_enc
 
     golden = np.load(GOLDEN)
     e = enc.ClipEncoder(real_encoder_path, threads=1)
-    assert e.feature_names == ("pooled", "patch-mean", *(f"cls-block-{k}" for k in enc.BLOCK_CLS))
+    assert e.feature_names == ("pooled", "patch-mean", "patch-tokens", *(f"cls-block-{k}" for k in enc.BLOCK_CLS))
     feats = [e.features(normalize(img[None])) for img in probe_images().values()]
     assert e.calls == 3  # one encoder call per image gives them all
     for key, name in (("embeds", "pooled"), ("patch_mean", "patch-mean"),

@@ -116,3 +116,31 @@ def test_train_head_fuse_evaluate_predict_as_the_docs_show_them(chain, capsys):
     assert run("predict", studio / "Test" / "Fake", "--model", bundle, "--whole-image", "--format", "json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8 and all(r["label"] in ("Real", "Fake") for r in rows)
+
+
+def test_fuse_leave_one_source_out_retrains_the_heads_and_drops_what_saw_the_source(chain, capsys):
+    base, studio = chain["base"], chain["studio"]
+    cnn = base / "cnn.onnx"
+    if not cnn.exists():
+        run("train", "--data", studio, "--arch", "seed-cnn", "--epochs", 1, "--batches-per-epoch", 1,
+            "--batch-size", 8, "--quiet", "--out", base / "runs" / "cnn")
+        assert run("export", "--model", base / "runs" / "cnn" / "best.npz", "--onnx", cnn) == 0
+    head = base / "runs" / "clip-mlp-for-loso"
+    config = head_config(chain, head)
+    assert run("train-head", "--config", config, "--quiet") == 0
+    out = base / "runs" / "fuse-loso"
+    capsys.readouterr()
+    assert run("fuse", "--part", f"cnn={cnn}", "--part", f"clip={head / 'best.npz'}", "--gate-root", "studio",
+               "--data-config", config, "--leave-one-source-out", "--out", out) == 0
+    table = capsys.readouterr().out
+    result = json.loads((out / "loso.json").read_text())
+    rows = {r["source"]: r for r in result["rows"]}
+    assert set(rows) == {"gan", "diffusion", "studio"}
+    for source, row in rows.items():
+        assert any(line.startswith(source) for line in table.splitlines()), table
+        assert row["parts"][-1] == f"clip@{source}"  # the head, retrained without the source
+        retrained = load(out / f"loso-{source}" / "clip" / "best.npz")
+        assert f"{source}/Fake" not in retrained.meta["data"]["cells"]
+        assert 0.0 <= row["left_out_auc"] <= 1.0 and 0.0 <= row["seen_auc"] <= 1.0
+    # the CNN was trained on the studio root: it has seen the studio fakes, not the wild ones
+    assert rows["studio"]["dropped"] == ["cnn"] and "cnn" in rows["gan"]["parts"] and not rows["gan"]["dropped"]

@@ -212,6 +212,29 @@ def test_dense(bias, dtype):
     check_layer(layer, lambda x, weight, bias=None: F.linear(x, weight, bias), (4, 7), dtype)
 
 
+def _attention_pool(x, weight, bias, score):
+    """Attention pooling written independently in torch: a score per token, a softmax over tokens."""
+    a = torch.softmax(torch.tanh(x @ weight.T + bias) @ score, dim=1)  # (N, T)
+    return torch.einsum("nt,ntd->nd", a, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 1, 4), (2, 9, 3)])
+def test_attention_pool(shape, dtype):
+    layer = nn.AttentionPool(shape[2], hidden=6, rng=np.random.default_rng(4))
+    check_layer(layer, _attention_pool, shape, dtype)
+
+
+def test_attention_pool_weighs_the_tokens_it_scores_high():
+    """A hand-made case: the score favours token 1 by 10 logits, so the pool is ~ token 1."""
+    layer = nn.AttentionPool(2, hidden=1)
+    layer.params.update(weight=np.array([[1.0, 0.0]]), bias=np.zeros(1), score=np.array([20.0]))
+    x = np.array([[[-1.0, 3.0], [1.0, 5.0]]])  # tanh: -0.76 vs +0.76 -> scores -15.2 vs +15.2
+    a, _ = layer.weights_of(x)
+    np.testing.assert_allclose(a, [[1 / (1 + np.exp(30.46)), 1 / (1 + np.exp(-30.46))]], rtol=1e-2)
+    np.testing.assert_allclose(layer.forward(x), [[1.0, 5.0]], atol=1e-9)
+
+
 def test_dropout_masks_and_scales():
     layer = nn.Dropout(0.25, seed=0)
     x = np.ones((200, 50))

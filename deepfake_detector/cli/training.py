@@ -136,6 +136,10 @@ def add_fuse(sub) -> None:
     u.add_argument("--max-false-alarm", type=float, default=0.05)
     u.add_argument("--gate-root", metavar="NAME", help="add a domain gate: a CLIP head telling this root's crops "
                    "from the others', so the stack weighs each expert where it is at home")
+    u.add_argument("--leave-one-source-out", action="store_true",
+                   help="instead of a bundle: for each fake source, the stack refitted without it (its CLIP heads "
+                        "retrained from their recipes, parts trained on its root dropped), scored on it "
+                        "(OUT is a folder: OUT/loso-SOURCE, OUT/loso.json)")
     u.add_argument("--out", required=True, help="the bundle to write (.zip)")
     u.add_argument("--name", help="the model's version name, on its card and in its answers "
                    "(default: <choice>-<date>)")
@@ -143,10 +147,18 @@ def add_fuse(sub) -> None:
 
 
 def cmd_fuse(args) -> int:
-    from ..fuse import fuse
+    from ..fuse import fuse, fuse_leave_one_source_out
 
     parts = dict(p.split("=", 1) for p in args.part)
     data = json.loads(open(args.data_config).read())["data"] if args.data_config else args.data
+    if args.leave_one_source_out:
+        result = fuse_leave_one_source_out(parts, data, args.out, max_false_alarm=args.max_false_alarm,
+                                           gate_root=args.gate_root)
+        print(f"{'fake source':<16} {'AUC seen':>9} {'left out':>9} {'caught seen':>12} {'left out':>9}  parts dropped")
+        for r in result["rows"]:
+            print(f"{r['source']:<16} {r['seen_auc']:>9.3f} {r['left_out_auc']:>9.3f} {r['seen_caught']:>12.1%} "
+                  f"{r['left_out_caught']:>9.1%}  {', '.join(r['dropped']) or '-'}")
+        return 0
     report = fuse(parts, data, args.out, max_false_alarm=args.max_false_alarm, gate_root=args.gate_root,
                   version=args.name)
     print(json.dumps({k: report[k] for k in ("choice", "stack", "threshold", "test_sources")}, indent=2,

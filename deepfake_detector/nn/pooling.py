@@ -1,5 +1,5 @@
-"""Pooling layers: max and average over windows, and global average pooling, each with its
-forward and backward side by side (windows as strided views, see :mod:`.im2col`).
+"""Pooling layers: max and average over windows, global average pooling, and attention pooling
+over tokens, each with its forward and backward side by side (windows as strided views, see :mod:`.im2col`).
 """
 
 from __future__ import annotations
@@ -128,3 +128,57 @@ class GlobalAvgPool2D(Layer):
         xp = get_array_module(grad)
         H, W = self._hw
         return xp.broadcast_to((grad / (H * W))[:, :, None, None], grad.shape + (H, W)).copy()
+
+
+class AttentionPool(Layer):
+    """(N, T, D) tokens -> (N, D): a weighted mean of the tokens, the weights a softmax over
+    the tokens of a learned score (attention-based pooling, Ilse et al. 2018):
+
+        h = tanh(x @ W.T + b)   (N, T, H)       s = h @ v   (N, T)
+        a = softmax(s, axis=1)                  y = sum_t a[:, t] * x[:, t]
+
+    ``weight`` W is (hidden, dim) as a Dense layer's, ``bias`` b (hidden,), ``score`` v (hidden,).
+    A head on a ViT's patch tokens learns which patches to look at, where a mean weighs all alike.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, rng=None, dtype=np.float32):
+        super().__init__()
+        from .layers import reserve_params
+
+        self.dim, self.hidden = dim, hidden
+        rng = rng if rng is not None else np.random.default_rng()
+        reserve_params((hidden, dim), (hidden,), (hidden,))
+        self.params["weight"] = (rng.standard_normal((hidden, dim)) * np.sqrt(1.0 / dim)).astype(dtype)
+        self.params["bias"] = np.zeros(hidden, dtype=dtype)
+        self.params["score"] = (rng.standard_normal(hidden) * np.sqrt(1.0 / hidden)).astype(dtype)
+
+    def weights_of(self, x):
+        """(N, T) attention weights of tokens ``x``, and the (N, T, H) hidden activations."""
+        xp = get_array_module(x)
+        N, T, D = x.shape
+        h = xp.tanh((x.reshape(N * T, D) @ self.params["weight"].T + self.params["bias"]).reshape(N, T, -1))
+        s = h @ self.params["score"]  # (N, T)
+        e = xp.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True), h
+
+    def forward(self, x, training=False):
+        a, h = self.weights_of(x)
+        self._cache = (x, a, h) if grad_enabled() else None
+        return (a[:, None, :] @ x)[:, 0, :]  # (N, 1, T) @ (N, T, D)
+
+    def backward(self, grad, need_input_grad=True):
+        (x, a, h), self._cache = self._cache, None
+        N, T, D = x.shape
+        da = (x @ grad[:, :, None])[:, :, 0]  # (N, T): dL/da_t = x_t . g
+        ds = a * (da - (a * da).sum(axis=1, keepdims=True))  # through the softmax
+        self._accumulate("score", (h * ds[:, :, None]).sum(axis=(0, 1)))
+        dpre = (ds[:, :, None] * self.params["score"]) * (1 - h * h)  # (N, T, H), through the tanh
+        dpre2 = dpre.reshape(N * T, -1)
+        self._accumulate("weight", dpre2.T @ x.reshape(N * T, D))
+        self._accumulate("bias", dpre2.sum(axis=0))
+        if not need_input_grad:
+            return None
+        return a[:, :, None] * grad[:, None, :] + (dpre2 @ self.params["weight"]).reshape(N, T, D)
+
+    def extra_repr(self):
+        return f"{self.dim}, hidden={self.hidden}"

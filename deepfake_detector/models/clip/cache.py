@@ -28,7 +28,9 @@ def bytes_digest(path) -> str:
 
 
 class EmbeddingCache:
-    """``key -> float32 vector`` in one SQLite file; thread-safe, committed in batches."""
+    """``key -> float32 vector`` in one SQLite file; thread-safe, committed in batches. A
+    float16 array (the patch tokens) is kept as float16: a row's dtype follows from its
+    blob's length over its ``dim`` (the number of values), so older files read as before."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -43,13 +45,14 @@ class EmbeddingCache:
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i : i + 500]
-                q = f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})"
-                for k, blob in self._db.execute(q, chunk):
-                    out[k] = np.frombuffer(blob, np.float32).copy()
+                q = f"SELECT key, dim, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, dim, blob in self._db.execute(q, chunk):
+                    out[k] = np.frombuffer(blob, np.float16 if len(blob) == 2 * dim else np.float32).copy()
         return out
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        rows = [(k, int(v.size), np.ascontiguousarray(v, np.float32).tobytes()) for k, v in items.items()]
+        rows = [(k, int(v.size), np.ascontiguousarray(v, np.float16 if v.dtype == np.float16 else np.float32).tobytes())
+                for k, v in items.items()]
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)", rows)
             self._db.commit()

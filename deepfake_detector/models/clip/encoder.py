@@ -44,13 +44,19 @@ FEATURES = "exact-int-v1"  # the features heads are fitted on: integer products 
 # traces an unseen generator leaves than the last block does) are extra outputs that the
 # prepared encoder files add to the graph: the same pass, nothing recomputed.
 BLOCK_CLS = (2, 4, 6, 8, 10)  # 0-based: the output of layers.k, of 12
-FEATURE_DIMS = {"pooled": EMBED_DIM, "patch-mean": 768, **{f"cls-block-{k}": 768 for k in BLOCK_CLS}}
+# The 196 patch tokens themselves, for a head that pools them itself (attention pooling); the
+# only feature that is not one vector: 150,528 values an image, cached as float16 and only
+# where a head reads it (:mod:`.features`).
+PATCH_TOKENS = 196
+FEATURE_SHAPES = {"pooled": (EMBED_DIM,), "patch-mean": (768,), **{f"cls-block-{k}": (768,) for k in BLOCK_CLS},
+                  "patch-tokens": (PATCH_TOKENS, 768)}
+TOKEN_FEATURES = frozenset(f for f, shape in FEATURE_SHAPES.items() if len(shape) > 1)
 OUTPUTS_ID = "blocks-v1"  # names the graph outputs added below; part of the prepared files' names
 
 
 def check_feature(feature: str) -> str:
-    if feature not in FEATURE_DIMS:
-        raise ValueError(f"unknown CLIP feature {feature!r}; choose from {', '.join(FEATURE_DIMS)}")
+    if feature not in FEATURE_SHAPES:
+        raise ValueError(f"unknown CLIP feature {feature!r}; choose from {', '.join(FEATURE_SHAPES)}")
     return feature
 
 
@@ -287,9 +293,9 @@ class ClipEncoder:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """The features this file gives: ``pooled``; ``patch-mean`` where the graph also
-        outputs the last block's tokens (the shipped encoder does); ``cls-block-k`` for each
-        block output the prepared files add (:func:`with_block_outputs`)."""
+        """The features this file gives: ``pooled``; ``patch-mean`` and ``patch-tokens`` where
+        the graph also outputs the last block's tokens (the shipped encoder does); ``cls-block-k``
+        for each block output the prepared files add (:func:`with_block_outputs`)."""
         return tuple(name for name, _ in self._outputs())
 
     def _outputs(self) -> list[tuple[str, str]]:
@@ -297,20 +303,22 @@ class ClipEncoder:
         outs = self.session.get_outputs()
         pairs = [("pooled", outs[0].name)]
         if len(outs) > 1 and len(outs[1].shape) == 3 and outs[1].shape[1:] == [197, 768]:
-            pairs.append(("patch-mean", outs[1].name))
+            pairs += [("patch-mean", outs[1].name), ("patch-tokens", outs[1].name)]
         pairs += [(f"cls-block-{o.name[len('cls_block'):]}", o.name) for o in outs if o.name.startswith("cls_block")]
         return pairs
 
     def _all(self, x1: np.ndarray) -> list[np.ndarray]:
         self.calls += 1
         pairs = self._outputs()
-        out = self.session.run([name for _, name in pairs], {INPUT_NAME: x1})
-        # the last block's tokens -> the mean of its 196 patches; the others as they come
-        return [t[:, 1:, :].mean(1) if feature == "patch-mean" else t for (feature, _), t in zip(pairs, out)]
+        names = list(dict.fromkeys(name for _, name in pairs))  # the tokens feed two features: fetched once
+        out = dict(zip(names, self.session.run(names, {INPUT_NAME: x1})))
+        # the last block's tokens -> the mean of its 196 patches, or the patches; the others as they come
+        take = {"patch-mean": lambda t: t[:, 1:, :].mean(1), "patch-tokens": lambda t: t[:, 1:, :]}
+        return [take.get(feature, lambda t: t)(out[name]) for feature, name in pairs]
 
     def features(self, x) -> dict[str, np.ndarray]:
         """Every feature of :attr:`feature_names` from one encoder pass per image:
-        ``{"pooled": (N, 512), "patch-mean": (N, 768)}``, float32."""
+        ``{"pooled": (N, 512), "patch-mean": (N, 768), "patch-tokens": (N, 196, 768), ...}``, float32."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         chunks = [x[i : i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)]
         if self.workers > 1 and len(chunks) > 1:
@@ -319,7 +327,7 @@ class ClipEncoder:
         else:
             out = [self._all(c) for c in chunks]
         return {name: (np.concatenate([o[k] for o in out]).astype(np.float32) if out
-                       else np.zeros((0, FEATURE_DIMS[name]), np.float32))
+                       else np.zeros((0, *FEATURE_SHAPES[name]), np.float32))
                 for k, name in enumerate(self.feature_names)}
 
     def embed(self, x) -> np.ndarray:

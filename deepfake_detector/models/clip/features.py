@@ -11,7 +11,7 @@ import numpy as np
 
 from ...faces.crop import FRAMINGS
 from .cache import EmbeddingCache, bytes_digest, content_key
-from .encoder import CLIP_MEAN, CLIP_STD, FEATURE_DIMS, INPUT_SIZE, ClipEncoder, check_feature
+from .encoder import CLIP_MEAN, CLIP_STD, FEATURE_SHAPES, INPUT_SIZE, TOKEN_FEATURES, ClipEncoder, check_feature
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,13 @@ def feature_identity(encoder: ClipEncoder, feature: str) -> str:
 def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | None, framing: str = "as-is",
                 workers: int = 2, detector=None, progress: bool = False,
                 commit_every: int = 256, feature: str = "pooled") -> tuple[np.ndarray, dict[str, str]]:
-    """(N, dim) ``feature`` vectors of ``paths`` (zeros for a file that failed) and ``{path: error}``.
+    """(N, *shape) ``feature`` arrays of ``paths`` (zeros for a file that failed) and ``{path: error}``.
 
     Cached vectors are read, the others computed ``workers`` at a time and written back every
     ``commit_every`` files, so an interrupted pass resumes where it stopped. A computed file's
-    every feature goes into the cache (they come from the same encoder pass).
+    every vector feature goes into the cache (they come from the same encoder pass); its patch
+    tokens (:data:`~.encoder.TOKEN_FEATURES`, 300 kB an image as float16) only where they are
+    the feature asked for, and they come back as float16.
     """
     from ...data import ImageDecodeError, load_image
     from ...data.limits import InputRefused
@@ -61,7 +63,8 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
     pid = preprocess_id(framing)
     if check_feature(feature) not in encoder.feature_names:
         raise ValueError(f"{encoder.path} gives no {feature!r} feature (it outputs {', '.join(encoder.feature_names)})")
-    out = np.zeros((len(paths), FEATURE_DIMS[feature]), np.float32)
+    tokens = feature in TOKEN_FEATURES
+    out = np.zeros((len(paths), *FEATURE_SHAPES[feature]), np.float16 if tokens else np.float32)
     errors: dict[str, str] = {}
     keys: list[str | None] = []
     digests: list[str | None] = []
@@ -81,7 +84,7 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
     todo = [i for i, k in enumerate(keys) if k and k not in hits]
     for i, k in enumerate(keys):
         if k in hits:
-            out[i] = hits[k]
+            out[i] = hits[k].reshape(out.shape[1:])
     log.info("%d of %d embeddings cached; computing %d", len(paths) - len(todo) - len(errors), len(paths), len(todo))
 
     def one(i):
@@ -104,7 +107,9 @@ def embed_files(paths: list[str], encoder: ClipEncoder, cache: EmbeddingCache | 
             else:
                 out[i] = feats[feature]
                 for k, v in feats.items():
-                    pending[content_key(digests[i], pid, feature_identity(encoder, k))] = v
+                    if k not in TOKEN_FEATURES or k == feature:
+                        v = v.astype(np.float16).ravel() if k in TOKEN_FEATURES else v
+                        pending[content_key(digests[i], pid, feature_identity(encoder, k))] = v
             if bar is not None:
                 bar.update(1)
             if cache is not None and len(pending) >= commit_every:

@@ -15,7 +15,7 @@ from ... import nn
 from ...nn.backend import to_numpy
 from ..predictor import CLASS_NAMES, Abilities, Predictor, Preprocess
 from ..registry import register_model
-from .encoder import CLIP_MEAN, CLIP_STD, ENCODER_NAME, FEATURE_DIMS, INPUT_SIZE, ClipEncoder, check_feature
+from .encoder import CLIP_MEAN, CLIP_STD, ENCODER_NAME, FEATURE_SHAPES, INPUT_SIZE, ClipEncoder, check_feature
 
 
 @dataclass
@@ -40,9 +40,8 @@ class ClipHeadModel(Predictor):
 
     def bundle_part(self, name: str) -> tuple[dict, bytes]:
         from ...export import head_onnx_bytes
-        from .encoder import FEATURE_DIMS
 
-        data = head_onnx_bytes(self.head, FEATURE_DIMS[self.feature]) if hasattr(self.head, "layers") \
+        data = head_onnx_bytes(self.head, FEATURE_SHAPES[self.feature]) if hasattr(self.head, "layers") \
             else self.head.data
         return {"name": name, "kind": self.kind, "file": f"{name}.onnx", "arch": self.arch,
                 "config": self.config, "meta": self.meta, "parameters": self.num_parameters()}, data
@@ -86,7 +85,8 @@ class ClipHeadModel(Predictor):
 
     @property
     def feature(self) -> str:
-        """Which encoder output the head reads (:data:`~.encoder.FEATURE_DIMS`): ``pooled`` or ``patch-mean``."""
+        """Which encoder output the head reads (:data:`~.encoder.FEATURE_SHAPES`): ``pooled``,
+        ``patch-mean``, ``cls-block-k`` or ``patch-tokens``."""
         return check_feature(self.config.get("feature", "pooled"))
 
     def use_encoder(self, encoder: ClipEncoder) -> ClipHeadModel:
@@ -121,14 +121,20 @@ class ClipHeadModel(Predictor):
         if self._encoder is not None:  # one image per session call: n calls side by side
             self._encoder.workers = max(1, n or 2)
 
-    def head_logits(self, embeddings, training: bool = False):
-        """(N, dim) raw feature vectors -> (N, 2) logits (unit-normalised first)."""
-        e = np.asarray(embeddings, np.float32)
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    def head_logits(self, embeddings, training: bool = False, chunk: int = 256):
+        """(N, dim) raw feature vectors, or (N, tokens, dim) patch tokens -> (N, 2) logits;
+        each vector (each token) unit-normalised first. Inference runs ``chunk`` rows at a
+        time, so a split of patch tokens never becomes float32 all at once."""
+        def unit(e):
+            e = np.asarray(e, np.float32)
+            return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
         if training:
-            return self.head.forward(e, True)
+            return self.head.forward(unit(embeddings), True)
         with nn.no_grad():
-            return to_numpy(self.head.forward(e, False))
+            parts = [to_numpy(self.head.forward(unit(embeddings[i : i + chunk]), False))
+                     for i in range(0, len(embeddings), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
 
     # --- pixels in, probabilities out ----------------------------------------------
     def embed(self, images) -> np.ndarray:
@@ -181,9 +187,9 @@ def _config(seed: int, feature: str, **rest) -> dict:
 
 @register_model("clip-logistic")
 def clip_logistic(seed: int = 0, feature: str = "pooled") -> ClipHeadModel:
-    """Logistic regression on a unit CLIP feature vector (``feature``: see FEATURE_DIMS)."""
+    """Logistic regression on a unit CLIP feature vector (``feature``: see FEATURE_SHAPES)."""
     rng = np.random.default_rng(seed)
-    return _build("clip-logistic", [nn.Dense(FEATURE_DIMS[check_feature(feature)], 2, rng=rng)],
+    return _build("clip-logistic", [nn.Dense(_vector_dim(feature), 2, rng=rng)],
                   _config(seed, feature))
 
 
@@ -191,6 +197,29 @@ def clip_logistic(seed: int = 0, feature: str = "pooled") -> ClipHeadModel:
 def clip_mlp(seed: int = 0, hidden: int = 256, dropout: float = 0.2, feature: str = "pooled") -> ClipHeadModel:
     """One hidden layer of ``hidden`` ReLU units, dropout ``dropout``, on a unit CLIP feature vector."""
     rng = np.random.default_rng(seed)
-    layers = [nn.Dense(FEATURE_DIMS[check_feature(feature)], hidden, rng=rng), nn.ReLU(),
+    layers = [nn.Dense(_vector_dim(feature), hidden, rng=rng), nn.ReLU(),
               nn.Dropout(dropout, seed=seed), nn.Dense(hidden, 2, rng=rng)]
     return _build("clip-mlp", layers, _config(seed, feature, hidden=hidden, dropout=dropout))
+
+
+@register_model("clip-attn")
+def clip_attn(seed: int = 0, attn_hidden: int = 64, hidden: int = 256, dropout: float = 0.2,
+              feature: str = "patch-tokens") -> ClipHeadModel:
+    """Attention pooling over the 196 unit patch tokens of the encoder's last block (a score
+    per token from ``attn_hidden`` tanh units, a softmax over the tokens), then the
+    :func:`clip_mlp` head on the pooled vector."""
+    shape = FEATURE_SHAPES[check_feature(feature)]
+    if len(shape) != 2:
+        raise ValueError(f"clip-attn pools tokens; {feature!r} is one vector an image (use clip-mlp)")
+    rng = np.random.default_rng(seed)
+    layers = [nn.AttentionPool(shape[1], attn_hidden, rng=rng), nn.Dense(shape[1], hidden, rng=rng), nn.ReLU(),
+              nn.Dropout(dropout, seed=seed), nn.Dense(hidden, 2, rng=rng)]
+    return _build("clip-attn", layers, {"seed": seed, "attn_hidden": attn_hidden, "hidden": hidden,
+                                        "dropout": dropout, "feature": feature})
+
+
+def _vector_dim(feature: str) -> int:
+    shape = FEATURE_SHAPES[check_feature(feature)]
+    if len(shape) != 1:
+        raise ValueError(f"{feature!r} is {shape[0]} tokens an image; a head on it pools them (clip-attn)")
+    return shape[0]
