@@ -4,8 +4,9 @@ recipe blends on the fly instead; a head trains on features computed once).
 
 For each of Train and Validation, up to ``--cap`` reals of the source root (the same fixed
 choice as a config's ``max_per_class``) are framed as the models frame them (``--faces``: the
-largest face cropped, no margin, at 224 px; otherwise the crop as it is) and written as
-``Real/<name>.png``, and each one's self-blend (Shiohara & Yamasaki 2022, landmark-free
+largest face cropped, no margin, at 224 px, written as ``Real/<name>.png``; otherwise the crop
+as it is, hard-linked, so its cached features are found again), and each one's self-blend
+(Shiohara & Yamasaki 2022, landmark-free
 elliptic masks; :func:`deepfake_detector.data.sbi.self_blend`, seeded by the file name) as
 ``Fake/<name>.png``. Test holds the source root's own Test split, reals and fakes, framed
 the same way: what a head trained on the blends is measured on. No fake of the source root
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,10 +70,13 @@ def main(argv=None) -> int:
     def one(job) -> str | None:
         path, split, label, blend = job
         src = Path(path)
-        if not args.faces:  # a crop as it is: linked, so its bytes (and its cached features) are the source's
-            link = out / split / label / src.name
-            if not link.exists():
-                link.symlink_to(src.resolve())
+        if not args.faces:  # a crop as it is: the same bytes, so its cached features are the source's
+            same = out / split / label / src.name
+            if not same.exists():
+                try:
+                    os.link(src, same)  # a hard link where it can (a symbolic one would be refused as data)
+                except OSError:
+                    shutil.copyfile(src, same)
         if not (blend or args.faces):
             return None
         try:
