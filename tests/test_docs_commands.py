@@ -72,6 +72,16 @@ def test_train_resume_export_release_as_the_docs_show_them(chain, capsys):
     capsys.readouterr()
 
 
+def cnn_part(base, studio):
+    """A small CNN part, trained on the studio root and exported once for the tests that fuse."""
+    cnn = base / "cnn.onnx"
+    if not cnn.exists():
+        run("train", "--data", studio, "--arch", "seed-cnn", "--epochs", 1, "--batches-per-epoch", 1,
+            "--batch-size", 8, "--quiet", "--out", base / "runs" / "cnn")
+        assert run("export", "--model", base / "runs" / "cnn" / "best.npz", "--onnx", cnn) == 0
+    return cnn
+
+
 def head_config(chain, out, feature_data=None) -> str:
     cfg = {"data": feature_data or [{"root": str(chain["studio"]), "name": "studio"},
                                     {"root": str(chain["wild"]), "name": "wild"}],
@@ -82,17 +92,19 @@ def head_config(chain, out, feature_data=None) -> str:
     return str(path)
 
 
-def test_train_head_fuse_evaluate_predict_as_the_docs_show_them(chain, capsys):
-    base, studio = chain["base"], chain["studio"]
-    cnn = base / "cnn.onnx"
-    if not cnn.exists():  # this test alone: a CNN part of its own
-        run("train", "--data", studio, "--arch", "seed-cnn", "--epochs", 1, "--batches-per-epoch", 1,
-            "--batch-size", 8, "--quiet", "--out", base / "runs" / "cnn")
-        assert run("export", "--model", base / "runs" / "cnn" / "best.npz", "--onnx", cnn) == 0
-    head = base / "runs" / "clip-mlp"
+def parts_to_fuse(chain, head_name: str):
+    """(the CNN part, a trained CLIP head's run folder, its config) for a test that fuses."""
+    cnn = cnn_part(chain["base"], chain["studio"])
+    head = chain["base"] / "runs" / head_name
     config = head_config(chain, head)
     assert run("train-head", "--config", config, "--quiet") == 0
     assert load(head / "best.npz").kind == "clip"
+    return cnn, head, config
+
+
+def test_train_head_fuse_evaluate_predict_as_the_docs_show_them(chain, capsys):
+    base, studio = chain["base"], chain["studio"]
+    cnn, head, config = parts_to_fuse(chain, "clip-mlp")
 
     loso = base / "runs" / "loso"
     capsys.readouterr()
@@ -119,15 +131,8 @@ def test_train_head_fuse_evaluate_predict_as_the_docs_show_them(chain, capsys):
 
 
 def test_fuse_leave_one_source_out_retrains_the_heads_and_drops_what_saw_the_source(chain, capsys):
-    base, studio = chain["base"], chain["studio"]
-    cnn = base / "cnn.onnx"
-    if not cnn.exists():
-        run("train", "--data", studio, "--arch", "seed-cnn", "--epochs", 1, "--batches-per-epoch", 1,
-            "--batch-size", 8, "--quiet", "--out", base / "runs" / "cnn")
-        assert run("export", "--model", base / "runs" / "cnn" / "best.npz", "--onnx", cnn) == 0
-    head = base / "runs" / "clip-mlp-for-loso"
-    config = head_config(chain, head)
-    assert run("train-head", "--config", config, "--quiet") == 0
+    base = chain["base"]
+    cnn, head, config = parts_to_fuse(chain, "clip-mlp-for-loso")
     out = base / "runs" / "fuse-loso"
     capsys.readouterr()
     assert run("fuse", "--part", f"cnn={cnn}", "--part", f"clip={head / 'best.npz'}", "--gate-root", "studio",
