@@ -186,15 +186,15 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
     from .metrics import per_source_metrics
     from .models import load
     from .models.fusion import fit_stack, stack_features
-    from .train_heads import train_head
+    from .train_heads import head_samples, train_head
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = {name: load(path) for name, path in parts.items()}
     heads = {n for n, m in base.items() if m.abilities.shared_encoder and m.meta.get("recipe")}
     fields = {f.name for f in dataclasses.fields(HeadConfig)}
-    sources = sorted({s.source for s, _ in _validation_fakes(data, seed)})
-    root_of = {s.source: s.root for s, _ in _validation_fakes(data, seed)}
+    root_of = {s.source: s.root for s, _ in head_samples(HeadConfig(data=data, seed=seed))["validation"] if s.label}
+    sources = sorted(root_of)
     models, plan = dict(base), {}
     clip = next((m for m in base.values() if m.abilities.shared_encoder), None)
     if gate_root:
@@ -223,8 +223,8 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
         """Fit the stack of ``cols`` (+ gate) on Validation without ``without``'s fakes; score Test."""
         sv, yv, srcv, rootsv = table["validation"]
         keep = np.array([not (y == 1 and src == without) for y, src in zip(yv, srcv)])
-        pick = [names.index(c) for c in cols + ([gate] if gate else [])]
         sub_names = cols + ([gate] if gate else [])
+        pick = [names.index(c) for c in sub_names]
         fv = stack_features(sv[keep][:, pick], sub_names, gate)
         cells = np.array([f"{s}/{c}" for s, c, k in zip(srcv, yv, keep) if k])
         w, b = fit_stack(fv, yv[keep], cells)
@@ -236,8 +236,7 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
         rows = {r["source"]: r for r in per_source_metrics(yt, p, srct, threshold, roots=rootst)}
         return rows, threshold
 
-    experts = [n for n in base]
-    seen_rows, seen_threshold = stack(experts, "domain" if gate_root else None, None)
+    seen_rows, seen_threshold = stack(list(base), "domain" if gate_root else None, None)
     rows = []
     for source in sources:
         left, threshold = stack(plan[source]["parts"], plan[source]["gate"], source)
@@ -250,12 +249,6 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
                       "parts trained on S's root dropped; AUC of S's Test fakes against its root's Test reals"}
     (out / "loso.json").write_text(json.dumps(result, indent=2, default=float))
     return result
-
-
-def _validation_fakes(data: list, seed: int) -> list:
-    from .train_heads import HeadConfig, head_samples
-
-    return [it for it in head_samples(HeadConfig(data=data, seed=seed))["validation"] if it[0].label == 1]
 
 
 def _score_parts(models: dict, data: list, seed: int) -> dict:
