@@ -1,6 +1,7 @@
 """Shipping a fused model: each part scored on Validation and Test of every source, the stack
 fitted on pooled Validation (cells weighted equally), the candidate chosen by the mean
-per-source validation AUC (the fusion's own score cross-fitted), the threshold put at a
+per-source validation AUC (the fusion's own score cross-fitted, its regularisation chosen by
+the same rule), the threshold put at a
 false-alarm budget on pooled Validation reals, Test measured once, a model card written.
 And the same stack with one fake source left out of everything it can be left out of
 (:func:`fuse_leave_one_source_out`): the figure for a kind of fake it never saw.
@@ -16,6 +17,8 @@ import numpy as np
 
 from .data.roots import data_roots
 from .train_heads import SPLITS
+
+STACK_C = (1.0, 0.1, 0.01, 0.001)  # the stack's inverse L2 strengths tried; Validation chooses
 
 
 def _scores(model, items, size: int) -> tuple[np.ndarray, list[int]]:
@@ -34,7 +37,7 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
-def _cross_fitted(scores, y, cells, folds: int, seed: int = 0) -> np.ndarray:
+def _cross_fitted(scores, y, cells, folds: int, seed: int = 0, C: float = 1.0) -> np.ndarray:
     """Out-of-fold stack scores: each fold's rows scored by a stack fitted on the others."""
     from .models.fusion import fit_stack
 
@@ -45,9 +48,23 @@ def _cross_fitted(scores, y, cells, folds: int, seed: int = 0) -> np.ndarray:
         fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
     out = np.empty(len(y))
     for k in range(folds):
-        w, b = fit_stack(scores[fold != k], y[fold != k], cells[fold != k])
+        w, b = fit_stack(scores[fold != k], y[fold != k], cells[fold != k], C=C)
         out[fold == k] = scores[fold == k] @ w + b
     return out
+
+
+def choose_stack_c(fv, yv, srcv, rootsv, cells, folds: int = 5, seed: int = 0) -> tuple[float, dict]:
+    """The stack's regularisation by the validation rule: each C of :data:`STACK_C` cross-fitted,
+    the best mean per-source ROC-AUC wins (the first, the weakest regularisation, on a tie).
+    Returns (C, {C: mean AUC})."""
+    from .metrics import per_source_metrics, source_selection
+
+    means = {}
+    for C in STACK_C:
+        rows = per_source_metrics(yv, _sigmoid(_cross_fitted(fv, yv, cells, folds, seed, C)), srcv, 0.5,
+                                  roots=rootsv)
+        means[C] = source_selection(rows)["mean_auc"]
+    return max(STACK_C, key=lambda C: means[C]), means
 
 
 def fit_domain_gate(data: list, gate_root: str, encoder_from, seed: int = 0, leave_out=()):
@@ -117,12 +134,13 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     sv, yv, srcv, rootsv = table["validation"]
     cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
     fv = stack_features(sv, names, gate)
-    choice, by_source = _choose(table["validation"], fv, names, experts, cells, folds, seed)
+    C, c_means = choose_stack_c(fv, yv, srcv, rootsv, cells, folds, seed)
+    choice, by_source = _choose(table["validation"], fv, names, experts, cells, folds, seed, C)
     if fast_part is None:  # the best of the experts that need no encoder, by the same rule
         light = [n for n in experts if not models[n].abilities.shared_encoder] or experts
         fast_part = max(light, key=lambda n: by_source[n]["mean_auc"] or 0.0)
 
-    w, b = fit_stack(fv, yv, cells)
+    w, b = fit_stack(fv, yv, cells, C=C)
     if choice == "fusion":
         chosen_scores = {split: stack_features(table[split][0], names, gate) @ w + b for split in table}
     else:
@@ -131,7 +149,8 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     zv = np.stack([np.zeros_like(chosen_scores["validation"]), chosen_scores["validation"]], 1)
     temperature, threshold, val_metrics = calibrate_on_validation(zv, yv, max_false_alarm=max_false_alarm)
     report = {"choice": choice, "candidates": {n: {k: v for k, v in d.items()} for n, d in by_source.items()},
-              "stack": {"parts": names, "gate": gate, "weights": w.tolist(), "bias": b},
+              "stack": {"parts": names, "gate": gate, "weights": w.tolist(), "bias": b, "C": C,
+                        "C_mean_auc": {str(c): m for c, m in c_means.items()}},
               "threshold": threshold, "temperature": temperature,
               "threshold_rule": f"false alarms <= {max_false_alarm:g} on pooled Validation reals",
               "validation": val_metrics}
@@ -145,7 +164,7 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
             "validation_sources": report["validation_sources"], "test_sources": report["test_sources"],
             "selection": {n: {"mean_auc": d["mean_auc"], "worst_source": d["worst_source"],
                               "worst_auc": d["worst_auc"]} for n, d in by_source.items()},
-            "data": [r._asdict() for r in data_roots(data)], "fast_part": fast_part}
+            "data": [r._asdict() for r in data_roots(data)], "fast_part": fast_part, "stack_C": C}
     if choice == "fusion":
         model = FusedModel(models, w, b, meta, gate=gate)
         save_bundle(model, out)
@@ -176,7 +195,8 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
     Validation: every CLIP head retrained from its recipe without S's fakes (in Train and in
     Validation, ``OUT/loso-S/<part>``), every other part kept only where its recipe holds no
     root with S in it (a CNN cannot be retrained here in minutes), the gate refitted without
-    S's fakes, the stack fitted and its threshold put on Validation without them; then S's Test
+    S's fakes, the stack's regularisation chosen, the stack fitted and its threshold put on
+    Validation without them (as :func:`fuse` does with every source); then S's Test
     fakes scored against the Test reals of its root. Beside each row, the same figures of the
     stack of every part fitted with S seen. Writes ``OUT/loso.json``; returns it."""
     import dataclasses
@@ -227,24 +247,28 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
         pick = [names.index(c) for c in sub_names]
         fv = stack_features(sv[keep][:, pick], sub_names, gate)
         cells = np.array([f"{s}/{c}" for s, c, k in zip(srcv, yv, keep) if k])
-        w, b = fit_stack(fv, yv[keep], cells)
+        srck = [s for s, k in zip(srcv, keep) if k]
+        rootsk = [r for r, k in zip(rootsv, keep) if k]
+        C, _ = choose_stack_c(fv, yv[keep], srck, rootsk, cells, seed=seed)
+        w, b = fit_stack(fv, yv[keep], cells, C=C)
         zv = fv @ w + b
         temperature, threshold, _ = calibrate_on_validation(np.stack([np.zeros_like(zv), zv], 1), yv[keep],
                                                             max_false_alarm=max_false_alarm)
         st, yt, srct, rootst = table["test"]
         p = _sigmoid((stack_features(st[:, pick], sub_names, gate) @ w + b) / temperature)
         rows = {r["source"]: r for r in per_source_metrics(yt, p, srct, threshold, roots=rootst)}
-        return rows, threshold
+        return rows, threshold, C
 
-    seen_rows, seen_threshold = stack(list(base), "domain" if gate_root else None, None)
+    seen_rows, seen_threshold, seen_c = stack(list(base), "domain" if gate_root else None, None)
     rows = []
     for source in sources:
-        left, threshold = stack(plan[source]["parts"], plan[source]["gate"], source)
+        left, threshold, C = stack(plan[source]["parts"], plan[source]["gate"], source)
         rows.append({"source": source, "seen_auc": seen_rows[source]["roc_auc"],
                      "left_out_auc": left[source]["roc_auc"], "seen_caught": seen_rows[source]["fake_recall"],
-                     "left_out_caught": left[source]["fake_recall"], "left_out_threshold": threshold,
+                     "left_out_caught": left[source]["fake_recall"], "left_out_threshold": threshold, "left_out_C": C,
                      "parts": plan[source]["parts"], "dropped": plan[source]["dropped"]})
-    result = {"parts": list(parts), "gate_root": gate_root, "seen_threshold": seen_threshold, "rows": rows,
+    result = {"parts": list(parts), "gate_root": gate_root, "seen_threshold": seen_threshold, "seen_C": seen_c,
+              "rows": rows,
               "note": "per source S: CLIP heads retrained and the gate and stack refitted without S's fakes, "
                       "parts trained on S's root dropped; AUC of S's Test fakes against its root's Test reals"}
     (out / "loso.json").write_text(json.dumps(result, indent=2, default=float))
@@ -269,7 +293,8 @@ def _score_parts(models: dict, data: list, seed: int) -> dict:
     return table
 
 
-def _choose(validation, fv, names: list, experts: list, cells, folds: int, seed: int) -> tuple[str, dict]:
+def _choose(validation, fv, names: list, experts: list, cells, folds: int, seed: int,
+            C: float = 1.0) -> tuple[str, dict]:
     """The per-source validation rule: each expert alone and the fusion (cross-fitted) scored
     per source; a part that beats the fusion on every source ships alone. Returns (the choice,
     each candidate's per-source rows and selection figures)."""
@@ -277,7 +302,7 @@ def _choose(validation, fv, names: list, experts: list, cells, folds: int, seed:
 
     sv, yv, srcv, rootsv = validation
     candidates = {name: sv[:, names.index(name)] for name in experts}
-    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed)
+    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed, C)
     by_source = {}
     for name, z in candidates.items():
         rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
@@ -353,8 +378,12 @@ def fused_model_card(model, report: dict) -> str:
     lines += ["", "Stack weights (features of the parts' logit differences"
               + (f"; g = sigmoid of the gate `{model.gate}`" if model.gate else "") + "): "
               + ", ".join(f"{f} {wt:+.4f}" for f, wt in zip(feats, model.weights)) + ".", ""]
+    stack = report.get("stack", {})
+    reg = (f" Its L2 regularisation, C = {stack['C']:g}, was chosen among "
+           + ", ".join(f"{float(c):g} ({a:.4f})" for c, a in stack["C_mean_auc"].items())
+           + " by the mean per-source validation AUC, cross-fitted." if "C" in stack else "")
     lines += [f"Bias {model.bias:+.4f}. The stack was fitted on pooled Validation of every source, each "
-              "(source x class) cell weighted equally. Decision threshold "
+              f"(source x class) cell weighted equally.{reg} Decision threshold "
               f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",
               ""]
     lines += _rate_tables(report)
@@ -376,4 +405,4 @@ def fused_model_card(model, report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SPLITS", "fuse", "fuse_leave_one_source_out", "fused_model_card"]
+__all__ = ["SPLITS", "STACK_C", "choose_stack_c", "fuse", "fuse_leave_one_source_out", "fused_model_card"]

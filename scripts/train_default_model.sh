@@ -36,5 +36,5 @@ deepfake-detector train-head --config configs/heads/clip-block8-mlp-mix.json
 deepfake-detector fuse --part cnn=runs/cnn-dfdc.onnx --part cnn-mix=runs/cnn-mix.onnx \
     --part clip=runs/clip-mlp-mix/best.npz --part clip-patch=runs/clip-patch-mlp-mix/best.npz \
     --part clip-block10=runs/clip-block10-mlp-mix/best.npz --part clip-block8=runs/clip-block8-mlp-mix/best.npz \
-    --gate-root dfdc-faces --data-config configs/eval-face-framing.json --name "fusion-$(date +%Y%m%d)-blocks" \
+    --gate-root dfdc-faces --data-config configs/eval-face-framing.json --name "fusion-$(date +%Y%m%d)" \
     --out deepfake_detector/assets/default.zip
