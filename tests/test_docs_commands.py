@@ -15,6 +15,7 @@ import json
 import pytest
 
 from deepfake_detector.cli import main
+from deepfake_detector.fuse import STACK_C
 from deepfake_detector.models import load
 from deepfake_detector.models.clip import encoder as enc
 
@@ -120,6 +121,10 @@ def test_train_head_fuse_evaluate_predict_as_the_docs_show_them(chain, capsys):
     fused = load(bundle)
     assert report["choice"] == "fusion" and fused.kind == "fused" and fused.meta["version"] == "fusion-docs"
     assert set(fused.describe()["parts"]) == {"cnn", "clip", "domain"} and fused.gate == "domain"
+    # the stack's L2 strength is the one the validation rule ranks first, and the card says so
+    c_means = {float(c): m for c, m in report["stack"]["C_mean_auc"].items()}
+    assert report["stack"]["C"] == max(c_means, key=c_means.get) == fused.meta["stack_C"]
+    assert f"C = {report['stack']['C']:g}, was chosen" in (bundle.parent / "MODEL_CARD.md").read_text()
 
     report_dir = base / "report"
     assert run("evaluate", "--data", studio, "--model", bundle, "--report-dir", report_dir) == 0
@@ -147,5 +152,6 @@ def test_fuse_leave_one_source_out_retrains_the_heads_and_drops_what_saw_the_sou
         retrained = load(out / f"loso-{source}" / "clip" / "best.npz")
         assert f"{source}/Fake" not in retrained.meta["data"]["cells"]
         assert 0.0 <= row["left_out_auc"] <= 1.0 and 0.0 <= row["seen_auc"] <= 1.0
+        assert row["left_out_C"] in STACK_C  # chosen again on Validation without the source
     # the CNN was trained on the studio root: it has seen the studio fakes, not the wild ones
     assert rows["studio"]["dropped"] == ["cnn"] and "cnn" in rows["gan"]["parts"] and not rows["gan"]["dropped"]
