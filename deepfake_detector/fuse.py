@@ -1,8 +1,8 @@
 """Shipping a fused model: each part scored on Validation and Test of every source, the stack
 fitted on pooled Validation (cells weighted equally), the candidate chosen by the mean
 per-source validation AUC (the fusion's own score cross-fitted, its regularisation chosen by
-the same rule), the threshold put at a
-false-alarm budget on pooled Validation reals, Test measured once, a model card written.
+the same rule), the threshold put at a false-alarm budget on pooled Validation reals, Test
+measured once, a model card written.
 And the same stack with one fake source left out of everything it can be left out of
 (:func:`fuse_leave_one_source_out`): the figure for a kind of fake it never saw.
 """
