@@ -196,12 +196,25 @@ def test_refuses_another_model_and_a_second_writer(reference, collection, tmp_pa
 
 
 RUNNER = "import json, sys; from deepfake_detector.scan import scan; scan(**json.loads(sys.argv[1]))"
+# the same scan with its folder walk paced at 20 ms a file, so that it lasts seconds on any CPU and a
+# signal sent after its first part lands mid-scan (a fast CPU scans the whole collection in under 1 s)
+PACED_RUNNER = """
+import json, sys, time
+from deepfake_detector.scan import local, scan
+walk = local.iter_sources
+def paced(*args, **kwargs):
+    for path in walk(*args, **kwargs):
+        time.sleep(0.02)
+        yield path
+local.iter_sources = paced
+scan(**json.loads(sys.argv[1]))
+"""
 
 
-def start_scan(kwargs: dict) -> subprocess.Popen:
+def start_scan(kwargs: dict, paced: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(kwargs)], start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", PACED_RUNNER if paced else RUNNER, json.dumps(kwargs)],
+                            start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def wait_for_part(proc: subprocess.Popen, out: Path, timeout: float = 60) -> None:
@@ -216,7 +229,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_scan(reference, collection, 
     out = tmp_path / "killed.parquet"
     kwargs = {"sources": [str(collection["root"])], "out": str(out), "model_path": model_path, "workers": 1,
               "batch_size": 8, "part_rows": 8, "progress": False}
-    proc = start_scan(kwargs)
+    proc = start_scan(kwargs, paced=True)
     wait_for_part(proc, out)
     assert proc.poll() is None, "the scan finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the scan and its worker, mid-flight
@@ -240,8 +253,9 @@ def test_ctrl_c_commits_what_is_finished(collection, model_path, tmp_path):
     out = tmp_path / "interrupted.parquet"
     kwargs = {"sources": [str(collection["root"])], "out": str(out), "model_path": model_path, "workers": 1,
               "batch_size": 8, "part_rows": 1000, "part_seconds": 0.5, "progress": False}
-    proc = start_scan(kwargs)
+    proc = start_scan(kwargs, paced=True)
     wait_for_part(proc, out)
+    assert proc.poll() is None, "the scan finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and b"ScanInterrupted" in err
