@@ -195,11 +195,15 @@ def test_refuses_another_model_and_a_second_writer(reference, collection, tmp_pa
         store.close()
 
 
-RUNNER = "import json, sys; from deepfake_detector.scan import scan; scan(**json.loads(sys.argv[1]))"
+# Ctrl-C as a terminal delivers it: a process started in the background by a shell without job
+# control (a CI script's `cmd &`) inherits SIGINT ignored, and Python then keeps it ignored
+RUNNER = ("import json, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from deepfake_detector.scan import scan; scan(**json.loads(sys.argv[1]))")
 # the same scan with its folder walk paced at 20 ms a file, so that it lasts seconds on any CPU and a
-# signal sent after its first part lands mid-scan (a fast CPU scans the whole collection in under 1 s)
+# signal sent after its first part lands mid-scan
 PACED_RUNNER = """
-import json, sys, time
+import json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from deepfake_detector.scan import local, scan
 walk = local.iter_sources
 def paced(*args, **kwargs):
