@@ -53,18 +53,19 @@ def _cross_fitted(scores, y, cells, folds: int, seed: int = 0, C: float = 1.0) -
     return out
 
 
-def choose_stack_c(fv, yv, srcv, rootsv, cells, folds: int = 5, seed: int = 0) -> tuple[float, dict]:
+def choose_stack_c(fv, yv, srcv, rootsv, cells, folds: int = 5,
+                   seed: int = 0) -> tuple[float, dict, np.ndarray]:
     """The stack's regularisation by the validation rule: each C of :data:`STACK_C` cross-fitted,
     the best mean per-source ROC-AUC wins (the first, the weakest regularisation, on a tie).
-    Returns (C, {C: mean AUC})."""
+    Returns (C, {C: mean AUC}, the cross-fitted scores at that C)."""
     from .metrics import per_source_metrics, source_selection
 
-    means = {}
+    means, scores = {}, {}
     for C in STACK_C:
-        rows = per_source_metrics(yv, _sigmoid(_cross_fitted(fv, yv, cells, folds, seed, C)), srcv, 0.5,
-                                  roots=rootsv)
-        means[C] = source_selection(rows)["mean_auc"]
-    return max(STACK_C, key=lambda C: means[C]), means
+        scores[C] = _cross_fitted(fv, yv, cells, folds, seed, C)
+        means[C] = source_selection(per_source_metrics(yv, _sigmoid(scores[C]), srcv, 0.5, roots=rootsv))["mean_auc"]
+    best = max(STACK_C, key=lambda C: means[C])
+    return best, means, scores[best]
 
 
 def fit_domain_gate(data: list, gate_root: str, encoder_from, seed: int = 0, leave_out=()):
@@ -134,8 +135,8 @@ def fuse(parts: dict, data: list, out, max_false_alarm: float = 0.05, folds: int
     sv, yv, srcv, rootsv = table["validation"]
     cells = np.array([f"{s}/{c}" for s, c in zip(srcv, yv)])
     fv = stack_features(sv, names, gate)
-    C, c_means = choose_stack_c(fv, yv, srcv, rootsv, cells, folds, seed)
-    choice, by_source = _choose(table["validation"], fv, names, experts, cells, folds, seed, C)
+    C, c_means, fused_validation = choose_stack_c(fv, yv, srcv, rootsv, cells, folds, seed)
+    choice, by_source = _choose(table["validation"], fused_validation, names, experts)
     if fast_part is None:  # the best of the experts that need no encoder, by the same rule
         light = [n for n in experts if not models[n].abilities.shared_encoder] or experts
         fast_part = max(light, key=lambda n: by_source[n]["mean_auc"] or 0.0)
@@ -249,7 +250,7 @@ def fuse_leave_one_source_out(parts: dict, data: list, out, max_false_alarm: flo
         cells = np.array([f"{s}/{c}" for s, c, k in zip(srcv, yv, keep) if k])
         srck = [s for s, k in zip(srcv, keep) if k]
         rootsk = [r for r, k in zip(rootsv, keep) if k]
-        C, _ = choose_stack_c(fv, yv[keep], srck, rootsk, cells, seed=seed)
+        C, _, _ = choose_stack_c(fv, yv[keep], srck, rootsk, cells, seed=seed)
         w, b = fit_stack(fv, yv[keep], cells, C=C)
         zv = fv @ w + b
         temperature, threshold, _ = calibrate_on_validation(np.stack([np.zeros_like(zv), zv], 1), yv[keep],
@@ -293,16 +294,16 @@ def _score_parts(models: dict, data: list, seed: int) -> dict:
     return table
 
 
-def _choose(validation, fv, names: list, experts: list, cells, folds: int, seed: int,
-            C: float = 1.0) -> tuple[str, dict]:
-    """The per-source validation rule: each expert alone and the fusion (cross-fitted) scored
-    per source; a part that beats the fusion on every source ships alone. Returns (the choice,
-    each candidate's per-source rows and selection figures)."""
+def _choose(validation, fused, names: list, experts: list) -> tuple[str, dict]:
+    """The per-source validation rule: each expert alone and the fusion (``fused``: its
+    cross-fitted Validation scores) scored per source; a part that beats the fusion on every
+    source ships alone. Returns (the choice, each candidate's per-source rows and selection
+    figures)."""
     from .metrics import per_source_metrics, source_selection
 
     sv, yv, srcv, rootsv = validation
     candidates = {name: sv[:, names.index(name)] for name in experts}
-    candidates["fusion"] = _cross_fitted(fv, yv, cells, folds, seed, C)
+    candidates["fusion"] = fused
     by_source = {}
     for name, z in candidates.items():
         rows = per_source_metrics(yv, _sigmoid(z), srcv, 0.5, roots=rootsv)
@@ -378,10 +379,10 @@ def fused_model_card(model, report: dict) -> str:
     lines += ["", "Stack weights (features of the parts' logit differences"
               + (f"; g = sigmoid of the gate `{model.gate}`" if model.gate else "") + "): "
               + ", ".join(f"{f} {wt:+.4f}" for f, wt in zip(feats, model.weights)) + ".", ""]
-    stack = report.get("stack", {})
+    stack = report["stack"]
     reg = (f" Its L2 regularisation, C = {stack['C']:g}, was chosen among "
            + ", ".join(f"{float(c):g} ({a:.4f})" for c, a in stack["C_mean_auc"].items())
-           + " by the mean per-source validation AUC, cross-fitted." if "C" in stack else "")
+           + " by the mean per-source validation AUC, cross-fitted.")
     lines += [f"Bias {model.bias:+.4f}. The stack was fitted on pooled Validation of every source, each "
               f"(source x class) cell weighted equally.{reg} Decision threshold "
               f"{model.threshold:.4f}: {m.get('threshold_rule')}; temperature {model.temperature:.4f}.", "",

@@ -24,11 +24,12 @@ def _table(n_noise: int, n: int, seed: int = 0):
 
 def test_the_stack_is_regularised_more_where_noise_features_would_be_fitted():
     x, y, src, roots, cells = _table(n_noise=60, n=100)
-    C, means = choose_stack_c(x, y, src, roots, cells, folds=5, seed=0)
+    C, means, scores = choose_stack_c(x, y, src, roots, cells, folds=5, seed=0)
     assert set(means) == set(STACK_C)
     assert C < 1.0 and means[C] > means[1.0] + 0.02  # 60 noise features over 80 rows a fold: C = 1 fits the noise
     # the figure it chose by is the cross-fitted per-source AUC, computed here independently
     z = _cross_fitted(x, y, cells, 5, 0, C)
+    np.testing.assert_array_equal(scores, z)  # and the scores it returns are those
     src = np.array(src)
     by_hand = np.mean([roc_auc_score(y[src == s], z[src == s]) for s in ("a", "b")])
     assert means[C] == pytest.approx(by_hand, abs=1e-12)
@@ -40,5 +41,5 @@ def test_a_clean_table_keeps_the_weakest_regularisation():
     x = (y * 2.0 - 1.0)[:, None] + np.linspace(0, 0.1, 40)[:, None]
     src = ["a"] * 20 + ["b"] * 20
     cells = np.array([f"{s}/{c}" for s, c in zip(src, y)])
-    C, means = choose_stack_c(x, y, src, src, cells)
+    C, means, _ = choose_stack_c(x, y, src, src, cells)
     assert C == STACK_C[0] and all(m == 1.0 for m in means.values())

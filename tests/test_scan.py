@@ -195,13 +195,11 @@ def test_refuses_another_model_and_a_second_writer(reference, collection, tmp_pa
         store.close()
 
 
-# Ctrl-C as a terminal delivers it: a process started in the background by a shell without job
-# control (a CI script's `cmd &`) inherits SIGINT ignored, and Python then keeps it ignored
-RUNNER = ("import json, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-          "from deepfake_detector.scan import scan; scan(**json.loads(sys.argv[1]))")
-# the same scan with its folder walk paced at 20 ms a file, so that it lasts seconds on any CPU and a
-# signal sent after its first part lands mid-scan
-PACED_RUNNER = """
+# A scan in its own process, as a user starts one: Ctrl-C as a terminal delivers it (a process started
+# in the background by a shell without job control, a CI script's `cmd &`, inherits SIGINT ignored,
+# and Python then keeps it ignored), and its folder walk paced at 20 ms a file, so that it lasts
+# seconds on any CPU and a signal sent after its first part lands mid-scan.
+RUNNER = """
 import json, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from deepfake_detector.scan import local, scan
@@ -215,10 +213,10 @@ scan(**json.loads(sys.argv[1]))
 """
 
 
-def start_scan(kwargs: dict, paced: bool = False) -> subprocess.Popen:
+def start_scan(kwargs: dict) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.Popen([sys.executable, "-c", PACED_RUNNER if paced else RUNNER, json.dumps(kwargs)],
-                            start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(kwargs)], start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def wait_for_part(proc: subprocess.Popen, out: Path, timeout: float = 60) -> None:
@@ -233,7 +231,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_scan(reference, collection, 
     out = tmp_path / "killed.parquet"
     kwargs = {"sources": [str(collection["root"])], "out": str(out), "model_path": model_path, "workers": 1,
               "batch_size": 8, "part_rows": 8, "progress": False}
-    proc = start_scan(kwargs, paced=True)
+    proc = start_scan(kwargs)
     wait_for_part(proc, out)
     assert proc.poll() is None, "the scan finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the scan and its worker, mid-flight
@@ -257,7 +255,7 @@ def test_ctrl_c_commits_what_is_finished(collection, model_path, tmp_path):
     out = tmp_path / "interrupted.parquet"
     kwargs = {"sources": [str(collection["root"])], "out": str(out), "model_path": model_path, "workers": 1,
               "batch_size": 8, "part_rows": 1000, "part_seconds": 0.5, "progress": False}
-    proc = start_scan(kwargs, paced=True)
+    proc = start_scan(kwargs)
     wait_for_part(proc, out)
     assert proc.poll() is None, "the scan finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
