@@ -161,6 +161,15 @@ def test_im2col_and_col2im_equal_the_reference(shape, kh, kw, s, p, dtype):
                                rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_im2col_and_col2im_refuse_an_output_they_cannot_write_flat():
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    cols = np.zeros((2, 27, 50), np.float32)[:, :, ::2]  # the right shape, every other column
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fused.im2col.im2col(x, 3, 3, 1, 1, out=cols)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fused.im2col.col2im(np.zeros((2, 27, 25), np.float32), x.shape, 3, 3, 1, 1, out=np.zeros((2, 3, 5, 10), np.float32)[..., ::2])
+
+
 def test_im2col_of_a_non_contiguous_input():
     x = np.random.default_rng(1).standard_normal((5, 6, 3, 4)).transpose(2, 3, 0, 1)  # (3, 4, 5, 6), a view
     want = _per_image(ref_im2col.im2col(x, 3, 3, 1, 1)[0], 3)
