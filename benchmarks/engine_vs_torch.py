@@ -16,7 +16,8 @@ max_memory_reserved).
 
 ``--profile`` adds, per architecture, a training step of our engine split by layer type
 (forward and backward, fused against numpy) and the share of the step that is GEMM (the
-same matrix products replayed alone): how close the engine is to the BLAS limit.
+same matrix products replayed alone, Winograd's where the fused Conv2D uses it): how close
+the engine is to the BLAS limit.
 
     python benchmarks/engine_vs_torch.py [--threads 2] [--batch 64] [--steps 8] [--rounds 3] [--profile]
     python benchmarks/engine_vs_torch.py --device gpu
@@ -230,7 +231,7 @@ def profile_step(model, step, steps: int, chunked: bool = False) -> dict:
             Wo = (W + 2 * layer.padding - layer.kw) // layer.stride + 1
             K, M, P = C * layer.kh * layer.kw, layer.out_channels, N * Ho * Wo
             if chunked:
-                convs.append((N, M, K, Ho * Wo))
+                convs.append((N, M, C, H, W, layer.padding) if layer.uses_winograd() else (N, M, K, Ho * Wo))
                 continue
             for dims in ((M, K, P), (K, P, M), (K, M, P)):  # forward, weight gradient, input gradient
                 gemms[dims] = gemms.get(dims, 0) + 1
@@ -252,7 +253,11 @@ def profile_step(model, step, steps: int, chunked: bool = False) -> dict:
         gemm_ms += 1e3 * statistics.median(ts) * count
     from deepfake_detector.nn import fused
 
-    for N, M, K, L in convs:
+    for conv in convs:
+        if len(conv) == 6:  # Winograd F(2x2, 3x3): 16 products per chunk in each direction
+            gemm_ms += _winograd_products_ms(rng, steps, *conv)
+            continue
+        N, M, K, L = conv
         parts = fused.im2col.chunks(N, K * L * 4)
         w, wt = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, M)).astype(np.float32)
         cols = rng.standard_normal((N, K, L)).astype(np.float32)
@@ -271,6 +276,35 @@ def profile_step(model, step, steps: int, chunked: bool = False) -> dict:
             ts.append(time.perf_counter() - t)
         gemm_ms += 1e3 * statistics.median(ts)
     return {"per_type_ms": per_type, "gemm_ms": gemm_ms}
+
+
+def _winograd_products_ms(rng, steps, N, M, C, H, W, p) -> float:
+    """Milliseconds of a Winograd convolution's products (forward, weight and input gradient),
+    replayed as the fused Conv2D runs them: chunk by chunk, one single-threaded BLAS a core."""
+    import numpy as np
+
+    from deepfake_detector.nn import fused
+
+    _, _, TH, TW = fused.winograd.tiles(H, W, p)
+    parts = fused.im2col.chunks(N, 16 * C * TH * TW * 4)
+    U, Ut = rng.standard_normal((16, M, C)).astype(np.float32), rng.standard_normal((16, C, M)).astype(np.float32)
+    V = [rng.standard_normal((16, C, (c.stop - c.start) * TH * TW)).astype(np.float32) for c in parts]
+    dM = [rng.standard_normal((16, M, v.shape[2])).astype(np.float32) for v in V]
+    index = {c.start: i for i, c in enumerate(parts)}
+
+    def products(c):
+        i = index[c.start]
+        np.matmul(U, V[i])
+        np.matmul(V[i], dM[i].transpose(0, 2, 1))
+        np.matmul(Ut, dM[i])
+
+    fused._compile.over_chunks(products, parts)
+    ts = []
+    for _ in range(max(3, steps // 2)):
+        t = time.perf_counter()
+        fused._compile.over_chunks(products, parts)
+        ts.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(ts)
 
 
 def compile_seconds() -> dict:

@@ -3,6 +3,7 @@
 Each module mirrors the reference module it accelerates, kernel beside kernel:
 :mod:`.norm` (batch norm, optionally with the ReLU after it), :mod:`.activations` (ReLU),
 :mod:`.pooling` (max pooling), :mod:`.im2col` (im2col, col2im, Conv2D's layout copies),
+:mod:`.winograd` (3x3 stride-1 convolutions by Winograd's F(2x2, 3x3)),
 :mod:`.losses` (softmax cross-entropy), :mod:`.optim` (SGD, Adam, AdamW). They work on NumPy
 arrays of float32 or float64; which kernels the layers use is chosen in :mod:`..kernels`.
 Compiled code is kept on disk (see :mod:`._compile`); :func:`warm_up` compiles (or loads) all.
@@ -14,10 +15,10 @@ import time
 
 import numpy as np
 
-from . import activations, im2col, losses, norm, optim, pooling
+from . import activations, im2col, losses, norm, optim, pooling, winograd
 from ._compile import sync_threads
 
-__all__ = ["activations", "im2col", "losses", "norm", "optim", "pooling", "sync_threads", "warm_up"]
+__all__ = ["activations", "im2col", "losses", "norm", "optim", "pooling", "sync_threads", "warm_up", "winograd"]
 
 
 def warm_up(dtypes=(np.float32,)) -> float:
@@ -38,6 +39,8 @@ def warm_up(dtypes=(np.float32,)) -> float:
         w = np.ones((2, 3, 3, 3), dt)
         y, _ = im2col.conv_forward(x, w, c[:2].copy(), 1, 1)
         im2col.conv_backward(y, w, 1, 1, x.shape, x=x)
+        y, _ = winograd.conv_forward(x, w, c[:2].copy(), 1)
+        winograd.conv_backward(y, w, 1, x.shape, x=x)
         losses.softmax_cross_entropy(x[:, :, 0, 0].copy(), np.array([0, 2]))
         for size in (8, optim.PARALLEL_FROM):  # the serial and the parallel update
             p, g = np.ones(size, dt), np.ones(size, dt)
