@@ -65,7 +65,7 @@ CONV_CASES = [  # (N, C_in, H, W), C_out, kernel, stride, padding, bias
     ((3, 4, 6, 6), 2, 1, 1, 0, True),
     ((2, 3, 11, 11), 4, 4, 3, 0, True),
     ((2, 1, 7, 9), 3, 2, 2, 1, False),
-    # 3x3 at stride 1 from 16 input channels: Winograd's F(2x2, 3x3) on the fused kernels
+    # 3x3 at stride 1 from 8 input channels: Winograd's F(2x2, 3x3) on the fused kernels
     ((2, 16, 9, 7), 5, 3, 1, 1, True),
     ((1, 17, 6, 5), 3, 3, 1, 0, False),
     ((2, 16, 4, 4), 4, 3, 1, 2, True),

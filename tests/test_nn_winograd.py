@@ -1,7 +1,7 @@
 """Winograd's F(2x2, 3x3) convolution (nn.fused.winograd) against the reference Conv2D
 (im2col, one GEMM), against sums computed by hand, and its transforms against their adjoints.
 
-The Conv2D cases of test_nn_layers.py with 16 or more input channels run it against PyTorch too.
+The Conv2D cases of test_nn_layers.py with 8 or more input channels run it against PyTorch too.
 """
 
 from __future__ import annotations
@@ -130,11 +130,13 @@ def test_gradients_do_not_depend_on_the_thread_count(monkeypatch):
 
 
 def test_which_layers_use_it():
-    """3x3 at stride 1 from 16 input channels, by the layer's shape alone; the switch turns it off."""
+    """3x3 at stride 1 from 8 input channels, by the layer's shape alone; the switch turns it off."""
     rng = np.random.default_rng(0)
     assert nn.Conv2D(16, 8, 3, padding=1, rng=rng).uses_winograd()
     assert nn.Conv2D(16, 8, 3, padding=0, bias=False, rng=rng).uses_winograd()
-    assert not nn.Conv2D(15, 8, 3, padding=1, rng=rng).uses_winograd()  # an RGB first layer stays im2col
+    assert nn.Conv2D(8, 8, 3, padding=1, rng=rng).uses_winograd()
+    assert not nn.Conv2D(7, 8, 3, padding=1, rng=rng).uses_winograd()
+    assert not nn.Conv2D(3, 8, 3, padding=1, rng=rng).uses_winograd()  # an RGB first layer stays im2col
     assert not nn.Conv2D(16, 8, 3, stride=2, padding=1, rng=rng).uses_winograd()
     assert not nn.Conv2D(16, 8, 5, padding=2, rng=rng).uses_winograd()
     layer = nn.Conv2D(16, 8, 3, padding=1, rng=rng)
