@@ -295,7 +295,7 @@ def _winograd_products_ms(rng, steps, N, M, C, H, W, p) -> float:
     def products(c):
         i = index[c.start]
         np.matmul(U, V[i])
-        np.matmul(V[i], dM[i].transpose(0, 2, 1))
+        np.matmul(dM[i], V[i].transpose(0, 2, 1))
         np.matmul(Ut, dM[i])
 
     fused._compile.over_chunks(products, parts)

@@ -260,7 +260,7 @@ def conv_forward(x, weight, bias, p, keep_tiles=False):
 
 def conv_backward(grad, weight, p, x_shape, x=None, kept=None, with_bias=True, need_input_grad=True):
     """The backward of :func:`conv_forward`, chunk by chunk: V rebuilt from the input ``x`` (or
-    the ``kept`` chunks' V), dM = A g A^T per tile, dU^T[xi] += V[xi] dM[xi]^T, and
+    the ``kept`` chunks' V), dM = A g A^T per tile, dU[xi] += dM[xi] V[xi]^T, and
     dV = U^T dM taken back to dx through the input transform's adjoint. The chunks' dU and
     dbias are added in batch order.
 
@@ -282,14 +282,14 @@ def conv_backward(grad, weight, p, x_shape, x=None, kept=None, with_bias=True, n
         gc = g[c]
         dM = np.empty((16, C_out, V.shape[2]), g.dtype)
         _output_tiles_adjoint(gc, TH, TW, dM)
-        dUt = np.matmul(V, dM.transpose(0, 2, 1))  # (16, C_in, C_out)
+        dU = np.matmul(dM, V.transpose(0, 2, 1))  # (16, C_out, C_in); ran as fast as V dM^T or faster
         if need_input_grad:
             dV = np.matmul(Ut, dM, out=V if tiles_of is None else None)  # (16, C_in, P), over V
             _input_tiles_adjoint(dV, p, TH, TW, dx[c])
-        return dUt, gc.sum(axis=(0, 2, 3)) if with_bias else None
+        return dU, gc.sum(axis=(0, 2, 3)) if with_bias else None
 
-    dUts, dbiases = zip(*over_chunks(run, parts))
-    dUt = sum(dUts[1:], dUts[0])  # in batch order
+    dUs, dbiases = zip(*over_chunks(run, parts))
+    dU = sum(dUs[1:], dUs[0])  # in batch order
     dbias = sum(dbiases[1:], dbiases[0]) if with_bias else None
-    dw = filter_transform_adjoint(np.ascontiguousarray(dUt.transpose(0, 2, 1)))
+    dw = filter_transform_adjoint(dU)
     return dw.astype(weight.dtype, copy=False), dbias, dx
