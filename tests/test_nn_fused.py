@@ -240,12 +240,29 @@ def test_max_pool_equals_the_reference(k, s, p, shape, fill, dtype):
         np.testing.assert_array_equal(dx != 0, dx_ref != 0)  # the same cells take gradient
 
 
-def test_max_pool_propagates_nan_as_the_reference():
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0)])  # (2, 2, 0): the unrolled 2x2 kernel
+def test_max_pool_propagates_nan_as_the_reference(k, s, p):
     x = np.random.default_rng(5).standard_normal((1, 2, 6, 6))
     x[0, 1, 2, 3] = np.nan
-    (y_ref,), (y,) = both(lambda: (nn.MaxPool2D(3, 2, 1).forward(x),))
+    x[0, 0, 5, 0] = np.nan  # the last cell of a 2x2 window
+    x[0, 0, 4, 1] = 9.0  # beside it, a larger value first
+    # (the gradient of a window holding a NaN is not compared: the reference gives it to no cell,
+    # the kernels to the NaN, as PyTorch does; the loss is NaN either way)
+    (y_ref,), (y,) = both(lambda: (nn.MaxPool2D(k, s, p).forward(x),))
     np.testing.assert_array_equal(y, y_ref)
     assert np.isnan(y).sum() == np.isnan(y_ref).sum() > 0
+    out, arg = fused.pooling.max_pool(x, k, s, p)
+    if (k, s, p) == (2, 2, 0):
+        assert arg[0, 0, 2, 0] == 2 and arg[0, 1, 1, 1] == 1  # the NaN, after the 9.0 in its window
+
+
+def test_the_2x2_pool_takes_its_own_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused.pooling, "_max_pool_2x2", _spy(fused.pooling._max_pool_2x2, "2x2", calls))
+    x = np.random.default_rng(6).standard_normal((2, 3, 7, 8))
+    for k, s, p in [(2, 2, 0), (2, 2, 1), (3, 3, 0), (2, 1, 0)]:
+        fused.pooling.max_pool(x, k, s, p)
+    assert calls == ["2x2"]
 
 
 def test_max_pool_without_grad_keeps_no_argmax():

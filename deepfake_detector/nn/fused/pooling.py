@@ -100,6 +100,51 @@ def _kernels(k, s):
     return forward, backward
 
 
+_u = np.uint64
+
+
+@kernel
+def _max_pool_2x2(x, keep_arg, out, arg):
+    """The forward kernel of _kernels(2, 2) without padding, for the common 2x2 pool: flat
+    views with unsigned offsets and the window unrolled, so the row loop vectorises (see
+    :mod:`.im2col` on the offsets); 2-5x faster here. A row of windows holding a NaN is done
+    again by the general rule (a NaN counts as the maximum), so every value and argmax is
+    _kernels(2, 2)'s."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    src, dst, ag = x.reshape(x.size), out.reshape(out.size), arg.reshape(arg.size)
+    for t in prange(N * C):
+        for oy in range(Ho):
+            r0 = _u(t * H * W + 2 * oy * W)
+            r1, o = r0 + _u(W), _u(t * Ho * Wo + oy * Wo)
+            nan = False
+            for ox in range(_u(Wo)):
+                a, b = src[r0 + _u(2) * ox], src[r0 + _u(2) * ox + _u(1)]
+                c, d = src[r1 + _u(2) * ox], src[r1 + _u(2) * ox + _u(1)]
+                best, at = a, 0
+                if b > best:
+                    best, at = b, 1
+                if c > best:
+                    best, at = c, 2
+                if d > best:
+                    best, at = d, 3
+                nan |= (a != a) | (b != b) | (c != c) | (d != d)
+                dst[o + ox] = best
+                if keep_arg:
+                    ag[o + ox] = at
+            if nan:
+                for ox in range(Wo):
+                    i = r0 + _u(2 * ox)
+                    cells = (src[i], src[i + _u(1)], src[i + _u(W)], src[i + _u(W) + _u(1)])
+                    best, at = cells[0], 0
+                    for q in range(4):
+                        if not (cells[q] <= best) and best == best:
+                            best, at = cells[q], q
+                    dst[o + _u(ox)] = best
+                    if keep_arg:
+                        ag[o + _u(ox)] = at
+
+
 def _arg_dtype(k):
     return np.int8 if k * k <= 127 else np.int32
 
@@ -111,7 +156,10 @@ def max_pool(x, k, s, p, keep_arg=True):
     Ho, Wo = out_size(H, k, s, p), out_size(W, k, s, p)
     out = np.empty((N, C, Ho, Wo), x.dtype)
     arg = np.empty((N, C, Ho, Wo) if keep_arg else (1, 1, 1, 1), _arg_dtype(k))
-    _kernels(int(k), int(s))[0](x, int(p), bool(keep_arg), out, arg)
+    if k == s == 2 and p == 0:
+        _max_pool_2x2(x, bool(keep_arg), out, arg)
+    else:
+        _kernels(int(k), int(s))[0](x, int(p), bool(keep_arg), out, arg)
     return out, (arg if keep_arg else None)
 
 
