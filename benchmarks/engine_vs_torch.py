@@ -268,14 +268,22 @@ def profile_step(model, step, steps: int, chunked: bool = False) -> dict:
             np.matmul(cols[c], g[c].transpose(0, 2, 1))
             np.matmul(wt, g[c])
 
-        fused._compile.over_chunks(products, parts)
-        ts = []
-        for _ in range(max(3, steps // 2)):
-            t = time.perf_counter()
-            fused._compile.over_chunks(products, parts)
-            ts.append(time.perf_counter() - t)
-        gemm_ms += 1e3 * statistics.median(ts)
+        gemm_ms += _over_chunks_ms(products, parts, steps)
     return {"per_type_ms": per_type, "gemm_ms": gemm_ms}
+
+
+def _over_chunks_ms(products, parts, steps) -> float:
+    """Median milliseconds of ``products`` over the chunks ``parts``, spread as the fused Conv2D
+    spreads them (one single-threaded BLAS a core), after one untimed run."""
+    from deepfake_detector.nn import fused
+
+    fused._compile.over_chunks(products, parts)
+    ts = []
+    for _ in range(max(3, steps // 2)):
+        t = time.perf_counter()
+        fused._compile.over_chunks(products, parts)
+        ts.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(ts)
 
 
 def _winograd_products_ms(rng, steps, N, M, C, H, W, p) -> float:
@@ -298,13 +306,7 @@ def _winograd_products_ms(rng, steps, N, M, C, H, W, p) -> float:
         np.matmul(dM[i], V[i].transpose(0, 2, 1))
         np.matmul(Ut, dM[i])
 
-    fused._compile.over_chunks(products, parts)
-    ts = []
-    for _ in range(max(3, steps // 2)):
-        t = time.perf_counter()
-        fused._compile.over_chunks(products, parts)
-        ts.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ts)
+    return _over_chunks_ms(products, parts, steps)
 
 
 def compile_seconds() -> dict:

@@ -572,24 +572,31 @@ def test_warm_up_compiles_everything_and_reports_the_seconds():
     assert isinstance(seconds, float) and seconds >= 0
 
 
-def test_chunked_conv_gradients_do_not_depend_on_the_thread_count(monkeypatch):
-    """The chunks' weight gradients are added in batch order, whatever thread ran each chunk."""
+@pytest.mark.parametrize("path", ["im2col", "winograd"])
+def test_chunked_conv_gradients_do_not_depend_on_the_thread_count(monkeypatch, path):
+    """The chunks' weight gradients are added in batch order, whatever thread ran each chunk
+    (both of Conv2D's fused paths)."""
     monkeypatch.setattr(fused.im2col, "CHUNK_BYTES", 1)  # one image a chunk: 6 chunks
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((6, 4, 10, 10)).astype(np.float32)
-    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    C = 4 if path == "im2col" else 16
+    x = rng.standard_normal((6, C, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((8, C, 3, 3)).astype(np.float32)
     g = rng.standard_normal((6, 8, 10, 10)).astype(np.float32)
     before = backend.num_threads()
     got = []
     try:
         for n in (2, 1, 2):
             backend.set_num_threads(n)
-            got.append(fused.im2col.conv_backward(g, w, 1, 1, x.shape, x=x)[:2])
+            if path == "im2col":
+                got.append(fused.im2col.conv_backward(g, w, 1, 1, x.shape, x=x))
+            else:
+                got.append(fused.winograd.conv_backward(g, w, 1, x.shape, x=x))
     finally:
         backend.set_num_threads(before)
-    for dw, db in got[1:]:
+    for dw, db, dx in got[1:]:
         np.testing.assert_array_equal(dw, got[0][0])
         np.testing.assert_array_equal(db, got[0][1])
+        np.testing.assert_array_equal(dx, got[0][2])
 
 
 def test_importing_the_kernels_leaves_the_environment_as_it_was():

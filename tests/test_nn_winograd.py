@@ -1,7 +1,8 @@
 """Winograd's F(2x2, 3x3) convolution (nn.fused.winograd) against the reference Conv2D
 (im2col, one GEMM), against sums computed by hand, and its transforms against their adjoints.
 
-The Conv2D cases of test_nn_layers.py with 8 or more input channels run it against PyTorch too.
+The Conv2D cases of test_nn_layers.py with 8 or more input channels run it against PyTorch too;
+test_nn_fused.py checks that its gradients do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 from deepfake_detector import nn
-from deepfake_detector.nn import backend
 
 pytest.importorskip("numba", reason="the fused kernels need Numba")
 
@@ -106,27 +106,6 @@ def test_the_filter_transform_and_its_adjoint():
     np.testing.assert_allclose(U[15], w[:, :, 2, 2])  # and its last row the bottom-right one
     dU = rng.standard_normal(U.shape)
     np.testing.assert_allclose((U * dU).sum(), (w * W.filter_transform_adjoint(dU)).sum(), rtol=1e-12)
-
-
-def test_gradients_do_not_depend_on_the_thread_count(monkeypatch):
-    """The chunks' weight gradients are added in batch order, whatever thread ran each chunk."""
-    monkeypatch.setattr(fused.im2col, "CHUNK_BYTES", 1)  # one image a chunk: 6 chunks
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((6, 16, 10, 10)).astype(np.float32)
-    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
-    g = rng.standard_normal((6, 8, 10, 10)).astype(np.float32)
-    before = backend.num_threads()
-    got = []
-    try:
-        for n in (2, 1, 2):
-            backend.set_num_threads(n)
-            got.append(W.conv_backward(g, w, 1, x.shape, x=x))
-    finally:
-        backend.set_num_threads(before)
-    for dw, db, dx in got[1:]:
-        np.testing.assert_array_equal(dw, got[0][0])
-        np.testing.assert_array_equal(db, got[0][1])
-        np.testing.assert_array_equal(dx, got[0][2])
 
 
 def test_which_layers_use_it():
