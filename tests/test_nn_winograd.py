@@ -140,3 +140,24 @@ def test_a_layer_takes_it_on_the_fused_kernels_only(monkeypatch):
         ref = layer.forward(x, training=True)
     assert calls == []
     np.testing.assert_allclose(y, ref, **TOL[np.float32])
+
+
+def test_backward_takes_the_path_its_forward_took():
+    """Turning Winograd off between a forward and its backward changes nothing for that step
+    (the tiles the forward kept are not read as im2col columns)."""
+    rng = np.random.default_rng(2)
+    layer = nn.Conv2D(8, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    layer.cache_columns = True
+    x = rng.standard_normal((2, 8, 6, 6))
+    g = rng.standard_normal((2, 4, 6, 6))
+    with nn.use_kernels("numpy"):
+        layer.forward(x, training=True)
+        want_dx = layer.backward(g)
+    want_dw = layer.grads.pop("weight").copy()
+    layer.grads.pop("bias")
+    with nn.use_kernels("fused"):
+        layer.forward(x, training=True)
+        layer.winograd = False
+        dx = layer.backward(g)
+    np.testing.assert_allclose(dx, want_dx, **TOL[np.float64])
+    np.testing.assert_allclose(layer.grads["weight"], want_dw, **TOL[np.float64])

@@ -175,22 +175,22 @@ class Conv2D(Layer):
     def _forward_fused(self, fk, x):
         """forward with the fused kernels: a chunk of images at a time, its columns (or Winograd
         tiles) kept in cache (:mod:`.fused.im2col`, :mod:`.fused.winograd`)."""
-        keep = grad_enabled() and self.cache_columns
-        if self.uses_winograd():
+        keep, winograd = grad_enabled() and self.cache_columns, self.uses_winograd()
+        if winograd:
             y, kept = fk.winograd.conv_forward(x, self.params["weight"], self.params.get("bias"),
                                                self.padding, keep_tiles=keep)
         else:
             y, kept = fk.im2col.conv_forward(x, self.params["weight"], self.params.get("bias"),
                                              self.stride, self.padding, keep_columns=keep)
         if grad_enabled():
-            self._cache = (FUSED, kept, None if keep else x, x.shape)
+            self._cache = (FUSED, kept, None if keep else x, x.shape, winograd)  # backward takes the same path
         return y
 
     def _backward_fused(self, grad, need_input_grad):
-        _, kept, x, x_shape = self._cache
+        _, kept, x, x_shape, winograd = self._cache
         self._cache = None
         fk, bias = fused_kernels(), "bias" in self.params
-        if self.uses_winograd():
+        if winograd:
             dw, dbias, dx = fk.winograd.conv_backward(
                 grad, self.params["weight"], self.padding, x_shape, x=x, kept=kept, with_bias=bias,
                 need_input_grad=need_input_grad)

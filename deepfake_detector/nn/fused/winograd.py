@@ -39,11 +39,6 @@ _u = np.uint64
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def applies(kh, kw, stride) -> bool:
-    """Whether a convolution has the shape this module computes: a 3x3 kernel at stride 1 (any padding)."""
-    return kh == 3 and kw == 3 and stride == 1
-
-
 def tiles(H, W, p):
     """(Ho, Wo, TH, TW): the output size of a 3x3 stride-1 convolution padded by ``p`` and its tiles per column and row."""
     Ho, Wo = H + 2 * p - 2, W + 2 * p - 2
