@@ -9,6 +9,7 @@ non-contiguous inputs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -610,3 +611,36 @@ def test_importing_the_kernels_leaves_the_environment_as_it_was():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "ACTIVE"
+
+
+def test_small_dense_products_run_on_one_blas_thread(monkeypatch):
+    """On the fused kernels, a Dense product under SMALL_GEMM multiply-adds runs with one BLAS
+    thread (OpenBLAS's idle threads would otherwise spin on the cores the next layers need);
+    a large one, or any on the NumPy reference kernels, keeps BLAS's own threading."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real = fused._compile.one_blas_thread
+
+    @contextlib.contextmanager
+    def spy():
+        with real():
+            seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+            yield
+
+    monkeypatch.setattr(fused._compile, "one_blas_thread", spy)
+    rng = np.random.default_rng(0)
+    small, large = nn.Dense(300, 2, rng=rng), nn.Dense(2048, 2048, rng=rng)
+    x_small, x_large = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((8, 2048)).astype(np.float32)
+    assert 64 * 300 * 2 < kernels.SMALL_GEMM <= 8 * 2048 * 2048
+    with nn.use_kernels("fused"):
+        y = small.forward(x_small, training=True)
+        small.backward(np.ones_like(y))
+        assert seen == [1, 1]
+        y = large.forward(x_large, training=True)
+        large.backward(np.ones_like(y))
+    with nn.use_kernels("numpy"):
+        small.forward(x_small)
+    assert seen == [1, 1]
+    np.testing.assert_allclose(small.forward(x_small), x_small @ small.params["weight"].T + small.params["bias"],
+                               rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ The choice is made here and nowhere else: ``DEEPFAKE_DETECTOR_KERNELS=fused|nump
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -127,3 +128,20 @@ def fused_kernels():
         raise ImportError(f"the fused kernels need Numba: {_fused_error}")
     mod.sync_threads()
     return mod
+
+
+SMALL_GEMM = 1 << 22  # multiply-adds under which a BLAS product on the fused path runs on one thread
+
+
+def small_product(x, macs: int):
+    """A context for a BLAS product of ``macs`` multiply-adds on ``x``: one BLAS thread where
+    the fused kernels are in use and the product is under :data:`SMALL_GEMM`, else nothing.
+
+    OpenBLAS runs such a product (seed-cnn's last Dense layer: 2M multiply-adds, 50 us) on
+    all its threads, and its idle threads then spin for about 0.1 s: on 2 cores they took one
+    from the convolutions and batch norms that came next, and a seed-cnn training step ran
+    1.3x slower. The fused kernels parallelise over chunks themselves (one BLAS thread each).
+    """
+    if macs >= SMALL_GEMM or fused_for(x) is None:
+        return contextlib.nullcontext()
+    return fused_kernels()._compile.one_blas_thread()

@@ -20,7 +20,7 @@ import numpy as np
 from .backend import get_array_module, over_batch, to_device
 from .grad import enable_grad, grad_enabled, no_grad  # noqa: F401  (nn.layers.no_grad etc. still work)
 from .im2col import _swap01, col2im, im2col
-from .kernels import FUSED, fused_for, fused_kernels
+from .kernels import FUSED, fused_for, fused_kernels, small_product
 
 _BUDGET: contextvars.ContextVar = contextvars.ContextVar("param_budget", default=None)
 
@@ -439,17 +439,19 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         self._x = x if grad_enabled() else None
-        out = x @ self.params["weight"].T  # (N, out)
+        with small_product(x, x.shape[0] * self.in_features * self.out_features):
+            out = x @ self.params["weight"].T  # (N, out)
         if "bias" in self.params:
             out += self.params["bias"]
         return out
 
     def backward(self, grad, need_input_grad=True):
         x, self._x = self._x, None
-        self._accumulate("weight", grad.T @ x)  # (out, in)
-        if "bias" in self.params:
-            self._accumulate("bias", grad.sum(axis=0))
-        return grad @ self.params["weight"] if need_input_grad else None
+        with small_product(grad, grad.shape[0] * self.in_features * self.out_features):
+            self._accumulate("weight", grad.T @ x)  # (out, in)
+            if "bias" in self.params:
+                self._accumulate("bias", grad.sum(axis=0))
+            return grad @ self.params["weight"] if need_input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"

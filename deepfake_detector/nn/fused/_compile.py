@@ -86,7 +86,7 @@ _blas = {"users": 0, "limiter": None, "controller": None}
 
 
 @contextlib.contextmanager
-def _one_blas_thread():
+def one_blas_thread():
     """BLAS single-threaded while any caller is inside (process-wide; callers in several threads
     share one limit, and the last one out restores what was set before)."""
     with _blas_lock:
@@ -118,5 +118,5 @@ def over_chunks(fn, parts) -> list:
 
     if backend.num_threads() < 2 or len(parts) < 2:
         return [fn(part) for part in parts]
-    with _one_blas_thread():
+    with one_blas_thread():
         return list(backend.thread_pool().map(fn, parts))
