@@ -363,13 +363,12 @@ def main():
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     print(cpu_line(), flush=True)  # every speed figure names its CPU
-    if not args.child:
-        print(blas_line(), flush=True)
     if args.child:
         engine, arch, mode = args.child.split(":")
         print(json.dumps(run_one(engine, arch, mode, args.batch, args.steps, args.threads, args.device,
                                  args.profile and mode == "train")))
         return
+    print(blas_line(), flush=True)  # and the BLAS kernels our GEMMs run on
     ours = OURS if (args.device == "cpu" and numba_available()) else ("numpy",)
     if args.device == "gpu":
         ours = ("numpy",)  # CuPy arrays take the reference path (the engine's CuPy code)

@@ -620,7 +620,7 @@ def test_small_dense_products_run_on_one_blas_thread(monkeypatch):
     from threadpoolctl import threadpool_info
 
     seen = []
-    real = fused._compile.one_blas_thread
+    real = fused.one_blas_thread
 
     @contextlib.contextmanager
     def spy():
@@ -628,7 +628,7 @@ def test_small_dense_products_run_on_one_blas_thread(monkeypatch):
             seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
             yield
 
-    monkeypatch.setattr(fused._compile, "one_blas_thread", spy)
+    monkeypatch.setattr(fused, "one_blas_thread", spy)
     rng = np.random.default_rng(0)
     small, large = nn.Dense(300, 2, rng=rng), nn.Dense(2048, 2048, rng=rng)
     x_small, x_large = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((8, 2048)).astype(np.float32)

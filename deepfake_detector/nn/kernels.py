@@ -144,4 +144,4 @@ def small_product(x, macs: int):
     """
     if macs >= SMALL_GEMM or fused_for(x) is None:
         return contextlib.nullcontext()
-    return fused_kernels()._compile.one_blas_thread()
+    return fused_kernels().one_blas_thread()

@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from . import activations, im2col, losses, norm, optim, pooling, winograd
-from ._compile import sync_threads
+from ._compile import one_blas_thread, sync_threads
 
-__all__ = ["activations", "im2col", "losses", "norm", "optim", "pooling", "sync_threads", "warm_up", "winograd"]
+__all__ = ["activations", "im2col", "losses", "norm", "one_blas_thread", "optim", "pooling", "sync_threads", "warm_up",
+           "winograd"]
 
 
 def warm_up(dtypes=(np.float32,)) -> float:

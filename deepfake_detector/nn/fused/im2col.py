@@ -25,6 +25,7 @@ import numpy as np
 
 from ..im2col import out_size
 from ._compile import helper, over_chunks, serial_kernel
+from ._compile import u as _u
 
 CHUNK_BYTES = 1 << 20  # columns per chunk: half of a core's L2 here (2 MB); one image where that is more
 
@@ -38,12 +39,8 @@ def _inside(j, s, p, W, Wo):
     return min(lo, Wo), max(hi, min(lo, Wo))
 
 
-# The kernels below index flat views with unsigned offsets. Numba adds a wrap-around check
-# (a negative index counts from the end) to every signed index it cannot prove non-negative,
-# and that check keeps LLVM from vectorising the row copies; the offsets here are
-# non-negative by construction (``_inside``), so as ``uint64`` they need none. Written with
-# signed offsets or slices, the same loops ran 3-7x slower.
-_u = np.uint64
+# The kernels below index flat views with unsigned offsets (see ``_compile.u``), non-negative
+# here by construction (``_inside``).
 
 
 @serial_kernel

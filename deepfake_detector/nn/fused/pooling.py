@@ -16,6 +16,7 @@ import numpy as np
 
 from ..im2col import out_size
 from ._compile import kernel, prange
+from ._compile import u as _u
 
 
 @functools.cache
@@ -100,14 +101,11 @@ def _kernels(k, s):
     return forward, backward
 
 
-_u = np.uint64
-
-
 @kernel
 def _max_pool_2x2(x, keep_arg, out, arg):
     """The forward kernel of _kernels(2, 2) without padding, for the common 2x2 pool: flat
     views with unsigned offsets and the window unrolled, so the row loop vectorises (see
-    :mod:`.im2col` on the offsets); 2-5x faster here. A row of windows holding a NaN is done
+    ``_compile.u``); 2-5x faster here. A row of windows holding a NaN is done
     again by the general rule (a NaN counts as the maximum), so every value and argmax is
     _kernels(2, 2)'s."""
     N, C, H, W = x.shape

@@ -24,7 +24,7 @@ The transforms' coefficients are 0, +-1 and +-1/2, so the result differs from im
 by rounding (float32: about 1e-6 of the output's scale, as a different GEMM order would). The
 batch is walked in chunks as in :mod:`.im2col`: a chunk's V is written, multiplied and read
 back while it is in its core's cache. The kernels are serial (the parallelism is over
-chunks) and index flat views with unsigned offsets, for the reason given in :mod:`.im2col`.
+chunks) and index flat views with unsigned offsets (see ``_compile.u``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._compile import over_chunks, serial_kernel
+from ._compile import u as _u
 from .im2col import chunks  # the same chunk size as im2col's (its CHUNK_BYTES)
 
-_u = np.uint64
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
